@@ -1,0 +1,1 @@
+"""The learner: per-step advantages, losses, critic and the off-policy update loop."""
