@@ -1,0 +1,274 @@
+"""The whole run's configuration: pydantic models, YAML files, dotted command-line overrides.
+
+Every setting lives here (no globals). Models are frozen and reject unknown keys, so a typo in a
+YAML file or an override fails loudly instead of being ignored. `ConfigError` carries one line
+for people: the field, the value, what is allowed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ModelConfig(Section):
+    """The diffusion model to unlearn from: a hub id or a local folder in diffusers layout."""
+
+    pretrained: str = "toyworld"  # hub id, local folder, or "toyworld" (the embedded default)
+    revision: str | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # weights on the actors
+    local_files_only: bool = False  # True: never touch the network
+
+
+class LoraConfig(Section):
+    """LoRA adapters on the UNet (peft). Only these parameters are ever trained."""
+
+    rank: PositiveInt = 4
+    alpha: PositiveFloat = 4.0
+    dropout: Fraction = 0.0
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    init: Literal["gaussian", "default"] = "gaussian"  # B = 0 either way: LoRA starts as a no-op
+
+
+class SamplerConfig(Section):
+    """DDIM with eta > 0: the stochastic policy whose per-step log-probs RL needs."""
+
+    num_steps: PositiveInt = 20  # S, denoising steps per trajectory
+    eta: float = 1.0  # must be > 0: eta = 0 is deterministic and has no density
+    guidance_scale: float = Field(5.0, ge=1.0)  # classifier-free guidance weight w
+    keep_steps: PositiveInt | None = None  # K of S transitions stored (random, seeded); None = all
+    batch_size: PositiveInt = 8  # trajectories per sampling call on one actor
+    height: PositiveInt | None = None  # pixels; None = the model's default
+    width: PositiveInt | None = None
+    log_prob_reduction: Literal["sum", "mean"] = "sum"  # over latent dims; see ALGORITHM.md
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplerConfig:
+        if not self.eta > 0:
+            raise ValueError(
+                f"sampler.eta = {self.eta} is not allowed: DDIM with eta = 0 is deterministic and "
+                "has no log-probability; use eta > 0 (1.0 is the DDPM-like default)"
+            )
+        if self.keep_steps is not None and self.keep_steps > self.num_steps:
+            raise ValueError(
+                f"sampler.keep_steps = {self.keep_steps} exceeds sampler.num_steps = "
+                f"{self.num_steps}; keep at most num_steps transitions"
+            )
+        return self
+
+
+class PromptsConfig(Section):
+    """Forget and retain prompt sets: literal lists and/or text files, expanded by templates."""
+
+    concept: str = "red"  # the concept to forget, as text
+    anchor: str = "a shape"  # what a forget image should look like instead
+    forget: list[str] = []
+    retain: list[str] = []
+    forget_file: Path | None = None
+    retain_file: Path | None = None
+    templates: list[str] = ["{}"]
+
+
+class RewardConfig(Section):
+    name: Literal["clip_concept", "classifier"] = "clip_concept"
+    clip_model: str = "toyworld"  # open_clip model name, or a local folder, or "toyworld"
+    clip_pretrained: str | None = None  # open_clip pretrained tag (e.g. "openai")
+    anchor_weight: float = 1.0  # alpha in r = -s(x0, concept) + alpha * s(x0, anchor)
+    classifier_path: Path | None = None
+    classifier_class: int | None = None
+    standardize: bool = True  # per-prompt running mean/std (DDPO's tracker)
+    prompts: PromptsConfig = PromptsConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RewardConfig:
+        if self.name == "classifier" and self.classifier_path is None:
+            raise ValueError(
+                "reward.classifier_path is missing: reward.name = 'classifier' needs the path of "
+                "a classifier to score images with"
+            )
+        return self
+
+
+class CriticConfig(Section):
+    enabled: bool = True  # False: terminal reward broadcast to every step (DDPO)
+    input: Literal["noisy", "x0_pred"] = "noisy"
+    timestep_input: bool = True
+    fusion: Literal["film", "concat"] = "concat"
+    hidden: PositiveInt = 256
+    lr: PositiveFloat = 1e-4
+    loss: Literal["mse", "huber"] = "mse"
+    warmup_steps: Annotated[int, Field(ge=0)] = 50  # critic-only steps before any policy update
+
+
+class LearnerConfig(Section):
+    algorithm: Literal["ppo", "esd"] = "ppo"
+    batch_size: PositiveInt = 32  # trajectories per learner step
+    minibatch_size: PositiveInt = 8  # trajectories per gradient step; must divide batch_size
+    train_steps: PositiveInt = 10  # K': transitions per trajectory trained on each step
+    epochs: PositiveInt = 1
+    lr: PositiveFloat = 2e-3
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: PositiveFloat = 1.0
+    clip_range: PositiveFloat = 0.2  # PPO epsilon (use ~1e-4 with log_prob_reduction = mean)
+    kl_weight: float = Field(0.0, ge=0)  # beta in + beta * KL(pi_theta || pi_base)
+    advantage: Literal["gae", "vtrace", "terminal"] = "gae"
+    gae_lambda: Fraction = 0.9
+    rho_bar: PositiveFloat = 1.0
+    c_bar: PositiveFloat = 1.0
+    value_target: Literal["mc", "td_lambda", "vtrace"] = "td_lambda"
+    advantage_clip: PositiveFloat = 5.0
+    esd_eta: float = 1.0  # ESD guidance strength (algorithm = esd)
+    max_steps: PositiveInt = 200  # learner budget: the run stops after this many steps
+    publish_every: PositiveInt = 1  # publish the adapter every N learner steps
+    checkpoint_every: PositiveInt = 20
+    gpus: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = False
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> LearnerConfig:
+        if self.batch_size % self.minibatch_size:
+            raise ValueError(
+                f"learner.minibatch_size = {self.minibatch_size} does not divide "
+                f"learner.batch_size = {self.batch_size}; pick a divisor"
+            )
+        return self
+
+
+class ReplayConfig(Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    namespace: str | None = None  # key prefix; None = the run name
+    capacity: PositiveInt = 1024  # trajectories kept (ring of slots)
+    shards: list[str] = []  # extra Redis URLs; shard = actor id mod N
+    sampling: Literal["uniform", "recent", "prioritized"] = "uniform"
+    recent_window: PositiveInt = 256
+    priority_exponent: float = Field(0.6, ge=0)
+    max_staleness: Annotated[int, Field(ge=0)] = 4  # policy versions; older is never sampled
+    min_size_to_sample: PositiveInt = 32
+    samples_per_insert: PositiveFloat = 4.0
+    error_buffer: PositiveFloat = 64.0
+    timeout_s: PositiveFloat = 60.0
+    retry_deadline_s: PositiveFloat = 30.0
+
+
+class ActorsConfig(Section):
+    num: int | Literal["auto"] = 2  # "auto": one per GPU in the cluster
+    gpus_per_actor: float = Field(0.0, ge=0)
+    cpus_per_actor: PositiveFloat = 1.0
+    weight_poll_s: PositiveFloat = 1.0
+    max_restarts: Annotated[int, Field(ge=0)] = 3
+
+
+class RuntimeConfig(Section):
+    kind: Literal["ray", "local"] = "ray"
+    run_dir: Path = Path("runs")  # the run goes to run_dir/<run name>
+    run_name: str | None = None  # None: <scenario>-s<seed>-<time>
+    device: str = "auto"  # "auto": cuda when available, else cpu
+    seed: int = 0
+    num_threads: PositiveInt | None = None
+
+
+class EvalConfig(Section):
+    images_per_prompt: PositiveInt = 16
+    seeds_offset: int = 1_000_000  # held-out seeds start here
+    batch_size: PositiveInt = 32
+
+
+class RunConfig(Section):
+    scenario: str = "default"
+    model: ModelConfig = ModelConfig()
+    lora: LoraConfig = LoraConfig()
+    sampler: SamplerConfig = SamplerConfig()
+    reward: RewardConfig = RewardConfig()
+    critic: CriticConfig = CriticConfig()
+    learner: LearnerConfig = LearnerConfig()
+    replay: ReplayConfig = ReplayConfig()
+    actors: ActorsConfig = ActorsConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        k = self.sampler.keep_steps or self.sampler.num_steps
+        if self.learner.algorithm == "ppo" and self.learner.train_steps > k:
+            raise ValueError(
+                f"learner.train_steps = {self.learner.train_steps} exceeds the {k} transitions "
+                "stored per trajectory (sampler.keep_steps or sampler.num_steps); lower it"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    """A configuration problem, told in one line."""
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{field}: unknown key (value {e['input']!r}); check the spelling")
+        elif e["type"] == "value_error":
+            lines.append(str(e["ctx"]["error"]) if "ctx" in e else e["msg"])
+        else:
+            lines.append(f"{field} = {e['input']!r}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`learner.lr=3e-5` -> (["learner", "lr"], 3e-5); the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not KEY=VALUE (e.g. learner.lr=3e-5)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part!r} is a value, not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML scenario (or the defaults), apply dotted overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist; see configs/ for scenarios")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".replace("\n", " "))
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping, not {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

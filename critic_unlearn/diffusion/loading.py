@@ -1,0 +1,98 @@
+"""Load a Stable-Diffusion-compatible model (UNet, VAE, text encoder, tokenizer, scheduler).
+
+Every part goes through its library's own `from_pretrained`, from a hub id or a local folder in
+diffusers layout. The scheduler is always DDIM (built from the model's scheduler config), because
+the policy's log-probabilities are defined for DDIM with eta > 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or read; the message says where we looked and what to do."""
+
+
+@dataclass
+class SDComponents:
+    """The five parts of a Stable Diffusion model, ready to sample with."""
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDIMScheduler
+    model_id: str
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def default_size(self) -> int:
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+
+def _looks_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).exists()
+
+
+def load_components(
+    model: str,
+    *,
+    revision: str | None = None,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    local_files_only: bool = False,
+) -> SDComponents:
+    """Load all parts of `model` (hub id or local folder) and move them to `device`."""
+    if _looks_local(model):
+        root = Path(model).expanduser()
+        if not root.is_dir():
+            raise ModelLoadError(
+                f"model folder {str(root)!r} does not exist; point model.pretrained at a folder "
+                "in diffusers layout (with unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
+            )
+        missing = [p for p in PARTS if not (root / p).is_dir()]
+        if missing:
+            raise ModelLoadError(
+                f"model folder {str(root)!r} lacks {', '.join(missing)}; it must be in diffusers "
+                "layout (save it with StableDiffusionPipeline.save_pretrained)"
+            )
+        model = str(root)
+    kw = {"revision": revision, "local_files_only": local_files_only}
+    torch_dtype = DTYPES[dtype]
+    try:
+        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype, **kw)
+        vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            model, subfolder="text_encoder", dtype=torch_dtype, **kw
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
+        scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"could not load model {model!r}: {first}. It is not a local folder and could not be "
+            "fetched from (or found in the cache of) the Hugging Face hub. On a machine without "
+            "internet, download it elsewhere (`hf download MODEL --local-dir DIR`) and set "
+            "model.pretrained=DIR"
+        ) from None
+    for m in (unet, vae, text_encoder):
+        m.requires_grad_(False)
+        m.eval()
+        m.to(device)
+    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, model_id=model)

@@ -1,0 +1,84 @@
+"""LoRA adapters on the UNet through peft: attach, read and write them as plain tensors.
+
+Only the adapter is trained and shipped between processes. `base_policy` switches the adapters
+off, which gives the base model exactly (peft skips the LoRA branch altogether).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from diffusers import UNet2DConditionModel
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from torch import Tensor
+
+from critic_unlearn.config import LoraConfig
+
+ADAPTER = "unlearn"
+
+
+def peft_config(cfg: LoraConfig) -> PeftLoraConfig:
+    init = True if cfg.init == "default" else cfg.init  # peft's True = Kaiming A, zero B
+    return PeftLoraConfig(
+        r=cfg.rank,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        init_lora_weights=init,
+    )
+
+
+def lora_config_hash(cfg: LoraConfig) -> str:
+    """A short, stable id of the adapter's shape; actors refuse weights of another shape."""
+    blob = json.dumps(cfg.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[str]:
+    """Add the adapter to `unet` in place; returns the names of the trainable parameters."""
+    try:
+        unet.add_adapter(peft_config(cfg), adapter_name=ADAPTER)
+    except ValueError as e:
+        raise ValueError(
+            f"lora.target_modules = {list(cfg.target_modules)} matched nothing usable in the "
+            f"UNet ({e}); use names of its Linear/Conv layers such as to_q, to_k, to_v, to_out.0"
+        ) from None
+    names = [n for n, p in unet.named_parameters() if "lora_" in n]
+    for n, p in unet.named_parameters():
+        p.requires_grad_("lora_" in n)
+    return names
+
+
+def get_adapter_state(unet: UNet2DConditionModel) -> dict[str, Tensor]:
+    """The adapter's tensors (detached CPU copies), keyed as peft names them."""
+    sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+
+
+def set_adapter_state(unet: UNet2DConditionModel, state: dict[str, Tensor]) -> None:
+    """Load adapter tensors in place; every key must match (no silent partial loads)."""
+    own = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    if set(own) != set(state):
+        extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
+        raise ValueError(
+            f"adapter state does not match this UNet's LoRA: {len(missing)} missing "
+            f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); was it trained "
+            "with another lora config or base model?"
+        )
+    result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"adapter keys not loaded: {result.unexpected_keys[:3]}")
+
+
+@contextmanager
+def base_policy(unet: UNet2DConditionModel) -> Iterator[None]:
+    """Run the UNet with its adapters switched off: the base model, exactly."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()

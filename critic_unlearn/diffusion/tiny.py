@@ -1,0 +1,105 @@
+"""Tiny, randomly initialised Stable Diffusion models built offline, for tests and the first demo.
+
+`clip_tokenizer()` builds the real CLIP BPE tokenizer from the vocabulary that open_clip ships
+in its package, so nothing is downloaded. `build_tiny_model(dir)` saves a complete pipeline in
+diffusers layout with `save_pretrained`; it loads back through the same `from_pretrained` code a
+real model uses.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+
+def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
+    """CLIP's BPE tokenizer (49,408 tokens) from open_clip's bundled merges file; no download."""
+    import open_clip.tokenizer as oct
+
+    path = os.path.join(os.path.dirname(oct.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    byte_chars = list(oct.bytes_to_unicode().values())
+    vocab = byte_chars + [c + "</w>" for c in byte_chars]
+    vocab += ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(
+        vocab={tok: i for i, tok in enumerate(vocab)},
+        merges=[tuple(m.split()) for m in merges],
+        model_max_length=model_max_length,
+    )
+
+
+def tiny_components(seed: int = 0, sample_size: int = 8) -> dict:
+    """A UNet with a few channels, a 2-layer CLIP text encoder, a tiny VAE (4x downsampling)."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size * 2,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": clip_tokenizer(),
+        "scheduler": scheduler,
+    }
+
+
+def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random pipeline in diffusers layout (idempotent: reuses a complete folder)."""
+    out = Path(out_dir)
+    if (out / "model_index.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    pipe = StableDiffusionPipeline(
+        **tiny_components(seed),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    tmp.replace(out)  # a half-written folder never carries the final name
+    return out
