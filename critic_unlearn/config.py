@@ -75,9 +75,9 @@ class PromptsConfig(Section):
     anchor: str = "a shape"  # what a forget image should look like instead
     forget: list[str] = []
     retain: list[str] = []
-    forget_file: Path | None = None
+    forget_file: Path | None = None  # text file, one prompt a line ('#' starts a comment)
     retain_file: Path | None = None
-    templates: list[str] = ["{}"]
+    templates: list[str] = ["{}"]  # each prompt is put in every template at its "{}"
 
 
 class RewardConfig(Section):
@@ -85,9 +85,16 @@ class RewardConfig(Section):
     clip_model: str = "toyworld"  # open_clip model name, or a local folder, or "toyworld"
     clip_pretrained: str | None = None  # open_clip pretrained tag (e.g. "openai")
     anchor_weight: float = 1.0  # alpha in r = -s(x0, concept) + alpha * s(x0, anchor)
-    classifier_path: Path | None = None
-    classifier_class: int | None = None
+    clip_batch_size: PositiveInt = 32  # images per CLIP forward pass
+    classifier_path: Path | None = None  # TorchScript file, or JSON config beside safetensors
+    classifier_class: int | None = None  # output index whose probability is the reward
+    classifier_head: int | str | None = None  # multi-head output: tuple index or dict key
+    classifier_output: Literal["logits", "probs"] = "logits"  # what the classifier returns
+    classifier_mode: Literal["prob", "not_prob"] = "prob"  # r = p(class), or 1 - p(class)
+    classifier_image_size: PositiveInt | None = None  # pixels (square); None keeps the size
     standardize: bool = True  # per-prompt running mean/std (DDPO's tracker)
+    standardize_buffer: PositiveInt = 16  # most recent rewards remembered per prompt
+    standardize_min_count: PositiveInt = 16  # fewer seen: use the batch's mean/std instead
     prompts: PromptsConfig = PromptsConfig()
 
     @model_validator(mode="after")
@@ -97,6 +104,11 @@ class RewardConfig(Section):
                 "reward.classifier_path is missing: reward.name = 'classifier' needs the path of "
                 "a classifier to score images with"
             )
+        if self.name == "classifier" and self.classifier_class is None:
+            raise ValueError(
+                "reward.classifier_class is missing: reward.name = 'classifier' needs the index "
+                "of the class whose probability is the reward"
+            )
         return self
 
 
@@ -105,7 +117,10 @@ class CriticConfig(Section):
     input: Literal["noisy", "x0_pred"] = "noisy"
     timestep_input: bool = True
     fusion: Literal["film", "concat"] = "concat"
-    hidden: PositiveInt = 256
+    hidden: PositiveInt = 256  # width of the MLP head
+    timestep_dim: PositiveInt = 128  # width of the sinusoidal timestep embedding
+    text_cache_size: PositiveInt = 4096  # prompts whose CLIP text embedding is kept
+    train_image_tower: bool = True  # False: only the head learns (saves memory at SD scale)
     lr: PositiveFloat = 1e-4
     loss: Literal["mse", "huber"] = "mse"
     warmup_steps: Annotated[int, Field(ge=0)] = 50  # critic-only steps before any policy update
@@ -115,7 +130,7 @@ class LearnerConfig(Section):
     algorithm: Literal["ppo", "esd"] = "ppo"
     batch_size: PositiveInt = 32  # trajectories per learner step
     minibatch_size: PositiveInt = 8  # trajectories per gradient step; must divide batch_size
-    train_steps: PositiveInt = 10  # K': transitions per trajectory trained on each step
+    train_steps: PositiveInt | None = None  # transitions per trajectory per step; None = all kept
     epochs: PositiveInt = 1
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(0.0, ge=0)
@@ -147,19 +162,32 @@ class LearnerConfig(Section):
 
 
 class ReplayConfig(Section):
-    url: str = "redis://127.0.0.1:6379/0"
-    namespace: str | None = None  # key prefix; None = the run name
-    capacity: PositiveInt = 1024  # trajectories kept (ring of slots)
-    shards: list[str] = []  # extra Redis URLs; shard = actor id mod N
+    """The Redis replay buffer (see critic_unlearn/replay/keys.py for the key layout)."""
+
+    url: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// (TLS) or unix://; user:password@
+    namespace: str | None = None  # key prefix; None = the run name; A-Z a-z 0-9 _ . -
+    capacity: PositiveInt = 1024  # trajectories kept in all (ring of slots, split over shards)
+    shards: list[str] = []  # extra Redis URLs; shard = actor id mod (1 + len(shards))
     sampling: Literal["uniform", "recent", "prioritized"] = "uniform"
-    recent_window: PositiveInt = 256
-    priority_exponent: float = Field(0.6, ge=0)
+    recent_window: PositiveInt = 256  # trajectories: "recent" samples the newest this many
+    priority_exponent: float = Field(0.6, ge=0)  # alpha: P(i) ~ priority_i ** alpha
     max_staleness: Annotated[int, Field(ge=0)] = 4  # policy versions; older is never sampled
-    min_size_to_sample: PositiveInt = 32
-    samples_per_insert: PositiveFloat = 4.0
-    error_buffer: PositiveFloat = 64.0
-    timeout_s: PositiveFloat = 60.0
-    retry_deadline_s: PositiveFloat = 30.0
+    min_size_to_sample: PositiveInt = 32  # trajectories stored before any sample is granted
+    samples_per_insert: PositiveFloat = 4.0  # trajectories sampled per trajectory inserted
+    error_buffer: PositiveFloat = 64.0  # samples of slack either way; >= max(1, spi)
+    timeout_s: PositiveFloat = 60.0  # seconds a blocked write/sample waits, then raises
+    retry_deadline_s: PositiveFloat = 30.0  # seconds of reconnect attempts before giving up
+    socket_timeout_s: PositiveFloat = 10.0  # seconds one Redis round trip may take
+
+    @model_validator(mode="after")
+    def _check(self) -> ReplayConfig:
+        if self.error_buffer < max(1.0, self.samples_per_insert):
+            raise ValueError(
+                f"replay.error_buffer = {self.error_buffer} must be >= max(1, "
+                f"replay.samples_per_insert = {self.samples_per_insert}), or writers and the "
+                "sampler can block each other forever; raise it"
+            )
+        return self
 
 
 class ActorsConfig(Section):
@@ -201,7 +229,8 @@ class RunConfig(Section):
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         k = self.sampler.keep_steps or self.sampler.num_steps
-        if self.learner.algorithm == "ppo" and self.learner.train_steps > k:
+        n = self.learner.train_steps
+        if self.learner.algorithm == "ppo" and n is not None and n > k:
             raise ValueError(
                 f"learner.train_steps = {self.learner.train_steps} exceeds the {k} transitions "
                 "stored per trajectory (sampler.keep_steps or sampler.num_steps); lower it"

@@ -84,11 +84,11 @@ def load_components(
         tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer", **kw)
         scheduler = DDIMScheduler.from_pretrained(model, subfolder="scheduler", **kw)
     except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
         raise ModelLoadError(
-            f"could not load model {model!r}: {first}. It is not a local folder and could not be "
-            "fetched from (or found in the cache of) the Hugging Face hub. On a machine without "
-            "internet, download it elsewhere (`hf download MODEL --local-dir DIR`) and set "
+            f"could not load model {model!r} ({first}); it is not a local folder, and the "
+            "Hugging Face hub could not provide it (offline, not cached, or no such model). "
+            "Download it where there is internet (`hf download MODEL --local-dir DIR`) and set "
             "model.pretrained=DIR"
         ) from None
     for m in (unet, vae, text_encoder):

@@ -1,0 +1,158 @@
+"""The timestep-aware critic V(x_t, t, c) ~ E[r | x_t, c] (ALGORITHM.md, "Critic").
+
+A copy of the reward CLIP's image tower reads the state as pixels (the noisy latent decoded by the
+VAE, or with `input = "x0_pred"` the predicted clean latent decoded); a sinusoidal timestep
+embedding and the prompt's CLIP text embedding condition an MLP head, by concatenation or FiLM.
+
+Critic off (`critic.enabled = False`) builds no critic: the learner then broadcasts the terminal
+advantage r - mean to every step (DDPO). Train/eval mode is the caller's: CLIP ResNet towers have
+BatchNorm, so compute values for advantages under `critic.eval()`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from critic_unlearn.config import CriticConfig
+from critic_unlearn.rewards.clip_text import TextEmbeddingCache
+from critic_unlearn.rewards.openclip_loading import LoadedClip
+from critic_unlearn.rewards.preprocess import clip_pixels
+
+Decode = Callable[[Tensor], Tensor]  # latents (B, C, h, w) -> pixels (B, 3, H, W) in [-1, 1]
+
+
+def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """(B,) timesteps -> (B, dim) [cos | sin] features at geometric frequencies (as in DDPM)."""
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+        / half
+    )
+    args = timesteps.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return nn.functional.pad(emb, (0, dim - 2 * half))
+
+
+def _mlp(d_in: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+        nn.Linear(hidden, 1),
+    )
+
+
+class Critic(nn.Module):
+    """`critic(pixels (B,3,H,W) in [-1,1], timesteps (B,), text_emb (B,D)) -> values (B,)`."""
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        preprocess_cfg: dict,
+        image_dim: int,
+        text_dim: int,
+        cfg: CriticConfig,
+    ) -> None:
+        super().__init__()
+        self.visual = visual  # open_clip image tower: (B, 3, S, S) -> (B, image_dim)
+        self.visual.requires_grad_(cfg.train_image_tower)
+        self.preprocess_cfg = dict(preprocess_cfg)
+        self.input, self.fusion = cfg.input, cfg.fusion
+        self.timestep_input, self.timestep_dim = cfg.timestep_input, cfg.timestep_dim
+        h = cfg.hidden
+        self.image_proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, h))
+        self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, h))
+        self.time_mlp = (
+            nn.Sequential(nn.Linear(cfg.timestep_dim, h), nn.SiLU(), nn.Linear(h, h))
+            if cfg.timestep_input
+            else None
+        )
+        n_cond = 1 + int(cfg.timestep_input)  # text, and the timestep when it is an input
+        if cfg.fusion == "concat":
+            self.film = None
+            self.head = _mlp(h * (1 + n_cond), h)
+        else:  # FiLM: the condition scales and shifts the image features; starts as identity
+            self.film = nn.Sequential(nn.SiLU(), nn.Linear(h * n_cond, 2 * h))
+            nn.init.zeros_(self.film[1].weight)
+            nn.init.zeros_(self.film[1].bias)
+            self.head = _mlp(h, h)
+
+    @classmethod
+    def from_clip(cls, clip: LoadedClip, cfg: CriticConfig) -> Critic:
+        """A critic whose image tower starts as a trainable copy of the reward CLIP's."""
+        visual = copy.deepcopy(clip.model.visual).train()
+        return cls(visual, clip.preprocess_cfg, clip.embed_dim, clip.embed_dim, cfg)
+
+    def forward(self, pixels: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
+        b = pixels.shape[0]
+        if timesteps.shape != (b,) or text_emb.ndim != 2 or text_emb.shape[0] != b:
+            raise ValueError(
+                f"critic expects pixels (B,3,H,W), timesteps (B,), text_emb (B,D); got "
+                f"{tuple(pixels.shape)}, {tuple(timesteps.shape)}, {tuple(text_emb.shape)}"
+            )
+        x = clip_pixels((pixels.float() + 1.0) / 2.0, self.preprocess_cfg)
+        img = self.image_proj(self.visual(x).float())  # (B, h)
+        cond = [self.text_proj(text_emb.float())]
+        if self.time_mlp is not None:
+            cond.append(self.time_mlp(timestep_embedding(timesteps, self.timestep_dim)))
+        if self.film is None:
+            return self.head(torch.cat([img, *cond], dim=-1)).squeeze(-1)
+        scale, shift = self.film(torch.cat(cond, dim=-1)).chunk(2, dim=-1)
+        return self.head(img * (1.0 + scale) + shift).squeeze(-1)
+
+    def value(
+        self,
+        latents: Tensor,
+        timesteps: Tensor,
+        text_emb: Tensor,
+        decode: Decode,
+        x0_pred: Tensor | None = None,
+    ) -> Tensor:
+        """V from latents: decodes x_t (input "noisy") or `x0_pred` (input "x0_pred") first.
+
+        The decoder is frozen, so decoding runs without gradients; only the critic learns.
+        """
+        if self.input == "x0_pred":
+            if x0_pred is None:
+                raise ValueError(
+                    "critic.input = 'x0_pred' needs the predicted clean latents: pass x0_pred "
+                    "(see predict_x0), or set critic.input = 'noisy'"
+                )
+            latents = x0_pred
+        with torch.no_grad():
+            pixels = decode(latents)
+        return self(pixels, timesteps, text_emb)
+
+
+def predict_x0(
+    latents: Tensor, noise_pred: Tensor, alphas_cumprod: Tensor, timesteps: Tensor
+) -> Tensor:
+    """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), per sample timestep (epsilon models)."""
+    abar = alphas_cumprod.to(latents.device, torch.float32)[timesteps.long()]
+    abar = abar.view(-1, *([1] * (latents.ndim - 1)))
+    x0 = (latents.float() - (1.0 - abar).sqrt() * noise_pred.float()) / abar.sqrt()
+    return x0.to(latents.dtype)
+
+
+def make_vae_decode(vae: nn.Module) -> Decode:
+    """A `decode` for Critic.value: diffusers VAE latents -> pixels in [-1, 1]."""
+    scale = float(vae.config.scaling_factor)
+    dtype = next(vae.parameters()).dtype
+
+    def decode(latents: Tensor) -> Tensor:
+        return vae.decode(latents.to(dtype) / scale).sample.float().clamp(-1.0, 1.0)
+
+    return decode
+
+
+def build_critic(cfg: CriticConfig, clip: LoadedClip) -> Critic | None:
+    """The critic described by `cfg`, or None when `critic.enabled` is False (DDPO broadcast)."""
+    return Critic.from_clip(clip, cfg) if cfg.enabled else None
+
+
+def text_embedder(clip: LoadedClip, cfg: CriticConfig) -> TextEmbeddingCache:
+    """Prompt -> CLIP text embedding, each prompt encoded once (the critic's conditioning)."""
+    return TextEmbeddingCache(clip, max_size=cfg.text_cache_size)

@@ -1,0 +1,134 @@
+"""Connections to Redis from a URL, with retries that end in one clear error.
+
+redis-py's own retries are switched off: every call goes through `Connection.call`, which retries
+connection failures (and a server still loading its data after a restart) with exponential
+back-off and full jitter until `retry_deadline_s`, then raises `ReplayConnectionError` naming the
+URL with its password redacted. Wrong credentials fail at once (`ReplayAuthError`); a refused
+write because Redis is full raises `ReplayFullError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from critic_unlearn.replay.errors import (
+    ReplayAuthError,
+    ReplayConnectionError,
+    ReplayError,
+    ReplayFullError,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+_URL_HELP = (
+    "use redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path/redis.sock"
+)
+
+
+def redact(url: str) -> str:
+    """The URL with its password replaced by ***, safe for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+class Connection:
+    """One Redis server: a redis-py client plus the retry policy around every call."""
+
+    def __init__(self, url: str, *, socket_timeout_s: float, retry_deadline_s: float) -> None:
+        self.url = url
+        self.safe_url = redact(url)
+        self.retry_deadline_s = retry_deadline_s
+        try:
+            self.redis = redis.Redis.from_url(
+                url,
+                socket_timeout=socket_timeout_s,
+                socket_connect_timeout=min(socket_timeout_s, retry_deadline_s),
+                retry=Retry(NoBackoff(), 0),
+            )
+        except (ValueError, TypeError) as e:
+            raise ValueError(
+                f"replay.url = {self.safe_url!r} is not a Redis URL ({e}); {_URL_HELP}"
+            ) from None
+        self.call(self.redis.ping)
+        self._warn_eviction_policy()
+
+    def call(self, fn: Callable[[], T], what: str = "") -> T:
+        """Run `fn` (one Redis round trip), retrying connection loss until the deadline."""
+        start = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except redis.AuthenticationError as e:
+                raise ReplayAuthError(
+                    f"Redis at {self.safe_url} refused the credentials ({e}); fix the user and "
+                    "password in replay.url (redis://user:password@host:port/db)"
+                ) from None
+            except redis.ResponseError as e:
+                raise self._response_error(e, what) from None
+            except _TRANSIENT as e:
+                attempt += 1
+                elapsed = time.monotonic() - start
+                if elapsed >= self.retry_deadline_s:
+                    raise ReplayConnectionError(
+                        f"cannot reach Redis at {self.safe_url} after {attempt} attempts in "
+                        f"{elapsed:.1f} s ({type(e).__name__}: {e}); start the server or fix "
+                        "replay.url, or raise replay.retry_deadline_s"
+                    ) from None
+                delay = min(2.0, 0.02 * 2 ** min(attempt, 10)) * random.random()
+                delay = min(delay, max(0.0, self.retry_deadline_s - elapsed))
+                log.warning("replay: %s lost (%s); retry %d in %.2f s", self.safe_url, e, attempt,
+                            delay)
+                time.sleep(delay)
+
+    def _response_error(self, e: redis.ResponseError, what: str) -> ReplayError:
+        text = str(e)
+        if "NOAUTH" in text or "WRONGPASS" in text or "NOPERM" in text:
+            return ReplayAuthError(
+                f"Redis at {self.safe_url} needs other credentials ({text}); put the ACL user "
+                "and password in replay.url (redis://user:password@host:port/db)"
+            )
+        if text.startswith("OOM") or "OOM command not allowed" in text:
+            return ReplayFullError(
+                f"Redis at {self.safe_url} is out of memory and refused {what or 'a write'}; "
+                "nothing was stored. Lower replay.capacity or raise the server's maxmemory "
+                "(the buffer's ring, not Redis eviction, must bound memory)"
+            )
+        return ReplayError(f"Redis at {self.safe_url} failed {what or 'a command'}: {text}")
+
+    def _warn_eviction_policy(self) -> None:
+        """Eviction would silently drop index keys; say so once (managed Redis may hide CONFIG)."""
+        try:
+            policy = self.redis.config_get("maxmemory-policy").get(b"maxmemory-policy", b"")
+        except redis.RedisError:
+            return
+        if policy and policy != b"noeviction":
+            log.warning(
+                "replay: Redis at %s has maxmemory-policy %s; set it to noeviction so a full "
+                "server refuses inserts instead of silently dropping replay index keys",
+                self.safe_url,
+                policy.decode(),
+            )
+
+    def close(self) -> None:
+        self.redis.close()

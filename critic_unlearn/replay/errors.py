@@ -1,0 +1,23 @@
+"""Replay errors, each one line for people: what, where (URL, password redacted), what to do."""
+
+from __future__ import annotations
+
+
+class ReplayError(RuntimeError):
+    """Base class of every replay failure."""
+
+
+class ReplayConnectionError(ReplayError):
+    """The server could not be reached (or was lost) for longer than the retry deadline."""
+
+
+class ReplayAuthError(ReplayError):
+    """The server refused the credentials in the URL; retrying would not help."""
+
+
+class ReplayFullError(ReplayError):
+    """Redis is out of memory (maxmemory with noeviction) and refused an insert."""
+
+
+class ReplayTimeout(ReplayError, TimeoutError):
+    """A blocking call (rate limiter, or no fresh enough record) waited its whole timeout."""

@@ -1,0 +1,172 @@
+"""One shard of one run's buffer: typed Python calls over the Lua scripts in `scripts.py`.
+
+Writer and sampler talk to shards only through this class, so the key layout and the reply
+formats of the scripts are known in exactly two files (`keys.py`, `scripts.py`) and here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from critic_unlearn.replay import scripts
+from critic_unlearn.replay.client import Connection
+from critic_unlearn.replay.keys import Keys
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """What Redis stores beside a payload; comes back with every sampled record."""
+
+    shard: int
+    slot: int
+    id: int  # insert sequence number on its shard (1, 2, ...); never reused
+    uid: str  # writer-chosen unique id; a retried insert with the same uid is a no-op
+    version: int  # policy version that produced the trajectory
+    reward: float
+    role: str  # 'forget' | 'retain'
+    actor: int
+    times_sampled: int  # including this draw
+    priority: float
+    probability: float  # chance of this draw (for importance weights)
+
+    @property
+    def key(self) -> str:
+        """Human-readable record name used in logs: shard/slot#id."""
+        return f"shard {self.shard} slot {self.slot} id {self.id}"
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    status: str  # 'ok' | 'dup' | 'blocked'
+    id: int
+    slot: int
+    evicted_id: int  # id of the record this insert overwrote, 0 if none
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    status: str  # 'ok' | 'blocked' (rate limiter) | 'stale' (no record new enough)
+    records: list[tuple[RecordMeta, bytes]]
+    size: int = 0
+    newest_version: int = -1
+
+
+def _num(x: bytes | None) -> str:
+    return x.decode() if x is not None else "nan"
+
+
+class Shard:
+    """The keys of one (namespace, shard) on one server, and the scripts that change them."""
+
+    def __init__(self, conn: Connection, keys: Keys, capacity: int) -> None:
+        self.conn = conn
+        self.keys = keys
+        self.capacity = capacity
+        r = conn.redis
+        self._insert = r.register_script(scripts.INSERT)
+        self._sample = r.register_script(scripts.SAMPLE)
+        self._drop = r.register_script(scripts.DROP)
+        self._update = r.register_script(scripts.UPDATE_PRIORITIES)
+        self._limit = r.register_script(scripts.LIMIT)
+
+    def insert(self, payload: bytes, *, uid: str, version: int, reward: float, role: str,
+               actor: int, priority: float | None, limiter: tuple | None) -> InsertResult:
+        rl = ("1", *limiter) if limiter else ("0", 0, 0, 0)
+        args = [self.keys.prefix, self.capacity, payload, uid, version, repr(float(reward)), role,
+                actor, "" if priority is None else repr(float(priority)), *rl]
+        status, rid, slot, evicted = self.conn.call(
+            lambda: self._insert(keys=[self.keys.head], args=args), "an insert"
+        )
+        return InsertResult(status.decode(), int(rid), int(slot), int(evicted))
+
+    def sample(self, n: int, *, min_version: int, mode: str, recent_window: int,
+               priority_exponent: float, limiter: tuple | None) -> SampleResult:
+        rl = ("1", *limiter) if limiter else ("0", 0, 0, 0)
+        args = [self.keys.prefix, self.capacity, n, min_version, mode, recent_window,
+                priority_exponent, random.getrandbits(31), *rl]
+        reply = self.conn.call(lambda: self._sample(keys=[self.keys.head], args=args), "a sample")
+        status = reply[0].decode()
+        if status != "ok":
+            return SampleResult(status, [], int(reply[1]), int(float(reply[2])))
+        out = []
+        width = scripts.RECORD_FIELDS
+        for k in range(2, len(reply), width):
+            s, rid, uid, ver, rew, role, actor, times, prio, prob, payload = reply[k : k + width]
+            meta = RecordMeta(
+                shard=self.keys.shard, slot=int(s), id=int(rid), uid=uid.decode(),
+                version=int(ver), reward=float(_num(rew)), role=role.decode(),
+                actor=int(actor), times_sampled=int(times), priority=float(_num(prio)),
+                probability=float(prob),
+            )
+            out.append((meta, payload))
+        return SampleResult("ok", out)
+
+    def drop(self, slot: int, rid: int) -> bool:
+        """Remove a (corrupt) record if `slot` still holds record `rid`."""
+        done = self.conn.call(
+            lambda: self._drop(keys=[self.keys.head], args=[self.keys.prefix, slot, rid]),
+            "dropping a corrupt record",
+        )
+        return bool(done)
+
+    def update_priorities(self, items: list[tuple[int, int, float]]) -> int:
+        for _, _, p in items:
+            if not (math.isfinite(p) and p >= 0):
+                raise ValueError(f"priority {p!r} is not allowed: use a finite number >= 0")
+        args: list = [self.keys.prefix]
+        for slot, rid, p in items:
+            args += [slot, rid, repr(float(p))]
+        return int(self.conn.call(
+            lambda: self._update(keys=[self.keys.head], args=args), "a priority update"
+        ))
+
+    def limit(self, kind: str, n: int, total_size: int, limiter: tuple) -> int:
+        """Limiter decision on this (primary) shard for data that lives on other shards."""
+        return int(self.conn.call(
+            lambda: self._limit(keys=[self.keys.rl], args=[kind, n, total_size, *limiter]),
+            "a rate-limiter update",
+        ))
+
+    def size(self) -> int:
+        return int(self.conn.call(lambda: self.conn.redis.zcard(self.keys.ver)))
+
+    def counters(self) -> dict[str, float]:
+        """Server-side totals: inserted (head), present, evictions, corrupt, bytes_in."""
+        r = self.conn.redis
+
+        def read():
+            pipe = r.pipeline(transaction=True)
+            pipe.get(self.keys.head)
+            pipe.zcard(self.keys.ver)
+            pipe.hgetall(self.keys.stats)
+            return pipe.execute()
+
+        head, present, stats = self.conn.call(read)
+        stats = {k.decode(): float(v) for k, v in stats.items()}
+        return {
+            "inserted": int(head or 0),
+            "present": int(present),
+            "evictions": int(stats.get("evictions", 0)),
+            "corrupt": int(stats.get("corrupt", 0)),
+            "bytes_in": int(stats.get("bytes_in", 0)),
+        }
+
+    def clear(self) -> int:
+        """Delete every key of this shard of this namespace (and nothing else)."""
+        r = self.conn.redis
+
+        def run() -> int:
+            n = 0
+            batch: list[bytes] = []
+            for key in r.scan_iter(match=self.keys.pattern, count=1000):
+                batch.append(key)
+                if len(batch) >= 500:
+                    n += r.unlink(*batch)
+                    batch = []
+            if batch:
+                n += r.unlink(*batch)
+            return n
+
+        return self.conn.call(run, "clear")

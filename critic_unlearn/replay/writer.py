@@ -1,0 +1,107 @@
+"""The actor side: `ReplayWriter.write(traj)` stores one trajectory atomically, or waits.
+
+An insert is one Lua script: payload, metadata, version and priority indexes and the limiter
+counter change together or not at all. Each write carries a fresh uid, so when a reply is lost
+with the connection and the call is retried, the server recognises the record and does not
+store it twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from critic_unlearn.codec import encode_trajectory
+from critic_unlearn.config import ReplayConfig
+from critic_unlearn.replay.errors import ReplayTimeout
+from critic_unlearn.replay.metrics import Counters
+from critic_unlearn.replay.rate_limiter import RateLimiter, Waiter
+from critic_unlearn.replay.shards import open_limiter, open_shards
+from critic_unlearn.types import Trajectory
+
+
+@dataclass(frozen=True)
+class RecordRef:
+    """Where a record went: shard, ring slot, and its never-reused id on that shard."""
+
+    shard: int
+    slot: int
+    id: int
+
+
+class ReplayWriter:
+    """Writes trajectories of one or more actors into a run's buffer."""
+
+    def __init__(self, cfg: ReplayConfig, *, namespace: str | None = None) -> None:
+        self.cfg = cfg
+        self.shards = open_shards(cfg, namespace)
+        self.limiter: RateLimiter = open_limiter(cfg, self.shards)
+        self.counters = Counters()
+
+    def write(self, traj: Trajectory, *, priority: float | None = None,
+              timeout_s: float | None = None) -> RecordRef:
+        """Encode and store `traj`; block (up to timeout_s) while the rate limiter says wait.
+
+        `priority` defaults to the highest priority seen so far, so new records get sampled.
+        """
+        return self.write_bytes(
+            encode_trajectory(traj), version=traj.version, reward=traj.reward, role=traj.role,
+            actor=traj.actor_id, priority=priority, timeout_s=timeout_s,
+        )
+
+    def write_bytes(self, payload: bytes, *, version: int, reward: float, role: str, actor: int,
+                    priority: float | None = None, timeout_s: float | None = None) -> RecordRef:
+        """Store an already encoded trajectory; the metadata must match what it encodes."""
+        if role not in ("forget", "retain"):
+            raise ValueError(f"role = {role!r} is not allowed: use 'forget' or 'retain'")
+        shard_no = actor % len(self.shards)
+        shard = self.shards[shard_no]
+        uid = f"{actor}-{uuid.uuid4().hex}"
+        limits = self.limiter.params.as_args()
+        waiter = Waiter(self.cfg.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            if shard_no == 0:
+                res = shard.insert(payload, uid=uid, version=version, reward=reward, role=role,
+                                   actor=actor, priority=priority, limiter=limits)
+            elif self.shards[0].limit("insert", 1, self._total_size(), limits):
+                res = shard.insert(payload, uid=uid, version=version, reward=reward, role=role,
+                                   actor=actor, priority=priority, limiter=None)
+            else:
+                res = None
+            if res is not None and res.status != "blocked":
+                break
+            if waiter.expired():
+                self.counters.blocked_s += waiter.blocked_s
+                c = self.limiter.counts()
+                raise ReplayTimeout(
+                    f"replay write timed out after {waiter.timeout_s:.1f} s: the rate limiter "
+                    f"holds actor {actor} (inserts {c['inserts']}, samples {c['samples']}, "
+                    f"samples_per_insert {self.cfg.samples_per_insert}, error_buffer "
+                    f"{self.cfg.error_buffer}); the learner is not sampling. Check it is alive, "
+                    "or raise replay.error_buffer / lower replay.samples_per_insert"
+                )
+            waiter.pause()
+        self.counters.blocked_s += waiter.blocked_s
+        if res.status == "dup":
+            self.counters.duplicates += 1
+        else:
+            self.counters.inserts += 1
+            self.counters.bytes_in += len(payload)
+            self.counters.evictions += res.evicted_id > 0
+        return RecordRef(shard_no, res.slot, res.id)
+
+    def _total_size(self) -> int:
+        return sum(s.size() for s in self.shards)
+
+    def stats(self) -> dict[str, float]:
+        return self.counters.as_dict()
+
+    def close(self) -> None:
+        for s in self.shards:
+            s.conn.close()
+
+    def __enter__(self) -> ReplayWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
