@@ -96,8 +96,11 @@ class ReplaySampler:
 
     def _decode(self, res: SampleResult) -> list[SampledRecord]:
         out = []
+        bad: set[tuple[int, int]] = set()  # a batch may draw the same corrupt record twice
         for meta, payload in res.records:
             shard = self.shards[meta.shard]
+            if (meta.shard, meta.id) in bad:
+                continue
             try:
                 traj = decode_trajectory(payload)
                 if (traj.version, traj.actor_id, traj.role) != (meta.version, meta.actor,
@@ -107,6 +110,7 @@ class ReplaySampler:
                         f"{traj.role}, metadata says {meta.version}, {meta.actor}, {meta.role}"
                     )
             except CodecError as e:
+                bad.add((meta.shard, meta.id))
                 self.counters.corrupt_skipped += 1
                 log.warning("replay: skipping corrupt record %s (id %d): %s; removing it",
                             shard.keys.slot(meta.slot), meta.id, e)
