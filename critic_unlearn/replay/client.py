@@ -108,7 +108,7 @@ class Connection:
                 f"Redis at {self.safe_url} needs other credentials ({text}); put the ACL user "
                 "and password in replay.url (redis://user:password@host:port/db)"
             )
-        if text.startswith("OOM") or "OOM command not allowed" in text:
+        if isinstance(e, redis.exceptions.OutOfMemoryError) or "> 'maxmemory'" in text:
             return ReplayFullError(
                 f"Redis at {self.safe_url} is out of memory and refused {what or 'a write'}; "
                 "nothing was stored. Lower replay.capacity or raise the server's maxmemory "
