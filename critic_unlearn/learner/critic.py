@@ -130,7 +130,7 @@ class Critic(nn.Module):
 def predict_x0(
     latents: Tensor, noise_pred: Tensor, alphas_cumprod: Tensor, timesteps: Tensor
 ) -> Tensor:
-    """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t), per sample timestep (epsilon models)."""
+    """x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) per sample (epsilon prediction)."""
     abar = alphas_cumprod.to(latents.device, torch.float32)[timesteps.long()]
     abar = abar.view(-1, *([1] * (latents.ndim - 1)))
     x0 = (latents.float() - (1.0 - abar).sqrt() * noise_pred.float()) / abar.sqrt()

@@ -88,7 +88,9 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.
                 "model with torch.jit.script(model).save(path), or give a JSON config + "
                 "safetensors weights (pickled checkpoints are refused)"
             ) from None
-    return model.eval().requires_grad_(False).to(device)
+    for param in model.parameters():  # ScriptModules lack requires_grad_()
+        param.requires_grad_(False)
+    return model.eval().to(device)
 
 
 class ClassifierReward:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -47,6 +48,13 @@ class LoadedClip:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "initialized randomly" before we load the folder's weights ourselves."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
 
 
 def _looks_local(name: str) -> bool:
@@ -103,6 +111,8 @@ def _load_folder(root: Path, device: str | torch.device) -> LoadedClip:
         ) from None
     chosen = root / WEIGHTS_NAME if (root / WEIGHTS_NAME).is_file() else weights[0]
     spec = f"local-dir:{root}"
+    quiet = _DropRandomInitWarning()  # the weights are loaded right after creation
+    logging.getLogger().addFilter(quiet)
     try:
         model = open_clip.create_model(spec, load_weights=False, device="cpu")
         open_clip.load_checkpoint(model, str(chosen), strict=True)
@@ -112,6 +122,8 @@ def _load_folder(root: Path, device: str | torch.device) -> LoadedClip:
             f"could not build the open_clip model in {str(root)!r} from {chosen.name}: {first}; "
             f"check that {CONFIG_NAME} matches the weights"
         ) from None
+    finally:
+        logging.getLogger().removeFilter(quiet)
     return _finish(model, open_clip.get_tokenizer(spec), str(root), model_cfg, device)
 
 

@@ -1,0 +1,28 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up .venv first.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint bench clean
+
+setup: $(STAMP)  ## create .venv and install (quick no-op when nothing changed)
+
+$(STAMP): pyproject.toml constraints.txt scripts/install.sh
+	scripts/install.sh $(VENV) dev
+	@touch $(STAMP)
+
+demo: setup  ## run the main job on the embedded default
+	$(VENV)/bin/critic-unlearn demo
+
+test: setup  ## the whole test suite (pytest exit 5, "no tests collected", fails too)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check critic_unlearn tests bench
+
+bench: setup
+	$(PY) -m bench.sampler_overhead
+
+clean:
+	rm -rf runs .cache .pytest_cache

@@ -1,0 +1,307 @@
+"""Rewards: CLIP concept reward, classifier reward, prompt sets, per-prompt standardisation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import huggingface_hub.constants
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from _clip_fixtures import ColourClassifier, tiny_clip, tiny_clip_folder
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+from safetensors.torch import save_file
+
+from critic_unlearn.config import PromptsConfig, RewardConfig
+from critic_unlearn.rewards import build_reward, build_stat_tracker
+from critic_unlearn.rewards.classifier import ClassifierLoadError, load_classifier
+from critic_unlearn.rewards.clip_concept import ClipConceptReward
+from critic_unlearn.rewards.normalization import PerPromptStatTracker
+from critic_unlearn.rewards.openclip_loading import ClipLoadError, load_open_clip
+from critic_unlearn.rewards.preprocess import clip_pixels, uint8_to_unit
+from critic_unlearn.rewards.prompts import PromptError, load_prompts, prompt_id
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_clip_folder(tmp_path_factory.mktemp("clip"), "vit")
+
+
+def _images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def test_local_folder_round_trips_weights_and_preprocess(tmp_path: Path) -> None:
+    folder = tiny_clip_folder(tmp_path, "resnet", seed=3)
+    clip = load_open_clip(str(folder))
+    torch.manual_seed(3)
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    original = open_clip.model.CLIP(**cfg["model_cfg"])
+    for k, v in original.state_dict().items():
+        torch.testing.assert_close(clip.model.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    assert clip.preprocess_cfg["mean"] == [0.48, 0.46, 0.41]
+    assert clip.preprocess_cfg["size"] in (32, (32, 32))
+    assert clip.tokenizer(["a red circle"]).shape == (1, 77)  # offline BPE tokenizer
+    assert not any(p.requires_grad for p in clip.model.parameters())
+
+
+def test_missing_hub_model_offline_says_how_to_use_a_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(ClipLoadError) as err:
+        load_open_clip("ViT-B-32", "openai")
+    msg = str(err.value)
+    assert "'ViT-B-32'" in msg and "'openai'" in msg and "reward.clip_model=DIR" in msg
+
+
+def test_unknown_name_and_incomplete_folder_errors(tmp_path: Path) -> None:
+    with pytest.raises(ClipLoadError, match="neither an open_clip model name nor an existing"):
+        load_open_clip("ViT-Nope-7")
+    with pytest.raises(ClipLoadError, match="does not exist"):
+        load_open_clip(str(tmp_path / "absent"))
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "open_clip_pytorch_model.bin").write_bytes(b"pickle")
+    with pytest.raises(ClipLoadError, match="lacks open_clip_config.json and a .safetensors"):
+        load_open_clip(str(tmp_path / "half"))
+
+
+# --- preprocessing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "atol"),
+    [((32, 32), "shortest", 1e-6), ((48, 64), "shortest", 0.01), ((96, 96), "shortest", 0.01),
+     ((48, 64), "squash", 0.01), ((64, 48), "longest", 0.01)],
+)
+def test_tensor_preprocess_matches_open_clip_transform(size, mode, atol) -> None:
+    cfg = {"size": 32, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.25],
+           "interpolation": "bicubic", "resize_mode": mode, "fill_color": 0}
+    # smooth images, so that PIL's and torch's bicubic kernels differ only slightly
+    small = torch.rand(2, 3, 6, 8, generator=torch.Generator().manual_seed(1))
+    x = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    images = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8)
+    ours = clip_pixels(uint8_to_unit(images), cfg)
+    transform = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
+    theirs = torch.stack([transform(Image.fromarray(im.numpy())) for im in images])
+    assert ours.shape == theirs.shape == (2, 3, 32, 32)
+    # PIL and torch bicubic kernels differ by about 1/255 after resizing; equal without it
+    assert (ours - theirs).abs().max() < atol / 0.2  # atol in [0, 1] pixel units
+
+
+# --- clip_concept --------------------------------------------------------------------------
+
+
+def test_clip_concept_equals_cosine_formula(clip_dir: Path) -> None:
+    clip = load_open_clip(str(clip_dir))
+    reward = ClipConceptReward(clip, "a red shape", "a grey shape", anchor_weight=0.5, batch_size=3)
+    images = _images(5)
+    prompts = ["a red circle", "a red square", "a blue circle", "a green square", "a red circle"]
+    roles = ["forget", "forget", "retain", "retain", "forget"]
+    r = reward(images, prompts, roles)
+    assert r.shape == (5,) and r.dtype == torch.float32
+
+    # independently: open_clip's own PIL preprocessing and encoders
+    transform = image_transform_v2(
+        PreprocessCfg(**clip.preprocess_cfg), is_train=False
+    )
+    pix = torch.stack([transform(Image.fromarray(im.numpy())) for im in images])
+    with torch.no_grad():
+        img = F.normalize(clip.model.encode_image(pix), dim=-1)
+        txt = F.normalize(clip.model.encode_text(clip.tokenizer(
+            ["a red shape", "a grey shape", *prompts])), dim=-1)
+    expected = torch.empty(5)
+    for i, role in enumerate(roles):
+        if role == "forget":
+            expected[i] = -img[i] @ txt[0] + 0.5 * (img[i] @ txt[1])
+        else:
+            expected[i] = img[i] @ txt[2 + i]
+    torch.testing.assert_close(r, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_clip_concept_signs(clip_dir: Path) -> None:
+    clip = load_open_clip(str(clip_dir))
+    images, prompts = _images(4, seed=2), ["p0", "p1", "p2", "p3"]
+    forget = ["forget"] * 4
+    ab = ClipConceptReward(clip, "concept A", "anchor B", 1.0)(images, prompts, forget)
+    ba = ClipConceptReward(clip, "anchor B", "concept A", 1.0)(images, prompts, forget)
+    torch.testing.assert_close(ab, -ba)  # swapping concept and anchor flips the sign
+    # with alpha = 0 a forget image is scored by minus its similarity to the concept: exactly
+    # the negative of a retain image whose prompt is the concept
+    only = ClipConceptReward(clip, "concept A", "anchor B", 0.0)(images, prompts, forget)
+    retain = ClipConceptReward(clip, "x", "y")(images, ["concept A"] * 4, ["retain"] * 4)
+    torch.testing.assert_close(only, -retain)
+    assert retain.abs().max() <= 1.0 + 1e-6
+    # more anchor weight raises forget rewards exactly when the image is like the anchor
+    more = ClipConceptReward(clip, "concept A", "anchor B", 2.0)(images, prompts, forget)
+    anchor_sim = ClipConceptReward(clip, "x", "y")(images, ["anchor B"] * 4, ["retain"] * 4)
+    torch.testing.assert_close(more - ab, anchor_sim)
+
+
+def test_clip_concept_rejects_mismatched_inputs(clip_dir: Path) -> None:
+    reward = ClipConceptReward(load_open_clip(str(clip_dir)), "c", "a")
+    with pytest.raises(ValueError, match="2 images, 1 prompts and 2 roles"):
+        reward(_images(2), ["p"], ["forget", "retain"])
+    with pytest.raises(ValueError, match="unknown prompt roles"):
+        reward(_images(1), ["p"], ["keep"])
+
+
+def test_build_reward_by_name(clip_dir: Path) -> None:
+    cfg = RewardConfig(name="clip_concept", clip_model=str(clip_dir), anchor_weight=0.3)
+    reward = build_reward(cfg, "cpu")
+    assert reward.name == "clip_concept"
+    assert reward(_images(2), ["a", "b"], ["forget", "retain"]).shape == (2,)
+
+
+# --- classifier ----------------------------------------------------------------------------
+
+
+# torch 2.14 deprecates TorchScript (FutureWarning) but it is the safe format users have
+no_jit_warning = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated")
+
+
+def _colour_images() -> torch.Tensor:
+    images = torch.zeros(3, 16, 16, 3, dtype=torch.uint8)
+    images[0, ..., 0] = 255  # red
+    images[1, ..., 1] = 255  # green
+    images[2] = 128  # grey
+    return images
+
+
+@no_jit_warning
+def test_classifier_reward_from_torchscript(tmp_path: Path) -> None:
+    path = tmp_path / "judge.pt"
+    torch.jit.script(ColourClassifier(10.0)).save(str(path))
+    cfg = RewardConfig(name="classifier", classifier_path=path, classifier_class=0,
+                       classifier_head=0)
+    reward = build_reward(cfg, "cpu")
+    r = reward(_colour_images(), ["a", "b", "c"], ["forget", "retain", "forget"])
+    e1 = torch.exp(torch.tensor(10.0))
+    expected = torch.tensor([e1 / (e1 + 2), 1 / (e1 + 2), 1 / 3])
+    torch.testing.assert_close(r, expected)
+    cfg = cfg.model_copy(update={"classifier_mode": "not_prob"})
+    torch.testing.assert_close(build_reward(cfg)(_colour_images(), ["a"] * 3, ["forget"] * 3),
+                               1 - expected)
+
+
+def test_classifier_from_json_and_safetensors(tmp_path: Path) -> None:
+    save_file(ColourClassifier(4.0).state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "classifier.json").write_text(json.dumps(
+        {"class": "_clip_fixtures:ColourClassifier", "kwargs": {"scale": 1.0}}
+    ))
+    model = load_classifier(tmp_path)  # a folder holding classifier.json
+    assert float(model.scale) == 4.0  # the weights, not the constructor's default
+    cfg = RewardConfig(name="classifier", classifier_path=tmp_path / "classifier.json",
+                       classifier_class=1, classifier_head=1, classifier_image_size=8)
+    r = build_reward(cfg)(_colour_images(), ["a"] * 3, ["retain"] * 3)
+    assert r.shape == (3,) and r[2] == pytest.approx(1 / 3)
+
+
+def test_classifier_refuses_pickles_and_names_the_file(tmp_path: Path) -> None:
+    pickled = tmp_path / "judge.pt"
+    torch.save(ColourClassifier(), pickled)
+    with pytest.raises(ClassifierLoadError, match="judge.pt.*is not a TorchScript file"):
+        load_classifier(pickled)
+    with pytest.raises(ClassifierLoadError, match="absent.pt' does not exist"):
+        load_classifier(tmp_path / "absent.pt")
+    (tmp_path / "bad.json").write_text('{"class": "no_such_pkg.mod:Net"}')
+    with pytest.raises(ClassifierLoadError, match="cannot import class 'no_such_pkg.mod:Net'"):
+        load_classifier(tmp_path / "bad.json")
+
+
+@no_jit_warning
+def test_classifier_head_and_class_errors(tmp_path: Path) -> None:
+    path = tmp_path / "judge.pt"
+    torch.jit.script(ColourClassifier()).save(str(path))
+    base = {"name": "classifier", "classifier_path": path}
+    with pytest.raises(ValueError, match="classifier_head"):
+        build_reward(RewardConfig(**base, classifier_class=0))(_colour_images(), ["a"] * 3,
+                                                                ["forget"] * 3)
+    with pytest.raises(ValueError, match="classifier_class = 7 is out of range"):
+        build_reward(RewardConfig(**base, classifier_class=7, classifier_head=0))(
+            _colour_images(), ["a"] * 3, ["forget"] * 3)
+    with pytest.raises(ValueError, match="reward.classifier_class is missing"):
+        RewardConfig(**base)
+
+
+# --- prompts -------------------------------------------------------------------------------
+
+
+def test_prompt_templates_files_and_ids(tmp_path: Path) -> None:
+    forget_file = tmp_path / "forget.txt"
+    forget_file.write_text("# red things\na red circle\n\n  a red square  \na red circle\n")
+    cfg = PromptsConfig(
+        concept="red", anchor="grey", forget=["a red cross"], forget_file=forget_file,
+        retain=["a blue circle"], templates=["{}", "a photo of {}"],
+    )
+    ps = load_prompts(cfg)
+    assert [p.text for p in ps.forget] == [
+        "a red cross", "a photo of a red cross", "a red circle", "a photo of a red circle",
+        "a red square", "a photo of a red square",
+    ]
+    assert [p.text for p in ps.retain] == ["a blue circle", "a photo of a blue circle"]
+    assert {p.role for p in ps.forget} == {"forget"} and len(ps.all) == 8
+    assert ps.forget[0].id == prompt_id("forget", "a red cross") == load_prompts(cfg).forget[0].id
+    assert len({p.id for p in ps.all}) == 8
+
+
+def test_prompt_errors_name_the_field_and_file(tmp_path: Path) -> None:
+    with pytest.raises(PromptError, match=r"reward.prompts.retain_file = '.*nope.txt' does not"):
+        load_prompts(PromptsConfig(forget=["x"], retain_file=tmp_path / "nope.txt"))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing\n\n")
+    with pytest.raises(PromptError, match="empty.txt' holds no prompts"):
+        load_prompts(PromptsConfig(forget_file=empty))
+    with pytest.raises(PromptError, match="no forget prompts"):
+        load_prompts(PromptsConfig(retain=["x"]))
+    with pytest.raises(PromptError, match="'a {} of {}' must contain exactly one"):
+        load_prompts(PromptsConfig(forget=["x"], templates=["a {} of {}"]))
+    with pytest.raises(PromptError, match="both the forget and the retain set"):
+        load_prompts(PromptsConfig(forget=["x"], retain=["x"]))
+
+
+# --- per-prompt standardisation ------------------------------------------------------------
+
+
+def test_stat_tracker_math_by_hand() -> None:
+    tracker = PerPromptStatTracker(buffer_size=3, min_count=2)
+    # batch 1: "a" has 1 reward (< min_count) -> batch stats; "b" has 2 -> its own stats
+    r1 = tracker.update(["a", "b", "b"], torch.tensor([1.0, 2.0, 4.0]))
+    batch_mean, batch_std = 7 / 3, torch.tensor([1.0, 2.0, 4.0]).std(correction=0).item()
+    torch.testing.assert_close(r1, torch.tensor([
+        (1 - batch_mean) / (batch_std + 1e-6), -1 / (1 + 1e-6), 1 / (1 + 1e-6)]))
+    # batch 2: "a" window [1, 3] (mean 2, std 1); "b" window keeps the last 3: [2, 4, 6]
+    r2 = tracker.update(["a", "b"], torch.tensor([3.0, 6.0]))
+    std_b = (8 / 3) ** 0.5
+    torch.testing.assert_close(r2, torch.tensor([1 / (1 + 1e-6), 2 / (std_b + 1e-6)]))
+    assert tracker.stats()["b"]["count"] == 3
+
+
+def test_stat_tracker_state_is_json_and_resumes_exactly() -> None:
+    a = PerPromptStatTracker(buffer_size=4, min_count=2)
+    a.update(["x", "y", "x"], torch.tensor([0.1, 0.5, 0.3]))
+    b = PerPromptStatTracker()
+    b.load_state_dict(json.loads(json.dumps(a.state_dict())))
+    nxt = (["x", "y", "z"], torch.tensor([0.7, -0.2, 0.4]))
+    torch.testing.assert_close(a.update(*nxt), b.update(*nxt), rtol=0, atol=0)
+    assert b.state_dict() == a.state_dict()
+
+
+def test_build_stat_tracker_follows_config() -> None:
+    assert build_stat_tracker(RewardConfig(standardize=False)) is None
+    tracker = build_stat_tracker(RewardConfig(standardize_buffer=5, standardize_min_count=3))
+    assert tracker is not None and (tracker.buffer_size, tracker.min_count) == (5, 3)
+
+
+def test_tiny_resnet_tower_scores_too(tmp_path: Path) -> None:
+    reward = ClipConceptReward(tiny_clip(tmp_path, "resnet"), "c", "a")
+    r = reward(_images(3, size=40), ["p"] * 3, ["forget", "retain", "forget"])
+    assert r.shape == (3,) and torch.isfinite(r).all()
