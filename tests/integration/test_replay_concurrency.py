@@ -11,7 +11,7 @@ import torch
 
 from critic_unlearn.codec import decode_trajectory
 from critic_unlearn.config import ReplayConfig
-from critic_unlearn.replay import ReplaySampler, ReplayWriter
+from critic_unlearn.replay import ReplaySampler, ReplayTimeout, ReplayWriter
 
 WRITERS = 4
 DURATION_S = float(os.environ.get("REPLAY_STRESS_S", "20"))
@@ -22,9 +22,14 @@ def _writer(cfg: ReplayConfig, actor: int, make_traj, out: mp.Queue) -> None:
     n = 0
     with ReplayWriter(cfg) as w:
         deadline = time.monotonic() + DURATION_S
-        while time.monotonic() < deadline:
-            w.write(make_traj(actor * 10_000_000 + n, version=n // 100, actor=actor),
-                    timeout_s=30.0)
+        while (left := deadline - time.monotonic()) > 0:
+            traj = make_traj(actor * 10_000_000 + n, version=n // 100, actor=actor)
+            try:  # blocked by the limiter: fine near the end, when the sampler has stopped
+                w.write(traj, timeout_s=left + 5.0)
+            except ReplayTimeout:
+                if time.monotonic() < deadline:
+                    raise
+                break
             n += 1
         out.put(("writer", actor, n, w.stats()["replay/duplicates"]))
 
@@ -35,8 +40,14 @@ def _sampler(cfg: ReplayConfig, out: mp.Queue) -> None:
     drawn = mismatched = 0
     with ReplaySampler(cfg) as s:
         deadline = time.monotonic() + DURATION_S
-        while time.monotonic() < deadline:
-            for rec in s.sample(16, min_version=0, timeout_s=30.0):
+        while (left := deadline - time.monotonic()) > 0:
+            try:  # blocked: fine near the end, when the writers have stopped
+                recs = s.sample(16, min_version=0, timeout_s=left + 5.0)
+            except ReplayTimeout:
+                if time.monotonic() < deadline:
+                    raise
+                break
+            for rec in recs:
                 t, m = rec.trajectory, rec.meta
                 drawn += 1
                 key = (m.shard, m.id)
@@ -57,10 +68,10 @@ def test_four_writers_one_sampler(replay_cfg, make_traj):
     procs.append(ctx.Process(target=_sampler, args=(cfg, out)))
     for p in procs:
         p.start()
-    results = [out.get(timeout=DURATION_S + 60) for _ in procs]
     for p in procs:
-        p.join(timeout=30)
-        assert p.exitcode == 0
+        p.join(timeout=DURATION_S + 60)
+        assert p.exitcode == 0, f"{p.name} exited with {p.exitcode} (see its traceback above)"
+    results = [out.get(timeout=5) for _ in procs]
     writers = [r for r in results if r[0] == "writer"]
     (_, drawn, mismatched, corrupt, distinct), = [r for r in results if r[0] == "sampler"]
     inserted = sum(r[2] for r in writers)
