@@ -1,0 +1,165 @@
+"""The critic: learns E[r | x_t] on a synthetic task, every variant trains, helpers are exact."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _clip_fixtures import tiny_clip
+from diffusers import AutoencoderKL, DDPMScheduler
+
+from critic_unlearn.config import CriticConfig
+from critic_unlearn.learner.critic import (
+    Critic,
+    build_critic,
+    make_vae_decode,
+    predict_x0,
+    text_embedder,
+    timestep_embedding,
+)
+from critic_unlearn.rewards.openclip_loading import LoadedClip
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> LoadedClip:
+    return tiny_clip(tmp_path_factory.mktemp("clip"), "vit")
+
+
+@pytest.fixture(scope="module")
+def vae() -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(  # 16x16x4 latents -> 32x32 pixels
+        block_out_channels=(32, 64), latent_channels=4, norm_num_groups=32,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    ).eval().requires_grad_(False)
+
+
+def _synthetic(n: int, abar: torch.Tensor, g: torch.Generator, t: int | None = None):
+    """x0: a flat colour (+ texture); r = red - blue of that colour; x_t forward-diffused."""
+    colour = torch.rand(n, 3, generator=g) * 2 - 1
+    x0 = colour[:, :, None, None] + 0.1 * torch.randn(n, 3, 32, 32, generator=g)
+    reward = colour[:, 0] - colour[:, 2]
+    timesteps = torch.randint(0, 1000, (n,), generator=g) if t is None else torch.full((n,), t)
+    a = abar[timesteps].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
+    return x_t, timesteps, reward
+
+
+def test_critic_learns_terminal_reward_better_as_t_goes_to_zero(clip: LoadedClip) -> None:
+    torch.manual_seed(0)
+    critic = Critic.from_clip(clip, CriticConfig(hidden=64, timestep_dim=32))
+    abar = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod  # linear betas: abar_999 ~ 4e-5
+    text = torch.randn(1, 32)
+    opt = torch.optim.AdamW(critic.parameters(), lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(300):
+        x_t, t, r = _synthetic(64, abar, g)
+        loss = ((critic(x_t, t, text.expand(64, -1)) - r) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    critic.eval()
+    g = torch.Generator().manual_seed(2)
+    errors = {}
+    with torch.no_grad():
+        for t in (0, 50, 100, 900, 950, 999):
+            x_t, ts, r = _synthetic(256, abar, g, t)
+            errors[t] = ((critic(x_t, ts, text.expand(256, -1)) - r) ** 2).mean().item()
+    near = sum(errors[t] for t in (0, 50, 100)) / 3
+    far = sum(errors[t] for t in (900, 950, 999)) / 3
+    # r has variance 2/3; near x0 the critic should explain most of it, near x_T almost none
+    assert near < 0.3 * far, errors
+    assert near < 0.15, errors
+
+
+@pytest.mark.parametrize(
+    ("inp", "timestep_input", "fusion"),
+    list(itertools.product(["noisy", "x0_pred"], [True, False], ["concat", "film"])),
+)
+def test_every_variant_runs_forward_and_backward(
+    clip: LoadedClip, vae: AutoencoderKL, inp: str, timestep_input: bool, fusion: str
+) -> None:
+    cfg = CriticConfig(input=inp, timestep_input=timestep_input, fusion=fusion, hidden=32,
+                       timestep_dim=16)
+    critic = build_critic(cfg, clip)
+    assert critic is not None
+    latents = torch.randn(3, 4, 16, 16)
+    timesteps = torch.tensor([999, 500, 1])
+    alphas = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    x0 = predict_x0(latents, torch.randn_like(latents), alphas, timesteps)
+    text = text_embedder(clip, cfg)(["a red circle", "a blue square", "a red circle"])
+    values = critic.value(latents, timesteps, text, make_vae_decode(vae), x0_pred=x0)
+    assert values.shape == (3,) and torch.isfinite(values).all()
+    values.sum().backward()
+    assert all(p.grad is not None for p in critic.head.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in critic.visual.parameters())
+    assert all(p.grad is None for p in vae.parameters())
+    assert (critic.time_mlp is not None) == timestep_input
+
+
+def test_without_timestep_input_values_ignore_t(clip: LoadedClip) -> None:
+    critic = Critic.from_clip(clip, CriticConfig(timestep_input=False, hidden=32)).eval()
+    pixels, text = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 32)
+    with torch.no_grad():
+        a = critic(pixels, torch.tensor([1, 2]), text)
+        b = critic(pixels, torch.tensor([900, 700]), text)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_critic_tower_is_a_copy_of_the_reward_clip(clip: LoadedClip) -> None:
+    critic = Critic.from_clip(clip, CriticConfig(hidden=32))
+    for k, v in clip.model.visual.state_dict().items():
+        torch.testing.assert_close(critic.visual.state_dict()[k], v, rtol=0, atol=0)
+    assert all(p.requires_grad for p in critic.visual.parameters())
+    with torch.no_grad():
+        next(critic.visual.parameters()).add_(1.0)  # training the critic leaves the reward alone
+    assert not torch.equal(next(critic.visual.parameters()), next(clip.model.visual.parameters()))
+    frozen = Critic.from_clip(clip, CriticConfig(hidden=32, train_image_tower=False))
+    assert not any(p.requires_grad for p in frozen.visual.parameters())
+
+
+def test_x0_pred_input_needs_predicted_latents(clip: LoadedClip) -> None:
+    critic = Critic.from_clip(clip, CriticConfig(input="x0_pred", hidden=32))
+    with pytest.raises(ValueError, match="needs the predicted clean latents"):
+        critic.value(torch.randn(1, 4, 16, 16), torch.tensor([5]), torch.randn(1, 32),
+                     decode=lambda z: z)
+
+
+def test_shape_errors_are_explained(clip: LoadedClip) -> None:
+    critic = Critic.from_clip(clip, CriticConfig(hidden=32))
+    with pytest.raises(ValueError, match=r"timesteps \(B,\)"):
+        critic(torch.zeros(2, 3, 32, 32), torch.tensor([1]), torch.zeros(2, 32))
+
+
+def test_predict_x0_inverts_forward_diffusion() -> None:
+    alphas = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    x0, eps = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    t = torch.tensor([0, 10, 500, 900])
+    a = alphas[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
+    torch.testing.assert_close(predict_x0(x_t, eps, alphas, t), x0, atol=1e-4, rtol=1e-4)
+
+
+def test_critic_off_builds_nothing(clip: LoadedClip) -> None:
+    assert build_critic(CriticConfig(enabled=False), clip) is None
+
+
+def test_text_embeddings_are_cached_per_prompt(clip: LoadedClip) -> None:
+    cache = text_embedder(clip, CriticConfig(text_cache_size=2))
+    first = cache(["a", "b", "a"])
+    assert first.shape == (3, 32) and len(cache) == 2
+    torch.testing.assert_close(first[0], first[2])
+    with torch.no_grad():
+        direct = F.normalize(clip.model.encode_text(clip.tokenizer(["b"])), dim=-1)
+    torch.testing.assert_close(first[1], direct[0])
+    cache(["c"])  # bounded: the least recently used prompt goes
+    assert len(cache) == 2 and torch.norm(first, dim=-1).allclose(torch.ones(3))
+
+
+def test_timestep_embedding_distinguishes_steps() -> None:
+    emb = timestep_embedding(torch.tensor([0, 1, 999]), 15)
+    assert emb.shape == (3, 15)
+    assert not torch.allclose(emb[0], emb[1]) and not torch.allclose(emb[1], emb[2])
