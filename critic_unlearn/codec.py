@@ -98,6 +98,7 @@ def encode_trajectory(traj: Trajectory) -> bytes:
             "num_steps": traj.sampler.num_steps,
             "eta": traj.sampler.eta,
             "guidance_scale": traj.sampler.guidance_scale,
+            "log_prob_reduction": traj.sampler.log_prob_reduction,
         },
     }
     return _pack(TRAJECTORY_SCHEMA, header, tensors)

@@ -31,14 +31,13 @@ def run_sample(cfg: RunConfig, prompts: list[str], out: Path, *, num: int, seed:
     specs = [PromptSpec(f"p{i}", text) for i, text in enumerate(prompts) for _ in range(num)]
     seeds = [seed + j for _ in prompts for j in range(num)]
     s = cfg.sampler
-    settings = SamplerSettings(s.num_steps, s.eta, s.guidance_scale)
+    settings = SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction)
     t0 = time.perf_counter()
     trajs = []
     for i in range(0, len(specs), s.batch_size):
         trajs += sample_trajectories(
             comps, specs[i : i + s.batch_size], seeds[i : i + s.batch_size], settings,
             keep_steps=s.keep_steps, height=s.height, width=s.width,
-            reduction=s.log_prob_reduction,
         )
     wall = time.perf_counter() - t0
     for i, tr in enumerate(trajs):

@@ -22,6 +22,7 @@ class SamplerSettings:
     num_steps: int  # S: denoising steps of the full schedule
     eta: float  # DDIM stochasticity, > 0
     guidance_scale: float  # classifier-free guidance weight w (1.0 = no guidance)
+    log_prob_reduction: str = "sum"  # "sum" (true density) or "mean" over latent dims
 
 
 @dataclass(frozen=True)

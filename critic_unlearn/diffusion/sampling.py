@@ -51,7 +51,6 @@ def sample_trajectories(
     keep_steps: int | None = None,
     height: int | None = None,
     width: int | None = None,
-    reduction: str = "sum",
     version: int = 0,
     actor_id: int = 0,
     decode: bool = True,
@@ -79,7 +78,7 @@ def sample_trajectories(
         out = policy_step(
             c.unet, c.scheduler, x, t, cond, uncond,
             guidance_scale=settings.guidance_scale, eta=settings.eta,
-            generator=gens, reduction=reduction,
+            generator=gens, reduction=settings.log_prob_reduction,
         )
         x = out.prev_sample
         states.append(x)

@@ -1,0 +1,302 @@
+"""The off-policy learner: critic regression, per-step advantages, PPO-clipped LoRA update.
+
+`step(batch) -> metrics` reads top to bottom as ALGORITHM.md does:
+  1. values V(s_k) of every stored state (critic), and the current policy's log-probs when
+     V-trace or the x0-prediction critic needs them;
+  2. per-step advantages (GAE / V-trace / terminal broadcast) and value targets;
+  3. per minibatch: a critic step, then (after warm-up) a PPO step on `train_steps` random
+     transitions of each trajectory, with an optional KL to the base policy (adapters off).
+Only LoRA and critic parameters change. Pure of Ray and Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+from diffusers.training_utils import cast_training_params
+from torch import Tensor
+
+from critic_unlearn.codec import checksum
+from critic_unlearn.config import RunConfig
+from critic_unlearn.diffusion.loading import SDComponents
+from critic_unlearn.diffusion.lora import (
+    attach_lora,
+    base_policy,
+    get_adapter_state,
+    lora_config_hash,
+    set_adapter_state,
+)
+from critic_unlearn.diffusion.policy import encode_prompts, policy_step
+from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
+from critic_unlearn.learner.critic import Critic, make_vae_decode
+from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
+from critic_unlearn.learner.publisher import Publisher
+from critic_unlearn.types import Batch, WeightsPacket
+
+TextEmbed = Callable[[list[str]], Tensor]  # prompts -> (B, D) CLIP text embeddings
+
+
+def adapter_manifest(model_id: str, lora_hash: str, state: dict[str, Tensor], version: int) -> dict:
+    """What an actor checks before applying weights: same base model, same LoRA shape, intact."""
+    return {
+        "base_model": model_id,
+        "lora_config_hash": lora_hash,
+        "sha256": checksum("adapter", str(version), state),
+        "version": str(version),
+    }
+
+
+class Learner:
+    """PPO on LoRA adapters with a timestep-aware critic (or none: DDPO-style broadcast)."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        components: SDComponents,
+        critic: Critic | None = None,
+        critic_text: TextEmbed | None = None,
+        publisher: Publisher | None = None,
+    ) -> None:
+        if cfg.critic.enabled and (critic is None or critic_text is None):
+            raise ValueError("critic.enabled = true needs a critic and its text embedder")
+        self.cfg, self.c = cfg, components
+        self.device = components.device
+        self.critic = (
+            critic.to(self.device) if (critic is not None and cfg.critic.enabled) else None
+        )
+        self.critic_text = critic_text
+        self.publisher = publisher
+        lc = cfg.learner
+        unet = components.unet
+        if not any("lora_" in n for n, _ in unet.named_parameters()):
+            attach_lora(unet, cfg.lora)
+        cast_training_params(unet, dtype=torch.float32)  # LoRA trains in fp32 over a fp16 base
+        if lc.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
+        self.policy_opt = torch.optim.AdamW(
+            self.lora_params, lr=lc.lr, weight_decay=lc.weight_decay
+        )
+        self.critic_opt = (
+            torch.optim.AdamW(
+                [p for p in self.critic.parameters() if p.requires_grad], lr=cfg.critic.lr
+            )
+            if self.critic is not None
+            else None
+        )
+        self.decode = make_vae_decode(components.vae)
+        self.uncond = encode_prompts(components.tokenizer, components.text_encoder, [""])
+        self.gen = torch.Generator().manual_seed(lc.seed)
+        self.lora_hash = lora_config_hash(cfg.lora)
+        self.version = 0  # policy version: bumped by every policy update
+        self.steps = 0  # learner steps, warm-up included
+
+    # -- the step -------------------------------------------------------------------------
+    def step(self, batch: Batch) -> dict[str, float]:
+        cfg, lc = self.cfg, self.cfg.learner
+        b, k = batch.timesteps.shape
+        dev = self.device
+        lat, nxt = batch.latents.to(dev), batch.next_latents.to(dev)
+        ts, old_lp = batch.timesteps.to(dev), batch.log_probs.to(dev)
+        rewards = batch.rewards.to(dev, torch.float32)
+        staleness = (self.version - batch.versions).float().mean().item()
+        cond = encode_prompts(self.c.tokenizer, self.c.text_encoder, batch.prompts)
+        self.c.scheduler.set_timesteps(batch.sampler.num_steps, device=dev)
+
+        log_rhos, x0 = self._current_policy(batch, lat, nxt, ts, old_lp, cond)
+        text = self.critic_text(batch.prompts).to(dev) if self.critic is not None else None
+        values = self._values(lat, ts, text, x0)  # (B, K) or None
+        kind = lc.advantage if self.critic is not None else "terminal"
+        adv = step_advantages(
+            kind,
+            rewards,
+            k,
+            values=values,
+            lam=lc.gae_lambda,
+            log_rhos=log_rhos,
+            rho_bar=lc.rho_bar,
+            c_bar=lc.c_bar,
+        )
+        adv = normalize_and_clip(adv, lc.advantage_clip)
+        targets = None
+        if self.critic is not None:
+            targets = value_targets(
+                lc.value_target,
+                values,
+                rewards,
+                lam=lc.gae_lambda,
+                log_rhos=log_rhos,
+                rho_bar=lc.rho_bar,
+                c_bar=lc.c_bar,
+            )
+
+        update_policy = self.critic is None or self.steps >= cfg.critic.warmup_steps
+        n = min(lc.train_steps or k, k)
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(lc.epochs):
+            for mb in torch.randperm(b, generator=self.gen).split(lc.minibatch_size):
+                idx = torch.stack([torch.randperm(k, generator=self.gen)[:n] for _ in mb])
+                rows = mb[:, None].expand_as(idx)  # (mb, n) trajectory index of each pick
+                m = {}
+                if self.critic is not None:
+                    m.update(self._critic_update(lat, ts, text, x0, targets, rows, idx))
+                if update_policy:
+                    m.update(self._policy_update(lat, nxt, ts, old_lp, cond, adv, rows, idx, batch))
+                for key, v in m.items():
+                    sums[key] = sums.get(key, 0.0) + v
+                count += 1
+        metrics = {key: v / count for key, v in sums.items()}
+        self.steps += 1
+        if update_policy:
+            self.version += 1
+            if self.publisher is not None and self.version % lc.publish_every == 0:
+                self.publisher.publish(self.weights())
+        metrics.update(
+            {
+                "learner/version": float(self.version),
+                "learner/steps": float(self.steps),
+                "learner/reward_mean": rewards.mean().item(),
+                "learner/advantage_abs": adv.abs().mean().item(),
+                "learner/staleness_mean": staleness,
+            }
+        )
+        if values is not None:
+            metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
+        return metrics
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def _current_policy(self, batch, lat, nxt, ts, old_lp, cond):
+        """log pi_theta - log mu and x0_hat at every stored step, only when something needs them."""
+        lc, cc = self.cfg.learner, self.cfg.critic
+        need_rho = lc.advantage == "vtrace" or lc.value_target == "vtrace"
+        need_x0 = self.critic is not None and cc.input == "x0_pred"
+        if not (need_rho or need_x0):
+            return None, None
+        rhos, x0s = [], []
+        for j in range(lat.shape[1]):
+            out = self._score(lat[:, j], nxt[:, j], ts[:, j], cond, batch)
+            rhos.append(out.log_prob - old_lp[:, j])
+            x0s.append(out.pred_original_sample)
+        return torch.stack(rhos, 1), torch.stack(x0s, 1)
+
+    def _score(self, x, x_prev, t, cond, batch: Batch):
+        s = batch.sampler
+        with self._autocast():
+            return policy_step(
+                self.c.unet,
+                self.c.scheduler,
+                x,
+                t,
+                cond,
+                self.uncond.expand_as(cond),
+                guidance_scale=s.guidance_scale,
+                eta=s.eta,
+                prev_sample=x_prev,
+                reduction=s.log_prob_reduction,  # as the behaviour log-probs were
+            )
+
+    @torch.no_grad()
+    def _values(self, lat, ts, text, x0) -> Tensor | None:
+        if self.critic is None:
+            return None
+        self.critic.eval()
+        vals = []
+        for j in range(lat.shape[1]):
+            with self._autocast():
+                v = self.critic.value(
+                    lat[:, j], ts[:, j], text, self.decode, None if x0 is None else x0[:, j]
+                )
+            vals.append(v.float())
+        return torch.stack(vals, 1)
+
+    def _critic_update(self, lat, ts, text, x0, targets, rows, idx) -> dict[str, float]:
+        self.critic.train()
+        r, i = rows.reshape(-1), idx.reshape(-1)
+        with self._autocast():
+            pred = self.critic.value(
+                lat[r, i], ts[r, i], text[r], self.decode, None if x0 is None else x0[r, i]
+            )
+        loss = value_loss(pred.float(), targets[r, i], self.cfg.critic.loss)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.learner.max_grad_norm)
+        self.critic_opt.step()
+        return {"critic/loss": loss.item()}
+
+    def _policy_update(self, lat, nxt, ts, old_lp, cond, adv, rows, idx, batch) -> dict[str, float]:
+        lc = self.cfg.learner
+        self.policy_opt.zero_grad(set_to_none=True)
+        n = idx.shape[1]
+        stats = {
+            "policy/loss": 0.0,
+            "policy/approx_kl": 0.0,
+            "policy/clip_fraction": 0.0,
+            "policy/ratio_mean": 0.0,
+            "policy/kl_base": 0.0,
+        }
+        for j in range(n):
+            r, i = rows[:, j], idx[:, j]
+            out = self._score(lat[r, i], nxt[r, i], ts[r, i], cond[r], batch)
+            loss, info = ppo_clipped_loss(out.log_prob, old_lp[r, i], adv[r, i], lc.clip_range)
+            if lc.kl_weight > 0:
+                with torch.no_grad(), base_policy(self.c.unet):
+                    base = self._score(lat[r, i], nxt[r, i], ts[r, i], cond[r], batch)
+                kl = gaussian_kl_same_sigma(
+                    out.mean.float(),
+                    base.mean.float(),
+                    out.std,
+                    batch.sampler.log_prob_reduction,
+                ).mean()
+                loss = loss + lc.kl_weight * kl
+                stats["policy/kl_base"] += kl.item() / n
+            (loss / n).backward()
+            stats["policy/loss"] += loss.item() / n
+            stats["policy/approx_kl"] += float(info["approx_kl"]) / n
+            stats["policy/clip_fraction"] += float(info["clip_fraction"]) / n
+            stats["policy/ratio_mean"] += float(info["ratio_mean"]) / n
+        stats["policy/grad_norm"] = float(
+            torch.nn.utils.clip_grad_norm_(self.lora_params, lc.max_grad_norm)
+        )
+        self.policy_opt.step()
+        return stats
+
+    # -- weights and state ------------------------------------------------------------------
+    def weights(self) -> WeightsPacket:
+        state = get_adapter_state(self.c.unet)
+        manifest = adapter_manifest(self.c.model_id, self.lora_hash, state, self.version)
+        return WeightsPacket(version=self.version, state_dict=state, manifest=manifest)
+
+    def state_dict(self) -> dict:
+        return {
+            "adapter": get_adapter_state(self.c.unet),
+            "critic": None if self.critic is None else self.critic.state_dict(),
+            "policy_optimizer": self.policy_opt.state_dict(),
+            "critic_optimizer": None if self.critic_opt is None else self.critic_opt.state_dict(),
+            "version": self.version,
+            "steps": self.steps,
+            "rng": {"torch": torch.get_rng_state(), "learner": self.gen.get_state()},
+            "lora_config_hash": self.lora_hash,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["lora_config_hash"] != self.lora_hash:
+            raise ValueError(
+                f"checkpoint LoRA config hash {state['lora_config_hash']} differs from this run's "
+                f"{self.lora_hash}; resume with the lora settings the checkpoint was trained with"
+            )
+        set_adapter_state(self.c.unet, {k: v.to(self.device) for k, v in state["adapter"].items()})
+        self.policy_opt.load_state_dict(state["policy_optimizer"])
+        if self.critic is not None:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_opt.load_state_dict(state["critic_optimizer"])
+        self.version, self.steps = int(state["version"]), int(state["steps"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.gen.set_state(state["rng"]["learner"])

@@ -1,0 +1,136 @@
+"""The learner step: what it changes, when it publishes, exact resume, KL, every ablation switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from critic_unlearn.config import load_config
+from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
+from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
+from critic_unlearn.learner.critic import build_critic, text_embedder
+from critic_unlearn.learner.learner import Learner
+from critic_unlearn.learner.publisher import RecordingPublisher
+from critic_unlearn.types import Batch, SamplerSettings
+from tests.unit._clip_fixtures import tiny_clip
+
+BASE = [
+    "sampler.num_steps=4", "sampler.guidance_scale=3.0", "learner.batch_size=4",
+    "learner.minibatch_size=2", "learner.train_steps=2", "learner.lr=1e-2",
+    "critic.warmup_steps=0", "critic.hidden=16", "critic.timestep_dim=16", "learner.seed=3",
+]
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    return tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def make_batch(components, cfg, seed: int = 0, version: int = 0) -> Batch:
+    s = cfg.sampler
+    specs = [PromptSpec(f"p{i}", t, r) for i, (t, r) in enumerate(
+        [("a red circle", "forget"), ("a blue square", "retain")] * 2)]
+    trajs = sample_trajectories(components, specs, [seed + i for i in range(4)],
+                                SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction),
+                                keep_steps=s.keep_steps, version=version, decode=False)
+    g = torch.Generator().manual_seed(seed)
+    return Batch.from_trajectories([t.with_reward(torch.rand(1, generator=g).item()) for t in trajs])
+
+
+def make_learner(model_dir, clip, overrides, publisher=None):
+    cfg = load_config(None, BASE + overrides)
+    comps = load_components(str(model_dir))
+    torch.manual_seed(0)
+    critic = build_critic(cfg.critic, clip)
+    text = text_embedder(clip, cfg.critic) if critic is not None else None
+    return Learner(cfg, comps, critic, text, publisher), cfg, comps
+
+
+def params(module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def test_step_changes_only_adapter_and_critic_and_publishes_every_n(tiny_model_dir, clip):
+    pub = RecordingPublisher()
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, ["learner.publish_every=2"], pub)
+    unet0, critic0 = params(comps.unet), params(learner.critic)
+    vae0, text0 = params(comps.vae), params(comps.text_encoder)
+    batch = make_batch(comps, cfg)
+    m = learner.step(batch)
+    assert learner.version == 1 and m["learner/version"] == 1.0 and not pub.packets
+    changed = {n for n, p in comps.unet.named_parameters() if not torch.equal(p, unet0[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert any(not torch.equal(p, critic0[n]) for n, p in learner.critic.named_parameters())
+    assert all(torch.equal(p, vae0[n]) for n, p in comps.vae.named_parameters())
+    assert all(torch.equal(p, text0[n]) for n, p in comps.text_encoder.named_parameters())
+    learner.step(batch)
+    learner.step(batch)
+    learner.step(batch)
+    assert [p.version for p in pub.packets] == [2, 4]
+    assert pub.packets[-1].manifest["base_model"] == comps.model_id
+    assert set(pub.packets[-1].state_dict) == {n for n in learner.weights().state_dict}
+
+
+def test_warmup_trains_only_the_critic(tiny_model_dir, clip):
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, ["critic.warmup_steps=1"])
+    lora0 = {k: v.clone() for k, v in learner.weights().state_dict.items()}
+    learner.step(make_batch(comps, cfg))
+    assert learner.version == 0
+    assert all(torch.equal(v, lora0[k]) for k, v in learner.weights().state_dict.items())
+    learner.step(make_batch(comps, cfg))
+    assert learner.version == 1
+
+
+def test_kl_is_zero_before_any_update_and_positive_after(tiny_model_dir, clip):
+    overrides = ["learner.kl_weight=0.1", "learner.minibatch_size=4"]  # one update per step
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, overrides)
+    batch = make_batch(comps, cfg)
+    first = learner.step(batch)  # LoRA starts as a no-op: the policy is the base policy
+    assert first["policy/kl_base"] == 0.0
+    second = learner.step(batch)
+    assert second["policy/kl_base"] > 0.0
+
+
+def test_checkpoint_resume_is_bitwise_identical(tiny_model_dir, clip, tmp_path):
+    batches = None
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, [])
+    batches = [make_batch(comps, cfg, seed=s) for s in (0, 10, 20)]
+    learner.step(batches[0])
+    save_checkpoint(tmp_path / "ckpt.safetensors", learner.state_dict())
+    learner.step(batches[1])
+    learner.step(batches[2])
+    expected_lora, expected_critic = learner.weights().state_dict, learner.critic.state_dict()
+
+    resumed, _, _ = make_learner(tiny_model_dir, clip, [])  # a fresh process, in effect
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ckpt.safetensors"))
+    assert resumed.version == 1
+    resumed.step(batches[1])
+    resumed.step(batches[2])
+    got = resumed.weights().state_dict
+    assert all(torch.equal(got[k], expected_lora[k]) for k in expected_lora)
+    got_c = resumed.critic.state_dict()
+    assert all(torch.equal(got_c[k], expected_critic[k]) for k in expected_critic)
+
+
+ABLATIONS = [
+    ["critic.enabled=false"],
+    ["critic.input=x0_pred"],
+    ["critic.timestep_input=false"],
+    ["critic.fusion=film"],
+    ["critic.loss=huber"],
+    ["learner.advantage=vtrace", "learner.value_target=vtrace"],
+    ["learner.advantage=gae", "learner.gae_lambda=0.0", "learner.value_target=mc"],
+    ["learner.gae_lambda=1.0"],
+    ["sampler.log_prob_reduction=mean", "learner.clip_range=1e-4"],
+    ["sampler.keep_steps=3", "learner.epochs=2"],
+    ["critic.train_image_tower=false"],
+]
+
+
+@pytest.mark.parametrize("overrides", ABLATIONS, ids=lambda o: ",".join(o))
+def test_every_ablation_switch_runs_a_step(tiny_model_dir, clip, overrides):
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, overrides)
+    m = learner.step(make_batch(comps, cfg))
+    assert learner.version == 1
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
