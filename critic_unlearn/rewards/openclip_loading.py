@@ -114,7 +114,10 @@ def _load_folder(root: Path, device: str | torch.device) -> LoadedClip:
     quiet = _DropRandomInitWarning()  # the weights are loaded right after creation
     logging.getLogger().addFilter(quiet)
     try:
-        model = open_clip.create_model(spec, load_weights=False, device="cpu")
+        # pretrained_text=False: an HF text tower must not be fetched; the folder has its weights
+        model = open_clip.create_model(
+            spec, load_weights=False, pretrained_text=False, device="cpu"
+        )
         open_clip.load_checkpoint(model, str(chosen), strict=True)
     except (RuntimeError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -22,6 +22,15 @@ from critic_unlearn.learner.critic import (
 from critic_unlearn.rewards.openclip_loading import LoadedClip
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> LoadedClip:
     return tiny_clip(tmp_path_factory.mktemp("clip"), "vit")

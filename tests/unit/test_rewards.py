@@ -25,6 +25,15 @@ from critic_unlearn.rewards.preprocess import clip_pixels, uint8_to_unit
 from critic_unlearn.rewards.prompts import PromptError, load_prompts, prompt_id
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_clip_folder(tmp_path_factory.mktemp("clip"), "vit")
@@ -72,6 +81,17 @@ def test_unknown_name_and_incomplete_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "half" / "open_clip_pytorch_model.bin").write_bytes(b"pickle")
     with pytest.raises(ClipLoadError, match="lacks open_clip_config.json and a .safetensors"):
         load_open_clip(str(tmp_path / "half"))
+
+
+def test_toyworld_without_its_reward_clip_is_explained() -> None:
+    try:
+        import critic_unlearn.toyworld as toyworld  # noqa: PLC0415
+    except ImportError:
+        toyworld = None
+    if hasattr(toyworld, "reward_clip_dir"):
+        pytest.skip("the toy world provides its reward CLIP; nothing to explain")
+    with pytest.raises(ClipLoadError, match="'toyworld' needs the toy world's reward CLIP"):
+        load_open_clip("toyworld")
 
 
 # --- preprocessing -------------------------------------------------------------------------
