@@ -9,6 +9,7 @@ contain `:` or glob characters, so `rb:{ns:*` matches exactly one run's keys (se
     rb:{ns:s}:ver        zset slot -> policy version (the staleness index; its size is the size)
     rb:{ns:s}:prio       zset slot -> priority (prioritised sampling)
     rb:{ns:s}:uid        hash writer uid -> slot (makes a retried insert a no-op)
+    rb:{ns:s}:stage:<u>  a payload on its way into a slot (inside one MULTI; 10 min TTL)
     rb:{ns:s}:head       insert counter; record id = its value after INCR, slot = (id-1) mod C
     rb:{ns:s}:stats      hash: evictions, corrupt, bytes_in, max_priority
     rb:{ns:s}:rl         hash: rate-limiter inserts, samples (used on shard 0 only)
@@ -57,6 +58,9 @@ class Keys:
 
     def meta(self, i: int) -> str:
         return f"{self.prefix}meta:{i}"
+
+    def stage(self, uid: str) -> str:
+        return f"{self.prefix}stage:{uid}"
 
     @property
     def ver(self) -> str:

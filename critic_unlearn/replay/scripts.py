@@ -1,9 +1,15 @@
 """The Lua scripts that make insert, sample, drop and priority updates atomic.
 
 Redis runs a script to the end without interleaving other commands, but does not roll back the
-writes a failing script already made. So every script reads and checks first and writes last,
-and the writing ones carry a `#!lua` shebang without `allow-oom`: when Redis is out of memory an
-insert is refused before it starts (a clear OOM error), never half applied. Sampling and priority
+writes a failing script already made. So every script reads and checks first and writes last.
+Payloads never pass through Lua (copying megabytes through the Lua VM costs 2-3x a plain
+SET/GET): an insert is MULTI { SET stage:<uid> payload; EVALSHA INSERT } EXEC, and INSERT
+RENAMEs the staged payload into its ring slot (O(1), no copy); a sample is SAMPLE (pick records,
+return their metadata), then one pipeline of HGET meta id, GET slot, HGET meta id per record: ids
+are never reused, so equal ids around the GET prove the payload belongs to that record.
+The writing script carries a `#!lua` shebang without `allow-oom`, and Redis refuses to queue
+the SET (or anything) in MULTI once it is out of memory, so a full server refuses an insert
+whole (a clear OOM error), never half applies it. Sampling and priority
 updates may run when Redis is full (`allow-oom`): they only bump small counters.
 
 Keys are built inside the scripts from the shard prefix (ARGV[1]); KEYS[1] (the head key) names
@@ -32,8 +38,8 @@ local function rl_grant(rl, size, n, spi, min_size, eb)
 end
 """
 
-# ARGV: prefix, capacity, payload, uid, version, reward, role, actor, priority ('' = max so far),
-#       use_rl (0/1), spi, min_size, error_buffer
+# ARGV: prefix, capacity, payload bytes, uid, version, reward, role, actor, priority ('' = max so
+#       far), use_rl (0/1), spi, min_size, error_buffer; the payload waits in key stage:<uid>
 # -> {status, id, slot, evicted_id}; status 'ok' | 'dup' (uid already stored) | 'blocked'
 INSERT = (
     "#!lua\n"
@@ -41,9 +47,11 @@ INSERT = (
     + """
 local p = ARGV[1]
 local cap = tonumber(ARGV[2])
-local payload = ARGV[3]
+local nbytes = tonumber(ARGV[3])
+local stage = p .. 'stage:' .. ARGV[4]
 local known = redis.call('HGET', p .. 'uid', ARGV[4])
 if known then
+  redis.call('DEL', stage)
   return {'dup', tonumber(redis.call('HGET', p .. 'meta:' .. known, 'id')), tonumber(known), 0}
 end
 local use_rl = ARGV[10] == '1'
@@ -51,6 +59,7 @@ if use_rl then
   local size = redis.call('ZCARD', p .. 'ver')
   if not rl_can_insert(p .. 'rl', size, tonumber(ARGV[11]), tonumber(ARGV[12]),
                        tonumber(ARGV[13])) then
+    redis.call('DEL', stage)
     return {'blocked', 0, 0, 0}
   end
 end
@@ -66,15 +75,16 @@ if old[1] then
   redis.call('HDEL', p .. 'uid', old[2])
   redis.call('HINCRBY', p .. 'stats', 'evictions', 1)
 end
-redis.call('SET', p .. 'slot:' .. i, payload)
+redis.call('RENAME', stage, p .. 'slot:' .. i)
+redis.call('PERSIST', p .. 'slot:' .. i)
 redis.call('DEL', mk)
 redis.call('HSET', mk, 'id', id, 'uid', ARGV[4], 'version', ARGV[5], 'reward', ARGV[6],
            'role', ARGV[7], 'actor', ARGV[8], 'times_sampled', 0, 'priority', prio,
-           'bytes', #payload)
+           'bytes', nbytes)
 redis.call('ZADD', p .. 'ver', ARGV[5], i)
 redis.call('ZADD', p .. 'prio', prio, i)
 redis.call('HSET', p .. 'uid', ARGV[4], i)
-redis.call('HINCRBY', p .. 'stats', 'bytes_in', #payload)
+redis.call('HINCRBY', p .. 'stats', 'bytes_in', nbytes)
 if use_rl then redis.call('HINCRBY', p .. 'rl', 'inserts', 1) end
 return {'ok', id, i, old[1] and tonumber(old[1]) or 0}
 """
@@ -84,7 +94,7 @@ return {'ok', id, i, old[1] and tonumber(old[1]) or 0}
 #       priority_exponent, seed, use_rl (0/1), spi, min_size, error_buffer
 # -> {'blocked'|'stale', size, newest_version} or
 #    {'ok', count, then per draw: slot, id, uid, version, reward, role, actor, times_sampled,
-#     priority, prob, payload}
+#     priority, prob}  (payloads are read next, checked by id; see Shard.sample)
 # Draws are with replacement (as in Reverb); each bumps times_sampled.
 SAMPLE = (
     "#!lua flags=allow-oom\n"
@@ -162,14 +172,13 @@ for _ = 1, g do
   out[#out + 1] = tostring(s)
   for k = 1, #m do out[#out + 1] = m[k] end
   out[#out + 1] = tostring(prob)
-  out[#out + 1] = redis.call('GET', p .. 'slot:' .. s)
 end
 if ARGV[9] == '1' then redis.call('HINCRBY', p .. 'rl', 'samples', g) end
 return out
 """
 )
 
-RECORD_FIELDS = 11  # values per draw in SAMPLE's reply
+RECORD_FIELDS = 10  # values per draw in SAMPLE's reply
 
 # ARGV: prefix, slot, id -> 1 if the record (still) in `slot` was `id` and is now removed, else 0
 DROP = """#!lua flags=allow-oom

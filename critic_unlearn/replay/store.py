@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from redis.client import Pipeline
+from redis.commands.core import Script
+from redis.exceptions import NoScriptError
 
 from critic_unlearn.replay import scripts
 from critic_unlearn.replay.client import Connection
 from critic_unlearn.replay.keys import Keys
+
+STAGE_TTL_MS = 600_000  # a staged payload outlives its MULTI only if the script never ran
 
 
 @dataclass(frozen=True)
@@ -74,12 +81,33 @@ class Shard:
     def insert(self, payload: bytes, *, uid: str, version: int, reward: float, role: str,
                actor: int, priority: float | None, limiter: tuple | None) -> InsertResult:
         rl = ("1", *limiter) if limiter else ("0", 0, 0, 0)
-        args = [self.keys.prefix, self.capacity, payload, uid, version, repr(float(reward)), role,
-                actor, "" if priority is None else repr(float(priority)), *rl]
-        status, rid, slot, evicted = self.conn.call(
-            lambda: self._insert(keys=[self.keys.head], args=args), "an insert"
-        )
+        args = [self.keys.prefix, self.capacity, len(payload), uid, version, repr(float(reward)),
+                role, actor, "" if priority is None else repr(float(priority)), *rl]
+        stage = self.keys.stage(uid)
+
+        def build() -> Pipeline:
+            pipe = self.conn.redis.pipeline(transaction=True)
+            pipe.set(stage, payload, px=STAGE_TTL_MS)
+            pipe.evalsha(self._insert.sha, 1, self.keys.head, *args)
+            return pipe
+
+        def run() -> list:
+            return self._exec_with_script(build, self._insert)[1]
+
+        status, rid, slot, evicted = self.conn.call(run, "an insert")
         return InsertResult(status.decode(), int(rid), int(slot), int(evicted))
+
+    def _exec_with_script(self, build: Callable[[], Pipeline], script: Script) -> list:
+        """EXEC a transaction that calls `script`; after a server restart, load it and redo."""
+        for attempt in range(2):
+            res = build().execute(raise_on_error=False)
+            errors = [r for r in res if isinstance(r, Exception)]
+            if not errors:
+                return res
+            if attempt or not all(isinstance(e, NoScriptError) for e in errors):
+                raise errors[0]
+            self.conn.redis.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def sample(self, n: int, *, min_version: int, mode: str, recent_window: int,
                priority_exponent: float, limiter: tuple | None) -> SampleResult:
@@ -90,10 +118,28 @@ class Shard:
         status = reply[0].decode()
         if status != "ok":
             return SampleResult(status, [], int(reply[1]), int(float(reply[2])))
-        out = []
         width = scripts.RECORD_FIELDS
-        for k in range(2, len(reply), width):
-            s, rid, uid, ver, rew, role, actor, times, prio, prob, payload = reply[k : k + width]
+        draws = [reply[k : k + width] for k in range(2, len(reply), width)]
+
+        def read() -> list:
+            # id, payload, id again: ids are never reused and an overwrite changes payload and
+            # id in one script, so equal ids around the GET prove the payload is that record's.
+            # (Not MULTI: Redis refuses to queue any command in MULTI once it is over maxmemory.)
+            pipe = self.conn.redis.pipeline(transaction=False)
+            for d in draws:
+                mk = self.keys.meta(int(d[0]))
+                pipe.hget(mk, "id")
+                pipe.get(self.keys.slot(int(d[0])))
+                pipe.hget(mk, "id")
+            return pipe.execute()
+
+        got = self.conn.call(read, "reading sampled payloads") if draws else []
+        out = []
+        for k, d in enumerate(draws):
+            before, payload, after = got[3 * k : 3 * k + 3]
+            if not (before == after == d[1]) or payload is None:
+                continue  # overwritten between pick and read: the caller draws again
+            s, rid, uid, ver, rew, role, actor, times, prio, prob = d
             meta = RecordMeta(
                 shard=self.keys.shard, slot=int(s), id=int(rid), uid=uid.decode(),
                 version=int(ver), reward=float(_num(rew)), role=role.decode(),

@@ -160,7 +160,7 @@ def test_metadata_that_disagrees_with_payload_counts_as_corrupt(replay_cfg, make
         assert s.stats()["replay/corrupt_skipped"] == 1
 
 
-def test_sharding_by_actor_and_proportional_draws(replay_cfg, make_traj, private_server):
+def test_sharding_by_actor_and_proportional_draws(private_server, replay_cfg, make_traj):
     other = private_server()
     cfg = replay_cfg(capacity=32, shards=[other.url])
     with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:

@@ -92,6 +92,8 @@ def test_full_server_refuses_insert_whole(private_server, make_traj):
                 w.write(make_traj(i, side=64))  # ~100 KB each
         head = int(s.shards[0].conn.redis.get(s.shards[0].keys.head))
         assert _check_consistent(s) == head  # the refused insert left no trace
+        keys = s.shards[0].keys
+        assert not list(s.shards[0].conn.redis.scan_iter(match=keys.stage("*")))
         assert len(s.sample(3, min_version=0)) == 3  # reading still works when full
 
 
