@@ -65,6 +65,27 @@ def sample(
 
 
 @app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="scenario YAML in configs/")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted KEY=VALUE overrides")] = None,
+) -> None:
+    """Unlearn: sample -> reward -> replay -> learn, until learner.max_steps."""
+    cfg = load_config(config, overrides or [])
+    if cfg.runtime.kind != "local":
+        raise UserError(
+            f"runtime.kind = {cfg.runtime.kind!r}: the Ray runtime is not part of this version "
+            "yet; run with runtime.kind=local (same actor and learner, one process)"
+        )
+    from critic_unlearn.training.local import train_local
+
+    r = train_local(cfg, console)
+    print(json.dumps({
+        "run_dir": str(r.run_dir), "trajectories": r.trajectories,
+        "learner_steps": r.learner_steps, "version": r.version, "wall_s": round(r.wall_s, 2),
+    }))
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
 ) -> None:
@@ -89,10 +110,14 @@ def demo(
 def main() -> None:
     from critic_unlearn.codec import CodecError
     from critic_unlearn.diffusion.loading import ModelLoadError
+    from critic_unlearn.replay import ReplayError
+    from critic_unlearn.rewards.openclip_loading import ClipLoadError
+    from critic_unlearn.rewards.prompts import PromptError
 
     try:
         app()
-    except (ConfigError, ModelLoadError, CodecError, UserError) as e:
+    except (ConfigError, ModelLoadError, CodecError, ClipLoadError, PromptError, ReplayError,
+            UserError) as e:
         _fail(str(e))
 
 

@@ -33,6 +33,7 @@ from critic_unlearn.learner.advantages import normalize_and_clip, step_advantage
 from critic_unlearn.learner.critic import Critic, make_vae_decode
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
 from critic_unlearn.learner.publisher import Publisher
+from critic_unlearn.rewards.normalization import PerPromptStatTracker
 from critic_unlearn.types import Batch, WeightsPacket
 
 TextEmbed = Callable[[list[str]], Tensor]  # prompts -> (B, D) CLIP text embeddings
@@ -58,6 +59,7 @@ class Learner:
         critic: Critic | None = None,
         critic_text: TextEmbed | None = None,
         publisher: Publisher | None = None,
+        reward_tracker: PerPromptStatTracker | None = None,
     ) -> None:
         if cfg.critic.enabled and (critic is None or critic_text is None):
             raise ValueError("critic.enabled = true needs a critic and its text embedder")
@@ -68,6 +70,7 @@ class Learner:
         )
         self.critic_text = critic_text
         self.publisher = publisher
+        self.reward_tracker = reward_tracker  # per-prompt standardisation (DDPO), or None
         lc = cfg.learner
         unet = components.unet
         if not any("lora_" in n for n, _ in unet.named_parameters()):
@@ -100,7 +103,10 @@ class Learner:
         dev = self.device
         lat, nxt = batch.latents.to(dev), batch.next_latents.to(dev)
         ts, old_lp = batch.timesteps.to(dev), batch.log_probs.to(dev)
-        rewards = batch.rewards.to(dev, torch.float32)
+        raw_rewards = batch.rewards.to(dev, torch.float32)
+        rewards = raw_rewards
+        if self.reward_tracker is not None:
+            rewards = self.reward_tracker.update(batch.prompts, raw_rewards)
         staleness = (self.version - batch.versions).float().mean().item()
         cond = encode_prompts(self.c.tokenizer, self.c.text_encoder, batch.prompts)
         self.c.scheduler.set_timesteps(batch.sampler.num_steps, device=dev)
@@ -158,7 +164,7 @@ class Learner:
             {
                 "learner/version": float(self.version),
                 "learner/steps": float(self.steps),
-                "learner/reward_mean": rewards.mean().item(),
+                "learner/reward_mean": raw_rewards.mean().item(),
                 "learner/advantage_abs": adv.abs().mean().item(),
                 "learner/staleness_mean": staleness,
             }
@@ -284,6 +290,9 @@ class Learner:
             "steps": self.steps,
             "rng": {"torch": torch.get_rng_state(), "learner": self.gen.get_state()},
             "lora_config_hash": self.lora_hash,
+            "reward_stats": None
+            if self.reward_tracker is None
+            else self.reward_tracker.state_dict(),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -300,3 +309,5 @@ class Learner:
         self.version, self.steps = int(state["version"]), int(state["steps"])
         torch.set_rng_state(state["rng"]["torch"])
         self.gen.set_state(state["rng"]["learner"])
+        if self.reward_tracker is not None and state.get("reward_stats") is not None:
+            self.reward_tracker.load_state_dict(state["reward_stats"])

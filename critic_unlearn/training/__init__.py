@@ -1,0 +1,1 @@
+"""Assembling a run (run directory, models, actor, learner) and the single-process trainer."""

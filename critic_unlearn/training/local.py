@@ -1,0 +1,180 @@
+"""The single-process trainer: sample -> reward -> replay (Redis) -> learn, no Ray.
+
+The debugging and benchmarking path; the Ray runtime runs the same Actor and Learner objects.
+The loop respects the replay rate limiter exactly: the learner samples while the limiter grants
+samples; when it does not (too few fresh records), the actor inserts another batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from critic_unlearn.codec import encode_state_dict
+from critic_unlearn.config import RunConfig
+from critic_unlearn.io_utils import atomic_write_bytes
+from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
+from critic_unlearn.learner.publisher import CallbackPublisher
+from critic_unlearn.replay import RedisServer, ReplaySampler, ReplayTimeout, ReplayWriter
+from critic_unlearn.training.metrics import MetricsLogger
+from critic_unlearn.training.setup import (
+    TrainResult,
+    build_actor,
+    build_learner,
+    prepare_run_dir,
+)
+from critic_unlearn.types import Batch
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoints/latest.safetensors"
+
+
+def ua_proxy(trajs) -> float:
+    """Share of forget trajectories with positive reward: for clip_concept with alpha = 1 that is
+    'the reward CLIP finds the anchor closer than the concept'. A proxy, not the judge's UA."""
+    forget = [t.reward for t in trajs if t.role == "forget"]
+    return sum(r > 0 for r in forget) / len(forget) if forget else float("nan")
+
+
+def export_adapter(run_dir: Path, packet) -> Path:
+    path = run_dir / "adapter" / "adapter.safetensors"
+    atomic_write_bytes(path, encode_state_dict(packet.state_dict, packet.manifest))
+    return path
+
+
+@contextlib.contextmanager
+def replay_server(cfg: RunConfig):
+    """replay.url = "auto": a private redis-server for this run, stopped afterwards."""
+    if cfg.replay.url != "auto":
+        yield cfg
+        return
+    server = RedisServer().start()
+    try:
+        yield cfg.model_copy(update={"replay": cfg.replay.model_copy(update={"url": server.url})})
+    finally:
+        server.stop()
+
+
+def train_local(cfg: RunConfig, console: Console | None = None) -> TrainResult:
+    console = console or Console(stderr=True)
+    run_dir = prepare_run_dir(cfg)
+    with replay_server(cfg) as cfg:
+        return _train(cfg, run_dir, console)
+
+
+def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
+    namespace = cfg.replay.namespace or run_dir.name
+    actor = build_actor(cfg, actor_id=0)
+    learner = build_learner(cfg, CallbackPublisher(actor.apply_weights))
+    writer = ReplayWriter(cfg.replay, namespace=namespace)
+    sampler = ReplaySampler(cfg.replay, namespace=namespace)
+    metrics = MetricsLogger(run_dir)
+    trajectories = 0
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        state = load_checkpoint(ckpt)
+        learner.load_state_dict(state["learner"])
+        actor.apply_weights(learner.weights())
+        actor.next_seed = int(state["actor"]["next_seed"])
+        actor.rng.set_state(state["actor"]["rng"])
+        trajectories = int(state["trajectories"])
+        if sampler.size() >= cfg.replay.min_size_to_sample:
+            sampler.rate_limiter.load_state_dict(state["replay_limiter"])
+        else:  # the buffer did not survive (private server): count afresh
+            sampler.rate_limiter.reset()
+        console.print(
+            f"resumed from {ckpt} at learner step {learner.steps}, "
+            f"version {learner.version}, {trajectories} trajectories"
+        )
+    else:
+        sampler.clear()
+
+    def checkpoint() -> None:
+        save_checkpoint(
+            ckpt,
+            {
+                "learner": learner.state_dict(),
+                "replay_limiter": sampler.rate_limiter.state_dict(),
+                "actor": {"next_seed": actor.next_seed, "rng": actor.rng.get_state()},
+                "trajectories": trajectories,
+            },
+        )
+
+    lc = cfg.learner
+    t0 = time.perf_counter()
+    last: dict[str, float] = {}
+    recent_reward, recent_ua = float("nan"), float("nan")
+    columns = [
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn(
+            "step {task.completed:.0f}/{task.total:.0f} | traj {task.fields[traj]} | "
+            "reward {task.fields[reward]:.3f} | UA proxy {task.fields[ua]:.2f} | "
+            "{task.fields[tps]:.1f} traj/s | v{task.fields[version]}"
+        ),
+        TimeElapsedColumn(),
+    ]
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(
+            "unlearning",
+            total=lc.max_steps,
+            completed=learner.steps,
+            traj=trajectories,
+            reward=float("nan"),
+            ua=float("nan"),
+            tps=0.0,
+            version=learner.version,
+        )
+        while learner.steps < lc.max_steps:
+            try:
+                records = sampler.sample(
+                    lc.batch_size,
+                    min_version=sampler.min_version_for(learner.version),
+                    timeout_s=0.0,
+                )
+            except ReplayTimeout:  # not enough fresh records: the actor must sample more
+                trajs = actor.sample_batch()
+                for t in trajs:
+                    writer.write(t)
+                trajectories += len(trajs)
+                recent_reward = sum(t.reward for t in trajs) / len(trajs)
+                recent_ua = ua_proxy(trajs)
+                progress.update(
+                    task,
+                    traj=trajectories,
+                    reward=recent_reward,
+                    ua=recent_ua,
+                    tps=trajectories / max(time.perf_counter() - t0, 1e-9),
+                )
+                continue
+            batch = Batch.from_trajectories([r.trajectory for r in records])
+            last = learner.step(batch)
+            last.update(
+                {
+                    "actor/trajectories": float(trajectories),
+                    "actor/reward_mean": recent_reward,
+                    "actor/ua_proxy": recent_ua,
+                    "actor/trajectories_per_s": trajectories / max(time.perf_counter() - t0, 1e-9),
+                    "replay/size": float(sampler.size()),
+                }
+            )
+            metrics.log(learner.steps, last)
+            if learner.steps % lc.checkpoint_every == 0:
+                checkpoint()
+            progress.update(task, completed=learner.steps, version=learner.version)
+    checkpoint()
+    export_adapter(run_dir, learner.weights())
+    metrics.close()
+    writer.close()
+    sampler.close()
+    return TrainResult(
+        run_dir, trajectories, learner.steps, learner.version, time.perf_counter() - t0, last
+    )

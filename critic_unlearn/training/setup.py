@@ -1,0 +1,87 @@
+"""Build the pieces of a run from its config; shared by the local trainer and the Ray runtime."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from critic_unlearn.actors.actor import Actor
+from critic_unlearn.config import RunConfig, dump_config
+from critic_unlearn.device import resolve_device
+from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.learner.critic import build_critic, text_embedder
+from critic_unlearn.learner.learner import Learner
+from critic_unlearn.learner.publisher import Publisher
+from critic_unlearn.rewards import build_reward, build_stat_tracker
+from critic_unlearn.rewards.openclip_loading import load_open_clip
+from critic_unlearn.rewards.prompts import load_prompts
+
+
+def run_name(cfg: RunConfig) -> str:
+    """`<scenario>-s<seed>-<time>` unless the config names the run (then it can resume)."""
+    if cfg.runtime.run_name:
+        return cfg.runtime.run_name
+    return f"{cfg.scenario}-s{cfg.runtime.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(cfg: RunConfig) -> Path:
+    """Create runs/<name>/ and write the resolved config there (every run does)."""
+    run_dir = Path(cfg.runtime.run_dir) / run_name(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    return run_dir
+
+
+def _components(cfg: RunConfig, device: torch.device, dtype: str | None = None):
+    m = cfg.model
+    return load_components(
+        m.pretrained,
+        revision=m.revision,
+        dtype=dtype or m.dtype,
+        device=device,
+        local_files_only=m.local_files_only,
+    )
+
+
+def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None = None) -> Actor:
+    dev = resolve_device(str(device) if device is not None else cfg.runtime.device)
+    return Actor(
+        cfg,
+        actor_id,
+        _components(cfg, dev),
+        build_reward(cfg.reward, dev),
+        load_prompts(cfg.reward.prompts),
+    )
+
+
+def build_learner(
+    cfg: RunConfig, publisher: Publisher | None = None, device: str | torch.device | None = None
+) -> Learner:
+    dev = resolve_device(str(device) if device is not None else cfg.runtime.device)
+    torch.manual_seed(cfg.learner.seed)
+    critic = text = None
+    if cfg.critic.enabled:
+        clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, dev)
+        critic, text = build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic)
+    return Learner(
+        cfg,
+        _components(cfg, dev),
+        critic,
+        text,
+        publisher,
+        reward_tracker=build_stat_tracker(cfg.reward),
+    )
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    trajectories: int
+    learner_steps: int
+    version: int
+    wall_s: float
+    last_metrics: dict

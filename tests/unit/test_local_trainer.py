@@ -1,0 +1,63 @@
+"""The single-process trainer end to end on tiny models, with a private Redis server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from critic_unlearn.codec import decode_state_dict
+from critic_unlearn.config import load_config
+from critic_unlearn.training.local import CHECKPOINT, train_local
+from critic_unlearn.training.metrics import read_metrics
+from tests.unit._clip_fixtures import tiny_clip_folder
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
+
+
+def config(model_dir, clip_dir, run_dir, *extra):
+    return load_config(None, [
+        f"model.pretrained={model_dir}", f"reward.clip_model={clip_dir}",
+        "reward.prompts.forget=[a red circle, a red square]",
+        "reward.prompts.retain=[a blue circle, a blue square]",
+        "reward.prompts.concept=red", "reward.prompts.anchor=a shape",
+        "sampler.num_steps=4", "sampler.batch_size=4", "sampler.guidance_scale=3.0",
+        "learner.batch_size=4", "learner.minibatch_size=2", "learner.train_steps=2",
+        "learner.max_steps=3", "learner.checkpoint_every=2", "critic.warmup_steps=1",
+        "critic.hidden=16", "critic.timestep_dim=16",
+        "replay.url=auto", "replay.min_size_to_sample=4", "replay.samples_per_insert=1",
+        "replay.capacity=32", "replay.error_buffer=4", "runtime.kind=local", "runtime.device=cpu",
+        f"runtime.run_dir={run_dir}", "runtime.run_name=t", *extra,
+    ])
+
+
+def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_dir, tmp_path):
+    cfg = config(tiny_model_dir, clip_dir, tmp_path)
+    r = train_local(cfg)
+    assert r.learner_steps == 3 and r.version == 2  # one warm-up step, then two policy updates
+    assert r.trajectories >= 12  # spi 1: every learner batch of 4 needs 4 new inserts
+    rows = read_metrics(r.run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert all("critic/loss" in row and "replay/size" in row for row in rows)
+    assert list((r.run_dir / "tb").iterdir())  # TensorBoard event file
+    assert (r.run_dir / "config.yaml").exists() and (r.run_dir / CHECKPOINT).exists()
+    state, manifest = decode_state_dict((r.run_dir / "adapter/adapter.safetensors").read_bytes())
+    assert manifest["version"] == "2" and any(v.abs().sum() > 0 for v in state.values())
+
+    more = train_local(config(tiny_model_dir, clip_dir, tmp_path, "learner.max_steps=4"))
+    assert more.learner_steps == 4 and more.version == 3  # resumed, version continues
+    assert more.trajectories >= r.trajectories + 4
+    rows = read_metrics(r.run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+
+
+def test_critic_off_runs_ddpo_style(tiny_model_dir, clip_dir, tmp_path):
+    r = train_local(config(tiny_model_dir, clip_dir, tmp_path, "critic.enabled=false",
+                           "learner.max_steps=2"))
+    assert r.version == 2
+    assert "critic/loss" not in json.loads((r.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert torch.isfinite(torch.tensor(r.last_metrics["policy/loss"]))
