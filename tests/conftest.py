@@ -13,6 +13,10 @@ import torch  # noqa: E402
 from critic_unlearn.diffusion.loading import SDComponents, load_components  # noqa: E402
 from critic_unlearn.diffusion.tiny import build_tiny_model  # noqa: E402
 
+# Tiny models gain nothing from a second thread, and CI's 2 cores are shared with the
+# Redis / Ray processes some tests start: one thread is faster and steadier (CU_TEST_THREADS).
+torch.set_num_threads(int(os.environ.get("CU_TEST_THREADS", "1")))
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
