@@ -34,18 +34,34 @@ def sd15_shaped_model(out: str) -> str:
     pipe = StableDiffusionPipeline(
         unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),
         vae=AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512), latent_channels=4, layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            latent_channels=4,
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
             sample_size=512,
         ),
-        text_encoder=CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072,
-                                                  num_hidden_layers=12, num_attention_heads=12,
-                                                  projection_dim=768)),
+        text_encoder=CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=768,
+                intermediate_size=3072,
+                num_hidden_layers=12,
+                num_attention_heads=12,
+                projection_dim=768,
+            )
+        ),
         tokenizer=clip_tokenizer(),
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012,
-                                beta_schedule="scaled_linear", clip_sample=False,
-                                set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        scheduler=DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.save_pretrained(out)
     return out
@@ -70,11 +86,19 @@ def main() -> None:
     steps = args.steps or (50 if args.sd15 else 20)
 
     with tempfile.TemporaryDirectory() as tmp:
-        path = sd15_shaped_model(tmp + "/sd15") if args.sd15 else str(build_tiny_model(tmp + "/tiny"))
+        path = (
+            sd15_shaped_model(tmp + "/sd15") if args.sd15 else str(build_tiny_model(tmp + "/tiny"))
+        )
         comps: SDComponents = load_components(path, dtype=dtype, device=device)
         pipe = StableDiffusionPipeline(
-            comps.vae, comps.text_encoder, comps.tokenizer, comps.unet, comps.scheduler,
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+            comps.vae,
+            comps.text_encoder,
+            comps.tokenizer,
+            comps.unet,
+            comps.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
         pipe.set_progress_bar_config(disable=True)
     prompts = [f"a photo of object {i}" for i in range(batch)]
@@ -87,8 +111,14 @@ def main() -> None:
     def theirs() -> None:
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(batch)]
         with torch.no_grad():
-            pipe(prompts, num_inference_steps=steps, guidance_scale=args.guidance, eta=1.0,
-                 generator=gens, output_type="pt")
+            pipe(
+                prompts,
+                num_inference_steps=steps,
+                guidance_scale=args.guidance,
+                eta=1.0,
+                generator=gens,
+                output_type="pt",
+            )
 
     times: dict[str, list[float]] = {"ours": [], "diffusers": []}
     ours(), theirs()  # warm-up
@@ -100,17 +130,25 @@ def main() -> None:
             sync(device)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"model={'sd15-shapes' if args.sd15 else 'tiny'} device={device} batch={batch} "
-          f"steps={steps} cfg={args.guidance}")
+    print(
+        f"model={'sd15-shapes' if args.sd15 else 'tiny'} device={device} batch={batch} "
+        f"steps={steps} cfg={args.guidance}"
+    )
     for k, v in times.items():
         print(f"{k:>10}: median {med[k]:.3f} s  runs {[round(x, 3) for x in v]}")
-    print(json.dumps({
-        "ratio": round(med["ours"] / med["diffusers"], 4),
-        "ours_s": round(med["ours"], 4),
-        "diffusers_s": round(med["diffusers"], 4),
-        "device": str(device), "batch": batch, "steps": steps,
-        "model": "sd15-shapes" if args.sd15 else "tiny",
-    }))
+    print(
+        json.dumps(
+            {
+                "ratio": round(med["ours"] / med["diffusers"], 4),
+                "ours_s": round(med["ours"], 4),
+                "diffusers_s": round(med["diffusers"], 4),
+                "device": str(device),
+                "batch": batch,
+                "steps": steps,
+                "model": "sd15-shapes" if args.sd15 else "tiny",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

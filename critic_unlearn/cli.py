@@ -39,8 +39,8 @@ def _fail(msg: str) -> None:
 
 @config_app.command("show")
 def config_show(
-    file: Annotated[Path | None, typer.Argument(help="scenario YAML (omit for the defaults)")] = None,
-    overrides: Annotated[list[str] | None, typer.Argument(help="dotted KEY=VALUE overrides")] = None,
+    file: Annotated[Path | None, typer.Argument(help="scenario YAML (omit: defaults)")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides")] = None,
 ) -> None:
     """Print the resolved configuration (file + overrides + defaults) as YAML."""
     cfg = load_config(file, overrides or [])
@@ -54,7 +54,7 @@ def sample(
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/sample"),
     num: Annotated[int, typer.Option(help="images per prompt")] = 4,
     seed: Annotated[int, typer.Option(help="first seed; image i uses seed + i")] = 0,
-    overrides: Annotated[list[str] | None, typer.Argument(help="config overrides, e.g. sampler.eta=0.5")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="e.g. sampler.eta=0.5")] = None,
 ) -> None:
     """Sample trajectories; write a PNG grid, the trajectories (safetensors) and the config."""
     from critic_unlearn.sample_command import run_sample
@@ -67,7 +67,7 @@ def sample(
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="scenario YAML in configs/")],
-    overrides: Annotated[list[str] | None, typer.Argument(help="dotted KEY=VALUE overrides")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides")] = None,
 ) -> None:
     """Unlearn: sample -> reward -> replay -> learn, until learner.max_steps."""
     cfg = load_config(config, overrides or [])
@@ -79,10 +79,17 @@ def train(
     from critic_unlearn.training.local import train_local
 
     r = train_local(cfg, console)
-    print(json.dumps({
-        "run_dir": str(r.run_dir), "trajectories": r.trajectories,
-        "learner_steps": r.learner_steps, "version": r.version, "wall_s": round(r.wall_s, 2),
-    }))
+    print(
+        json.dumps(
+            {
+                "run_dir": str(r.run_dir),
+                "trajectories": r.trajectories,
+                "learner_steps": r.learner_steps,
+                "version": r.version,
+                "wall_s": round(r.wall_s, 2),
+            }
+        )
+    )
 
 
 @app.command()
@@ -116,8 +123,15 @@ def main() -> None:
 
     try:
         app()
-    except (ConfigError, ModelLoadError, CodecError, ClipLoadError, PromptError, ReplayError,
-            UserError) as e:
+    except (
+        ConfigError,
+        ModelLoadError,
+        CodecError,
+        ClipLoadError,
+        PromptError,
+        ReplayError,
+        UserError,
+    ) as e:
         _fail(str(e))
 
 

@@ -43,7 +43,11 @@ def checksum(schema: str, header: str, tensors: dict[str, Tensor]) -> str:
 def _pack(schema: str, header: dict, tensors: dict[str, Tensor]) -> bytes:
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     header_json = json.dumps(header, sort_keys=True, allow_nan=True)
-    meta = {"schema": schema, "header": header_json, "sha256": checksum(schema, header_json, tensors)}
+    meta = {
+        "schema": schema,
+        "header": header_json,
+        "sha256": checksum(schema, header_json, tensors),
+    }
     return safetensors.torch.save(tensors, metadata=meta)
 
 

@@ -289,9 +289,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}".replace("\n", " "))
+            msg = f"config file {str(p)!r} is not valid YAML: {e}".replace("\n", " ")
+            raise ConfigError(msg) from None
         if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(p)!r} must hold a mapping, not {type(data).__name__}")
+            kind = type(data).__name__
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping, not {kind}")
     data = apply_overrides(data, overrides or [])
     try:
         return RunConfig.model_validate(data)

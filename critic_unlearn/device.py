@@ -9,5 +9,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"runtime.device = {name!r} but no CUDA device is visible; use cpu or auto")
+        raise ValueError(
+            f"runtime.device = {name!r} but no CUDA device is visible; use cpu or auto"
+        )
     return torch.device(name)

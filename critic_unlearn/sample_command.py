@@ -23,8 +23,11 @@ def run_sample(cfg: RunConfig, prompts: list[str], out: Path, *, num: int, seed:
     """Sample `num` trajectories per prompt; write grid.png, trajectories/*.safetensors, config."""
     device = resolve_device(cfg.runtime.device)
     comps = load_components(
-        cfg.model.pretrained, revision=cfg.model.revision, dtype=cfg.model.dtype,
-        device=device, local_files_only=cfg.model.local_files_only,
+        cfg.model.pretrained,
+        revision=cfg.model.revision,
+        dtype=cfg.model.dtype,
+        device=device,
+        local_files_only=cfg.model.local_files_only,
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
@@ -36,8 +39,13 @@ def run_sample(cfg: RunConfig, prompts: list[str], out: Path, *, num: int, seed:
     trajs = []
     for i in range(0, len(specs), s.batch_size):
         trajs += sample_trajectories(
-            comps, specs[i : i + s.batch_size], seeds[i : i + s.batch_size], settings,
-            keep_steps=s.keep_steps, height=s.height, width=s.width,
+            comps,
+            specs[i : i + s.batch_size],
+            seeds[i : i + s.batch_size],
+            settings,
+            keep_steps=s.keep_steps,
+            height=s.height,
+            width=s.width,
         )
     wall = time.perf_counter() - t0
     for i, tr in enumerate(trajs):

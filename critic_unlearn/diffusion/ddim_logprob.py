@@ -75,11 +75,15 @@ def ddim_step_with_logprob(
     beta_prod_t = 1 - alpha_prod_t
 
     if cfg.prediction_type == "epsilon":
-        pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (0.5)
+        pred_original_sample = (sample - beta_prod_t ** (0.5) * model_output) / alpha_prod_t ** (
+            0.5
+        )
         pred_epsilon = model_output
     elif cfg.prediction_type == "sample":
         pred_original_sample = model_output
-        pred_epsilon = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (0.5)
+        pred_epsilon = (sample - alpha_prod_t ** (0.5) * pred_original_sample) / beta_prod_t ** (
+            0.5
+        )
     elif cfg.prediction_type == "v_prediction":
         pred_original_sample = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * model_output
         pred_epsilon = (alpha_prod_t**0.5) * model_output + (beta_prod_t**0.5) * sample
@@ -105,7 +109,9 @@ def ddim_step_with_logprob(
             raise ValueError("pass either generator or variance_noise, not both")
         if variance_noise is None:
             variance_noise = randn_tensor(
-                model_output.shape, generator=generator, device=model_output.device,
+                model_output.shape,
+                generator=generator,
+                device=model_output.device,
                 dtype=model_output.dtype,
             )
         prev_sample = mean + std_dev_t * variance_noise

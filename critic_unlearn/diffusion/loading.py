@@ -76,7 +76,9 @@ def load_components(
     kw = {"revision": revision, "local_files_only": local_files_only}
     torch_dtype = DTYPES[dtype]
     try:
-        unet = UNet2DConditionModel.from_pretrained(model, subfolder="unet", torch_dtype=torch_dtype, **kw)
+        unet = UNet2DConditionModel.from_pretrained(
+            model, subfolder="unet", torch_dtype=torch_dtype, **kw
+        )
         vae = AutoencoderKL.from_pretrained(model, subfolder="vae", torch_dtype=torch_dtype, **kw)
         text_encoder = CLIPTextModel.from_pretrained(
             model, subfolder="text_encoder", dtype=torch_dtype, **kw

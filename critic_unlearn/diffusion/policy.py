@@ -1,4 +1,4 @@
-"""The denoising policy pi_theta(x_prev | x_t, c): guided noise prediction + DDIM step with log-prob.
+"""The denoising policy pi_theta(x_prev | x_t, c): guided noise + DDIM step with log-prob.
 
 Used twice with the same code: by the sampler to act, and by the learner to re-score stored
 transitions (give `prev_sample`). Keeping one function for both is what makes the importance
@@ -68,6 +68,12 @@ def policy_step(
     """Act (sample x_prev) or re-score (given x_prev): one guided DDIM step with its log-prob."""
     eps = guided_noise(unet, latents, timesteps, cond, uncond, guidance_scale)
     return ddim_step_with_logprob(
-        scheduler, eps, timesteps, latents, eta,
-        generator=generator, prev_sample=prev_sample, reduction=reduction,
+        scheduler,
+        eps,
+        timesteps,
+        latents,
+        eta,
+        generator=generator,
+        prev_sample=prev_sample,
+        reduction=reduction,
     )

@@ -76,9 +76,16 @@ def sample_trajectories(
     states, log_probs, stds = [x], [], []
     for t in timesteps:
         out = policy_step(
-            c.unet, c.scheduler, x, t, cond, uncond,
-            guidance_scale=settings.guidance_scale, eta=settings.eta,
-            generator=gens, reduction=settings.log_prob_reduction,
+            c.unet,
+            c.scheduler,
+            x,
+            t,
+            cond,
+            uncond,
+            guidance_scale=settings.guidance_scale,
+            eta=settings.eta,
+            generator=gens,
+            reduction=settings.log_prob_reduction,
         )
         x = out.prev_sample
         states.append(x)

@@ -61,13 +61,11 @@ class Learner:
         publisher: Publisher | None = None,
         reward_tracker: PerPromptStatTracker | None = None,
     ) -> None:
-        if cfg.critic.enabled and (critic is None or critic_text is None):
+        if self.uses_critic(cfg) and (critic is None or critic_text is None):
             raise ValueError("critic.enabled = true needs a critic and its text embedder")
         self.cfg, self.c = cfg, components
         self.device = components.device
-        self.critic = (
-            critic.to(self.device) if (critic is not None and cfg.critic.enabled) else None
-        )
+        self.critic = critic.to(self.device) if self.uses_critic(cfg) else None
         self.critic_text = critic_text
         self.publisher = publisher
         self.reward_tracker = reward_tracker  # per-prompt standardisation (DDPO), or None
@@ -95,6 +93,11 @@ class Learner:
         self.lora_hash = lora_config_hash(cfg.lora)
         self.version = 0  # policy version: bumped by every policy update
         self.steps = 0  # learner steps, warm-up included
+
+    @staticmethod
+    def uses_critic(cfg: RunConfig) -> bool:
+        """Whether this learner trains a critic (ESD and critic-off runs do not)."""
+        return cfg.critic.enabled
 
     # -- the step -------------------------------------------------------------------------
     def step(self, batch: Batch) -> dict[str, float]:

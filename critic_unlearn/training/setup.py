@@ -14,6 +14,7 @@ from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.learner.critic import build_critic, text_embedder
+from critic_unlearn.learner.esd import ESDLearner
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards import build_reward, build_stat_tracker
@@ -63,6 +64,8 @@ def build_learner(
 ) -> Learner:
     dev = resolve_device(str(device) if device is not None else cfg.runtime.device)
     torch.manual_seed(cfg.learner.seed)
+    if cfg.learner.algorithm == "esd":
+        return ESDLearner(cfg, _components(cfg, dev), publisher=publisher)
     critic = text = None
     if cfg.critic.enabled:
         clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, dev)

@@ -13,8 +13,13 @@ from critic_unlearn.config import load_config
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "critic_unlearn.cli", *args],
-                          capture_output=True, text=True, timeout=300, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "critic_unlearn.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+    )
 
 
 def test_help_lists_the_commands():
@@ -26,8 +31,20 @@ def test_help_lists_the_commands():
 
 def test_sample_writes_grid_trajectories_and_config(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
-    proc = cli("sample", str(tiny_model_dir), "--prompt", "a red circle", "--prompt", "a cat",
-               "--num", "3", "--out", str(out), "sampler.num_steps=4", "sampler.keep_steps=2")
+    proc = cli(
+        "sample",
+        str(tiny_model_dir),
+        "--prompt",
+        "a red circle",
+        "--prompt",
+        "a cat",
+        "--num",
+        "3",
+        "--out",
+        str(out),
+        "sampler.num_steps=4",
+        "sampler.keep_steps=2",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["trajectories"] == 6

@@ -22,11 +22,18 @@ from critic_unlearn.types import SamplerSettings, Trajectory
 def make_traj(reward: float = 0.25, image: bool = True) -> Trajectory:
     g = torch.Generator().manual_seed(0)
     return Trajectory(
-        prompt_id="p7", prompt="a red circle", role="forget",
+        prompt_id="p7",
+        prompt="a red circle",
+        role="forget",
         latents=torch.randn(4, 4, 8, 8, generator=g).half(),
-        positions=torch.tensor([0, 1, 2, 3]), steps=torch.tensor([0, 1, 2]),
-        timesteps=torch.tensor([901, 801, 701]), log_probs=torch.randn(3, generator=g),
-        reward=reward, version=12, actor_id=3, seed=99,
+        positions=torch.tensor([0, 1, 2, 3]),
+        steps=torch.tensor([0, 1, 2]),
+        timesteps=torch.tensor([901, 801, 701]),
+        log_probs=torch.randn(3, generator=g),
+        reward=reward,
+        version=12,
+        actor_id=3,
+        seed=99,
         sampler=SamplerSettings(num_steps=10, eta=1.0, guidance_scale=5.0),
         image=torch.randint(0, 255, (16, 16, 3), dtype=torch.uint8) if image else None,
     )

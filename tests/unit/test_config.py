@@ -1,4 +1,4 @@
-"""Configuration: scenarios load, overrides apply, every error is one line naming field and value."""
+"""Configuration: scenarios load, overrides apply, every error is one line (field and value)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,15 @@ def test_every_scenario_loads_and_round_trips(path, tmp_path):
 
 
 def test_dotted_overrides_apply_with_yaml_types():
-    cfg = load_config(None, ["learner.lr=3e-5", "sampler.keep_steps=12", "lora.target_modules=[to_q]",
-                             "replay.namespace=run-a"])
+    cfg = load_config(
+        None,
+        [
+            "learner.lr=3e-5",
+            "sampler.keep_steps=12",
+            "lora.target_modules=[to_q]",
+            "replay.namespace=run-a",
+        ],
+    )
     assert cfg.learner.lr == 3e-5 and cfg.sampler.keep_steps == 12
     assert cfg.lora.target_modules == ["to_q"] and cfg.replay.namespace == "run-a"
 
@@ -75,7 +82,9 @@ def test_file_errors_name_the_file(tmp_path):
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "critic_unlearn.cli", *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -13,8 +13,13 @@ from critic_unlearn.diffusion.ddim_logprob import ddim_step_with_logprob
 
 def make_scheduler(set_alpha_to_one: bool, prediction_type: str = "epsilon") -> DDIMScheduler:
     s = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=set_alpha_to_one, steps_offset=1, prediction_type=prediction_type,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=set_alpha_to_one,
+        steps_offset=1,
+        prediction_type=prediction_type,
     )
     s.set_timesteps(10)
     return s
@@ -44,8 +49,9 @@ def test_per_sample_timesteps_equal_scalar_calls():
     ts = sched.timesteps[[0, 5, 9]]
     batched = ddim_step_with_logprob(sched, eps, ts, x, 1.0, prev_sample=prev)
     for i, t in enumerate(ts):
-        single = ddim_step_with_logprob(sched, eps[i : i + 1], t, x[i : i + 1], 1.0,
-                                        prev_sample=prev[i : i + 1])
+        single = ddim_step_with_logprob(
+            sched, eps[i : i + 1], t, x[i : i + 1], 1.0, prev_sample=prev[i : i + 1]
+        )
         torch.testing.assert_close(batched.log_prob[i : i + 1], single.log_prob)
         torch.testing.assert_close(batched.mean[i : i + 1], single.mean)
 
@@ -61,8 +67,9 @@ def test_log_prob_is_the_gaussian_density_and_rescoring_reproduces_it():
     torch.testing.assert_close(out.log_prob.double(), expected, rtol=1e-5, atol=1e-3)
     again = ddim_step_with_logprob(sched, eps, t, x, 1.0, prev_sample=out.prev_sample)
     assert torch.equal(again.log_prob, out.log_prob)  # ratio exactly 1
-    mean_red = ddim_step_with_logprob(sched, eps, t, x, 1.0, prev_sample=out.prev_sample,
-                                      reduction="mean")
+    mean_red = ddim_step_with_logprob(
+        sched, eps, t, x, 1.0, prev_sample=out.prev_sample, reduction="mean"
+    )
     torch.testing.assert_close(mean_red.log_prob, out.log_prob / (4 * 8 * 8))
 
 
@@ -78,8 +85,9 @@ def test_a_deterministic_last_step_has_zero_log_prob():
 def test_eta_zero_is_refused_with_a_clear_error():
     sched = make_scheduler(False)
     with pytest.raises(ValueError, match="eta = 0.*no log-probability"):
-        ddim_step_with_logprob(sched, torch.zeros(1, 4, 8, 8), sched.timesteps[0],
-                               torch.zeros(1, 4, 8, 8), 0.0)
+        ddim_step_with_logprob(
+            sched, torch.zeros(1, 4, 8, 8), sched.timesteps[0], torch.zeros(1, 4, 8, 8), 0.0
+        )
 
 
 def test_sigma_matches_the_formula_in_algorithm_md():

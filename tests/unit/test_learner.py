@@ -16,9 +16,16 @@ from critic_unlearn.types import Batch, SamplerSettings
 from tests.unit._clip_fixtures import tiny_clip
 
 BASE = [
-    "sampler.num_steps=4", "sampler.guidance_scale=3.0", "learner.batch_size=4",
-    "learner.minibatch_size=2", "learner.train_steps=2", "learner.lr=1e-2",
-    "critic.warmup_steps=0", "critic.hidden=16", "critic.timestep_dim=16", "learner.seed=3",
+    "sampler.num_steps=4",
+    "sampler.guidance_scale=3.0",
+    "learner.batch_size=4",
+    "learner.minibatch_size=2",
+    "learner.train_steps=2",
+    "learner.lr=1e-2",
+    "critic.warmup_steps=0",
+    "critic.hidden=16",
+    "critic.timestep_dim=16",
+    "learner.seed=3",
 ]
 
 
@@ -29,13 +36,23 @@ def clip(tmp_path_factory):
 
 def make_batch(components, cfg, seed: int = 0, version: int = 0) -> Batch:
     s = cfg.sampler
-    specs = [PromptSpec(f"p{i}", t, r) for i, (t, r) in enumerate(
-        [("a red circle", "forget"), ("a blue square", "retain")] * 2)]
-    trajs = sample_trajectories(components, specs, [seed + i for i in range(4)],
-                                SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction),
-                                keep_steps=s.keep_steps, version=version, decode=False)
+    specs = [
+        PromptSpec(f"p{i}", t, r)
+        for i, (t, r) in enumerate([("a red circle", "forget"), ("a blue square", "retain")] * 2)
+    ]
+    trajs = sample_trajectories(
+        components,
+        specs,
+        [seed + i for i in range(4)],
+        SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction),
+        keep_steps=s.keep_steps,
+        version=version,
+        decode=False,
+    )
     g = torch.Generator().manual_seed(seed)
-    return Batch.from_trajectories([t.with_reward(torch.rand(1, generator=g).item()) for t in trajs])
+    return Batch.from_trajectories(
+        [t.with_reward(torch.rand(1, generator=g).item()) for t in trajs]
+    )
 
 
 def make_learner(model_dir, clip, overrides, publisher=None):
@@ -134,3 +151,23 @@ def test_every_ablation_switch_runs_a_step(tiny_model_dir, clip, overrides):
     m = learner.step(make_batch(comps, cfg))
     assert learner.version == 1
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values()), m
+
+
+def test_esd_baseline_moves_only_lora_towards_its_target(tiny_model_dir, clip):
+    from critic_unlearn.learner.esd import ESDLearner
+
+    # all 4 steps of every trajectory: the same states each step, so the loss is comparable
+    cfg = load_config(
+        None, BASE + ["learner.algorithm=esd", "learner.lr=1e-3", "learner.train_steps=4"]
+    )
+    comps = load_components(str(tiny_model_dir))
+    learner = ESDLearner(cfg, comps, publisher=RecordingPublisher())
+    unet0 = params(comps.unet)
+    batch = make_batch(comps, cfg)
+    first = learner.step(batch)["esd/loss"]
+    for _ in range(5):
+        last = learner.step(batch)["esd/loss"]
+    assert last < first  # the same states: the ESD loss must fall
+    changed = {n for n, p in comps.unet.named_parameters() if not torch.equal(p, unet0[n])}
+    assert changed and all("lora_" in n for n in changed)
+    assert learner.version == 6 and len(learner.publisher.packets) == 6

@@ -20,19 +20,38 @@ def clip_dir(tmp_path_factory):
 
 
 def config(model_dir, clip_dir, run_dir, *extra):
-    return load_config(None, [
-        f"model.pretrained={model_dir}", f"reward.clip_model={clip_dir}",
-        "reward.prompts.forget=[a red circle, a red square]",
-        "reward.prompts.retain=[a blue circle, a blue square]",
-        "reward.prompts.concept=red", "reward.prompts.anchor=a shape",
-        "sampler.num_steps=4", "sampler.batch_size=4", "sampler.guidance_scale=3.0",
-        "learner.batch_size=4", "learner.minibatch_size=2", "learner.train_steps=2",
-        "learner.max_steps=3", "learner.checkpoint_every=2", "critic.warmup_steps=1",
-        "critic.hidden=16", "critic.timestep_dim=16",
-        "replay.url=auto", "replay.min_size_to_sample=4", "replay.samples_per_insert=1",
-        "replay.capacity=32", "replay.error_buffer=4", "runtime.kind=local", "runtime.device=cpu",
-        f"runtime.run_dir={run_dir}", "runtime.run_name=t", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.pretrained={model_dir}",
+            f"reward.clip_model={clip_dir}",
+            "reward.prompts.forget=[a red circle, a red square]",
+            "reward.prompts.retain=[a blue circle, a blue square]",
+            "reward.prompts.concept=red",
+            "reward.prompts.anchor=a shape",
+            "sampler.num_steps=4",
+            "sampler.batch_size=4",
+            "sampler.guidance_scale=3.0",
+            "learner.batch_size=4",
+            "learner.minibatch_size=2",
+            "learner.train_steps=2",
+            "learner.max_steps=3",
+            "learner.checkpoint_every=2",
+            "critic.warmup_steps=1",
+            "critic.hidden=16",
+            "critic.timestep_dim=16",
+            "replay.url=auto",
+            "replay.min_size_to_sample=4",
+            "replay.samples_per_insert=1",
+            "replay.capacity=32",
+            "replay.error_buffer=4",
+            "runtime.kind=local",
+            "runtime.device=cpu",
+            f"runtime.run_dir={run_dir}",
+            "runtime.run_name=t",
+            *extra,
+        ],
+    )
 
 
 def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_dir, tmp_path):
@@ -56,8 +75,11 @@ def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_d
 
 
 def test_critic_off_runs_ddpo_style(tiny_model_dir, clip_dir, tmp_path):
-    r = train_local(config(tiny_model_dir, clip_dir, tmp_path, "critic.enabled=false",
-                           "learner.max_steps=2"))
+    r = train_local(
+        config(tiny_model_dir, clip_dir, tmp_path, "critic.enabled=false", "learner.max_steps=2")
+    )
     assert r.version == 2
-    assert "critic/loss" not in json.loads((r.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert "critic/loss" not in json.loads(
+        (r.run_dir / "metrics.jsonl").read_text().splitlines()[0]
+    )
     assert torch.isfinite(torch.tensor(r.last_metrics["policy/loss"]))

@@ -22,8 +22,12 @@ def test_final_latents_equal_the_diffusers_pipeline(tiny_components, tiny_model_
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_model_dir), safety_checker=None)
     pipe.scheduler = tiny_components.scheduler  # the same DDIM config
     ref = pipe(
-        [s.text for s in specs(2)], num_inference_steps=6, guidance_scale=4.0, eta=1.0,
-        generator=[torch.Generator().manual_seed(s) for s in (3, 4)], output_type="latent",
+        [s.text for s in specs(2)],
+        num_inference_steps=6,
+        guidance_scale=4.0,
+        eta=1.0,
+        generator=[torch.Generator().manual_seed(s) for s in (3, 4)],
+        output_type="latent",
     ).images
     ours = torch.stack([t.latents[-1] for t in trajs])
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
@@ -39,8 +43,14 @@ def test_rescoring_stored_transitions_gives_ratio_exactly_one(tiny_components):
     for k in range(batch.timesteps.shape[1]):
         with torch.no_grad():
             out = policy_step(
-                c.unet, c.scheduler, batch.latents[:, k], batch.timesteps[:, k], cond, uncond,
-                guidance_scale=SETTINGS.guidance_scale, eta=SETTINGS.eta,
+                c.unet,
+                c.scheduler,
+                batch.latents[:, k],
+                batch.timesteps[:, k],
+                cond,
+                uncond,
+                guidance_scale=SETTINGS.guidance_scale,
+                eta=SETTINGS.eta,
                 prev_sample=batch.next_latents[:, k],
             )
         ratio = torch.exp(out.log_prob - batch.log_probs[:, k])
