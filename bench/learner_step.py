@@ -1,0 +1,164 @@
+"""One learner step (critic + PPO LoRA update on K steps of a batch) vs a plain LoRA step.
+
+The plain step is what a diffusers LoRA fine-tuning script does: noise a clean latent at a
+random t, predict the noise with a CFG-doubled batch, MSE, backward, AdamW. Same model, batch
+and LoRA, alternating runs in one process. Last line: JSON with `ratio` = ours / plain.
+
+    python -m bench.learner_step            # tiny random model, CPU
+    python -m bench.learner_step --sd15     # SD-1.5 shapes, random weights, GPU (peak memory)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import open_clip
+import torch
+
+from bench.sampler_overhead import sd15_shaped_model, sync
+from critic_unlearn.config import load_config
+from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.policy import encode_prompts
+from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
+from critic_unlearn.diffusion.tiny import build_tiny_model
+from critic_unlearn.learner.critic import build_critic, text_embedder
+from critic_unlearn.learner.learner import Learner
+from critic_unlearn.rewards.openclip_loading import LoadedClip
+from critic_unlearn.types import Batch, SamplerSettings
+
+
+def random_clip(sd15: bool, device: torch.device) -> LoadedClip:
+    """A randomly initialised CLIP (ViT-B-32 shapes for --sd15, a tiny one otherwise)."""
+    pre = {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "interpolation": "bicubic"}
+    if sd15:
+        cfg = open_clip.get_model_config("ViT-B-32")
+        size = 224
+    else:
+        size = 32
+        cfg = {
+            "embed_dim": 32,
+            "vision_cfg": {
+                "image_size": 32,
+                "layers": 1,
+                "width": 32,
+                "head_width": 16,
+                "patch_size": 8,
+            },
+            "text_cfg": {
+                "context_length": 77,
+                "vocab_size": 49408,
+                "width": 32,
+                "heads": 2,
+                "layers": 1,
+            },
+        }
+    model = open_clip.model.CLIP(**cfg).to(device)
+    return LoadedClip(
+        model, open_clip.get_tokenizer("ViT-B-32"), {**pre, "size": size}, "random", cfg
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sd15", action="store_true")
+    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument("--train-steps", type=int, default=None, help="K transitions per trajectory")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    args = ap.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch_size = args.batch or (16 if args.sd15 else 8)
+    num_steps, k = (50, args.train_steps or 4) if args.sd15 else (10, args.train_steps or 4)
+    dtype = "float16" if device.type == "cuda" else "float32"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = sd15_shaped_model(tmp + "/m") if args.sd15 else str(build_tiny_model(tmp + "/m"))
+        comps = load_components(path, dtype=dtype, device=device)
+    cfg = load_config(
+        None,
+        [
+            f"sampler.num_steps={num_steps}",
+            "sampler.guidance_scale=5.0",
+            f"learner.batch_size={batch_size}",
+            f"learner.minibatch_size={batch_size}",
+            f"learner.train_steps={k}",
+            "critic.warmup_steps=0",
+            "lora.rank=4",
+            f"learner.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+        ],
+    )
+    clip = random_clip(args.sd15, device)
+    learner = Learner(cfg, comps, build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic))
+    specs = [PromptSpec(f"p{i}", f"a photo of object {i}", "forget") for i in range(batch_size)]
+    s = SamplerSettings(num_steps, 1.0, 5.0)
+    with torch.no_grad():
+        trajs = sample_trajectories(comps, specs, list(range(batch_size)), s, decode=False)
+    batch = Batch.from_trajectories([t.with_reward(float(i % 3)) for i, t in enumerate(trajs)])
+
+    unet, sched = comps.unet, comps.scheduler
+    x0 = batch.next_latents[:, -1].to(device)
+    cond = encode_prompts(comps.tokenizer, comps.text_encoder, batch.prompts)
+    uncond = learner.uncond.expand_as(cond)
+    opt = torch.optim.AdamW(learner.lora_params, lr=1e-4)
+
+    def plain() -> None:
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch_size,), device=device)
+        x_t = sched.add_noise(x0, noise, t)
+        with learner._autocast():
+            pred = unet(
+                torch.cat([x_t, x_t]),
+                torch.cat([t, t]),
+                encoder_hidden_states=torch.cat([uncond, cond]),
+            ).sample
+        loss = torch.nn.functional.mse_loss(pred.float(), torch.cat([noise, noise]).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def ours() -> None:
+        learner.step(batch)
+
+    times: dict[str, list[float]] = {"plain": [], "ours": []}
+    peaks: dict[str, float] = {}
+    plain(), ours()  # warm-up
+    for _ in range(args.repeats):
+        for name, fn in (("plain", plain), ("ours", ours)):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
+    med = {n: statistics.median(v) for n, v in times.items()}
+    print(
+        f"model={'sd15-shapes' if args.sd15 else 'tiny'} device={device} batch={batch_size} "
+        f"K={k} of S={num_steps} (each a CFG-doubled UNet pass)"
+    )
+    for n, v in times.items():
+        print(f"{n:>6}: median {med[n]:.3f} s  runs {[round(x, 3) for x in v]}")
+    print(
+        json.dumps(
+            {
+                "ratio": round(med["ours"] / med["plain"], 3),
+                "ours_s": round(med["ours"], 4),
+                "plain_s": round(med["plain"], 4),
+                "ratio_per_transition": round(med["ours"] / med["plain"] / k, 3),
+                "peak_gib": {n: round(v, 2) for n, v in peaks.items()} or None,
+                "device": str(device),
+                "batch": batch_size,
+                "train_steps": k,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
