@@ -88,11 +88,12 @@ def test_prioritized_follows_updated_priorities(replay_cfg, make_traj):
     with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:
         for i in range(4):
             w.write(make_traj(i), priority=1.0)
-        recs = s.sample(4, min_version=0)
+        recs = s.sample(200, min_version=0)  # with replacement: draw enough to see all 4
         by_id = {r.meta.id: r for r in recs}
+        assert len(by_id) == 4
         first = next(iter(by_id.values()))
         assert s.update_priorities([first], [0.0]) == 1
-        others = [r for r in recs if r.meta.id != first.meta.id]
+        others = [r for i, r in by_id.items() if i != first.meta.id]
         assert s.update_priorities(others, [1.0] * len(others)) == len(others)
         counts = Counter(r.meta.id for r in s.sample(400, min_version=0))
         assert first.meta.id not in counts
