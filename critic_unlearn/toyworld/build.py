@@ -1,0 +1,203 @@
+"""Build the toy world: data, judge, reward CLIP, VAE, text encoder + UNet, gates, model card.
+
+Every stage is seeded, so a build is reproducible on the same machine and library versions.
+Everything is written under `<out>.building` and renamed into place at the end, so an interrupted
+build never leaves half a world under the final name. Run: `python -m critic_unlearn.toyworld.build
+--out DIR [--reduced]` or `critic-unlearn toyworld build`.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from critic_unlearn.diffusion.loading import SDComponents, load_components
+from critic_unlearn.io_utils import image_grid
+from critic_unlearn.rewards.classifier import load_classifier
+from critic_unlearn.rewards.openclip_loading import load_open_clip
+from critic_unlearn.toyworld.build_config import BuildConfig
+from critic_unlearn.toyworld.card import code_revision, environment, write_card
+from critic_unlearn.toyworld.data import (
+    COLOURS,
+    HELDOUT_TEMPLATES,
+    ShapeData,
+    make_split,
+)
+from critic_unlearn.toyworld.diffusion_training import train_diffusion
+from critic_unlearn.toyworld.gates import check, generation_check
+from critic_unlearn.toyworld.judge import judge_accuracy, save_judge, train_judge
+from critic_unlearn.toyworld.pipeline import build_scheduler, save_pipeline
+from critic_unlearn.toyworld.progress import console
+from critic_unlearn.toyworld.reward_clip import save_clip, train_clip, zero_shot_accuracy
+from critic_unlearn.toyworld.training import count_params
+from critic_unlearn.toyworld.vae import decode, encode, set_scaling_factor, train_vae
+
+CANONICAL = ["a {c} {s}"]
+
+
+class Timer:
+    """Wall seconds per stage, in order."""
+
+    def __init__(self) -> None:
+        self.t0 = self.last = time.perf_counter()
+        self.stages: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self.last, 1)
+        self.last = now
+        console.print(f"[bold]{name}[/] done in {self.stages[name]:.0f} s "
+                      f"(total {now - self.t0:.0f} s)", highlight=False)
+
+    def total(self) -> dict[str, float]:
+        return {**self.stages, "total": round(time.perf_counter() - self.t0, 1)}
+
+
+def _with_shape(data: ShapeData) -> ShapeData:
+    keep = (data.colour < len(COLOURS)).nonzero().flatten()
+    return ShapeData(data.images[keep], data.colour[keep], data.shape[keep],
+                     [data.captions[i] for i in keep.tolist()])
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def build_world(out: str | Path, cfg: BuildConfig) -> dict[str, Any]:
+    """Train and save the three models and the card under `out`; returns the card."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _build(Path(out), cfg)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
+    tmp = out.with_name(out.name + ".building")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    timer = Timer()
+    metrics: dict[str, Any] = {}
+
+    train = make_split(cfg.n_train, cfg.seed * 1000 + 1, none_fraction=cfg.none_fraction)
+    val = _with_shape(make_split(cfg.n_val, cfg.seed * 1000 + 2))
+    heldout = make_split(cfg.n_heldout, cfg.seed * 1000 + 3, HELDOUT_TEMPLATES,
+                         none_fraction=cfg.none_fraction)
+    shaped = _with_shape(train)
+    timer.lap("data")
+
+    save_judge(train_judge(train, cfg.judge), tmp / "judge", cfg.judge.widths)
+    judge = load_classifier(tmp / "judge")  # measure what was saved (fp16 weights)
+    metrics["judge"] = judge_accuracy(judge, heldout)
+    console.print(f"judge on held-out images: {metrics['judge']}", highlight=False)
+    timer.lap("judge")
+
+    save_clip(train_clip(train, cfg.clip), cfg.clip, tmp / "reward_clip")
+    clip = load_open_clip(str(tmp / "reward_clip"))
+    ctx = cfg.clip.model_cfg["text_cfg"]["context_length"]
+    metrics["clip"] = zero_shot_accuracy(clip.model, heldout, ctx)
+    console.print(f"reward CLIP zero-shot: pair {metrics['clip']['pair']:.3f}", highlight=False)
+    timer.lap("reward_clip")
+
+    vae = train_vae(shaped, cfg.vae)
+    val_latents = encode(vae, val.images)
+    recon = decode(vae, val_latents)
+    mse = ((recon.float() - val.images.float()) / 127.5).pow(2).mean().item()
+    rec_judge = judge_accuracy(judge, ShapeData(recon, val.colour, val.shape, val.captions))
+    metrics["vae"] = {"mse": mse, "psnr_db": 10 * math.log10(4.0 / max(mse, 1e-12)),
+                      "judge_colour": rec_judge["colour"], "judge_shape": rec_judge["shape"]}
+    console.print(f"VAE: {metrics['vae']}", highlight=False)
+    latents = encode(vae, shaped.images)
+    latents = latents * set_scaling_factor(vae, latents)
+    timer.lap("vae")
+
+    def components(unet: Any, text_encoder: Any) -> SDComponents:
+        from critic_unlearn.diffusion.tiny import clip_tokenizer
+
+        return SDComponents(unet, vae, text_encoder, clip_tokenizer(cfg.diffusion.max_length),
+                            build_scheduler(), model_id="toyworld-in-training")
+
+    def evaluate(unet: Any, text_encoder: Any) -> dict[str, float]:
+        result, _ = generation_check(components(unet, text_encoder), judge, CANONICAL,
+                                     cfg.progress_per_pair, cfg.gate_seed_offset, cfg.sampler)
+        return {k: v for k, v in result.items() if isinstance(v, float)}
+
+    unet, text_encoder, curve = train_diffusion(latents, shaped.captions, cfg.diffusion, evaluate)
+    timer.lap("text_encoder_unet")
+
+    save_pipeline(tmp / "pipeline", unet, vae, text_encoder, cfg.diffusion)
+    comps = load_components(str(tmp / "pipeline"))  # the fp16 files, as users will load them
+    gen, images = generation_check(comps, judge, CANONICAL, cfg.gate_per_pair,
+                                   cfg.gate_seed_offset, cfg.sampler)
+    metrics["generation"] = gen
+    held, _ = generation_check(comps, judge, list(HELDOUT_TEMPLATES), cfg.heldout_template_per_pair,
+                               cfg.gate_seed_offset + 1_000_000, cfg.sampler)
+    metrics["generation_heldout_templates"] = held
+    cols = min(8, cfg.gate_per_pair)
+    per = images.view(16, cfg.gate_per_pair, *images.shape[1:])[:, :cols]
+    image_grid(per.reshape(-1, *images.shape[1:]), cols=cols, scale=2).save(tmp / "samples.png")
+    timer.lap("gates")
+
+    measured = {
+        "judge_colour": metrics["judge"]["colour"],
+        "judge_shape": metrics["judge"]["shape"],
+        "clip_zero_shot": metrics["clip"]["pair"],
+        **{k: gen[k] for k in ("colour_overall", "colour_min_pair", "both_overall",
+                               "both_min_pair")},
+    }
+    gates = check(measured)
+    card = {
+        "world_format": 1,
+        "config": cfg.to_json(),
+        "code_revision": code_revision(),
+        "environment": environment(),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_s": timer.total(),
+        "parameters": {
+            "unet": count_params(comps.unet),
+            "text_encoder": count_params(comps.text_encoder),
+            "vae": count_params(comps.vae),
+            "reward_clip": count_params(clip.model),
+            "judge": count_params(judge),
+        },
+        "size_bytes": _folder_bytes(tmp),
+        "gates": gates,
+        "gates_passed": all(g["passed"] for g in gates.values()),
+        "metrics": metrics,
+        "training_curve": curve,
+    }
+    write_card(tmp, card)
+    _swap_into_place(tmp, out)
+    verdict = "all gates passed" if card["gates_passed"] else "SOME GATES FAILED"
+    console.print(f"toy world written to {out} in {card['wall_s']['total'] / 60:.1f} min, "
+                  f"{card['size_bytes'] / 1e6:.1f} MB: {verdict}", highlight=False)
+    for name, g in gates.items():
+        console.print(f"  {name}: {g['value']:.3f} (>= {g['threshold']}) "
+                      f"{'ok' if g['passed'] else 'FAILED'}", highlight=False)
+    return card
+
+
+if __name__ == "__main__":
+    import typer
+
+    from critic_unlearn.toyworld.cli import build
+
+    typer.run(build)

@@ -1,0 +1,54 @@
+"""`critic-unlearn toyworld ...`: build the toy world (mounted by critic_unlearn/cli.py)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, help="Build and inspect the embedded toy world.")
+
+DEFAULT_OUT = Path(".cache/toyworld")
+
+
+@app.command()
+def build(
+    out: Annotated[Path, typer.Option(help="folder to write the world to")] = DEFAULT_OUT,
+    reduced: Annotated[
+        bool, typer.Option("--reduced", help="tiny models, a few steps: proves the path in seconds")
+    ] = False,
+) -> None:
+    """Train the toy world's pipeline, reward CLIP and judge; check the gates; write the card.
+
+    Exits with status 1 when a quality gate of a full build fails (the world is still written).
+    """
+    from critic_unlearn.toyworld import ENV_VAR
+    from critic_unlearn.toyworld.build import build_world
+    from critic_unlearn.toyworld.build_config import BuildConfig
+
+    cfg = BuildConfig.reduced() if reduced else BuildConfig.full()
+    card = build_world(out, cfg)
+    print(json.dumps({
+        "out": str(out),
+        "gates_passed": card["gates_passed"],
+        "wall_s": card["wall_s"]["total"],
+        "size_bytes": card["size_bytes"],
+        "use_it": f"export {ENV_VAR}={out.resolve()}",
+    }))
+    if not card["gates_passed"] and not reduced:
+        sys.exit(1)
+
+
+@app.command()
+def info() -> None:
+    """Print where the toy world is and its quality gates."""
+    from critic_unlearn.toyworld import world_dir
+
+    root = world_dir()
+    card = json.loads((root / "model_card.json").read_text())
+    print(json.dumps({"world": str(root), "gates_passed": card["gates_passed"],
+                      "gates": {k: round(v["value"], 4) for k, v in card["gates"].items()},
+                      "build_wall_s": card["wall_s"]["total"]}, indent=2))
