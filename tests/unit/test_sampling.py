@@ -64,7 +64,7 @@ def test_a_trajectory_depends_on_its_seed_not_its_batch(tiny_components):
     assert other.prompt == "a blue square" and alone.prompt == "a red circle"
     again = sample_trajectories(tiny_components, [specs(3)[1]], [7], SETTINGS)[0]
     # same noise; only float reduction order differs between batch sizes
-    torch.testing.assert_close(again.latents, other.latents, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(again.latents, other.latents, rtol=1e-4, atol=1e-4)
     assert not torch.allclose(alone.latents[-1], other.latents[-1])  # the prompt matters
 
 
