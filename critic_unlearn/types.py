@@ -6,7 +6,7 @@ Frozen dataclasses with shape comments. They hold tensors on the CPU once they l
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -65,13 +65,7 @@ class Trajectory:
         return self.latents[self._index(self.steps)], self.latents[self._index(self.steps + 1)]
 
     def with_reward(self, reward: float) -> Trajectory:
-        return _replace(self, reward=float(reward))
-
-
-def _replace(traj: Trajectory, **changes: object) -> Trajectory:
-    from dataclasses import replace
-
-    return replace(traj, **changes)
+        return replace(self, reward=float(reward))
 
 
 @dataclass(frozen=True)
