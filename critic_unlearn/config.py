@@ -73,6 +73,9 @@ class PromptsConfig(Section):
 
     concept: str = "red"  # the concept to forget, as text
     anchor: str = "a shape"  # what a forget image should look like instead
+    # per-prompt anchors: when set, a forget prompt's concept text is the prompt itself and its
+    # anchors are the prompt with `concept` replaced by each substitute (reward uses the best)
+    anchor_substitutes: list[str] = []
     forget: list[str] = []
     retain: list[str] = []
     forget_file: Path | None = None  # text file, one prompt a line ('#' starts a comment)

@@ -31,7 +31,8 @@ class RewardModel(Protocol):
 def _clip_concept(cfg: RewardConfig, device: str | torch.device) -> RewardModel:
     clip = load_open_clip(cfg.clip_model, cfg.clip_pretrained, device=device)
     return ClipConceptReward(
-        clip, cfg.prompts.concept, cfg.prompts.anchor, cfg.anchor_weight, cfg.clip_batch_size
+        clip, cfg.prompts.concept, cfg.prompts.anchor, cfg.anchor_weight, cfg.clip_batch_size,
+        anchor_substitutes=cfg.prompts.anchor_substitutes,
     )
 
 

@@ -36,13 +36,14 @@ class ClipConceptReward:
 
     def __init__(
         self, clip: LoadedClip, concept: str, anchor: str, anchor_weight: float = 1.0,
-        batch_size: int = 32,
+        batch_size: int = 32, anchor_substitutes: list[str] | None = None,
     ) -> None:
         self.clip = clip
         self.concept = concept
         self.anchor = anchor
         self.anchor_weight = anchor_weight
         self.batch_size = batch_size
+        self.substitutes = list(anchor_substitutes or [])
         self.texts = TextEmbeddingCache(clip)
 
     @torch.no_grad()
@@ -59,8 +60,22 @@ class ClipConceptReward:
         """(B, H, W, 3) uint8 images of `prompts` -> (B,) float32 rewards on the CPU."""
         check_inputs(images, prompts, roles)
         img = self.image_embeddings(images)  # (B, D)
-        concept, anchor = self.texts([self.concept, self.anchor])  # (D,) each
-        forget = -(img @ concept) + self.anchor_weight * (img @ anchor)
+        if self.substitutes:
+            forget = self._per_prompt_forget(img, prompts)
+        else:
+            concept, anchor = self.texts([self.concept, self.anchor])  # (D,) each
+            forget = -(img @ concept) + self.anchor_weight * (img @ anchor)
         retain = (img * self.texts(prompts)).sum(-1)
         is_forget = torch.tensor([r == "forget" for r in roles], device=img.device)
         return torch.where(is_forget, forget, retain).float().cpu()
+
+    def _per_prompt_forget(self, img: Tensor, prompts: list[str]) -> Tensor:
+        """-s(x0, prompt) + alpha * max_j s(x0, prompt with concept -> substitute_j).
+
+        The anchor keeps everything but the concept ("a red circle" -> "a blue circle"), so the
+        reward asks to change the concept and nothing else: a guard against reward hacking."""
+        own = (img * self.texts(prompts)).sum(-1)  # (B,)
+        anchors = [[p.replace(self.concept, s) for s in self.substitutes] for p in prompts]
+        emb = self.texts([a for row in anchors for a in row])  # (B * S, D)
+        sims = (img[:, None, :] * emb.view(len(prompts), len(self.substitutes), -1)).sum(-1)
+        return -own + self.anchor_weight * sims.max(dim=1).values

@@ -166,6 +166,21 @@ def test_clip_concept_signs(clip_dir: Path) -> None:
     torch.testing.assert_close(more - ab, anchor_sim)
 
 
+def test_per_prompt_anchors_replace_the_concept_and_take_the_best(clip_dir: Path) -> None:
+    clip = load_open_clip(str(clip_dir))
+    reward = ClipConceptReward(clip, "red", "unused", 0.7, anchor_substitutes=["blue", "green"])
+    images = _images(3, seed=4)
+    prompts = ["a red circle", "a red square", "a blue cross"]
+    r = reward(images, prompts, ["forget", "forget", "retain"])
+    sim = ClipConceptReward(clip, "x", "y")  # retain role: plain s(x0, text)
+    own = sim(images, prompts, ["retain"] * 3)
+    blue = sim(images, ["a blue circle", "a blue square", "x"], ["retain"] * 3)
+    green = sim(images, ["a green circle", "a green square", "x"], ["retain"] * 3)
+    expected = -own[:2] + 0.7 * torch.maximum(blue[:2], green[:2])
+    torch.testing.assert_close(r[:2], expected)
+    torch.testing.assert_close(r[2], own[2])  # retain prompts are untouched
+
+
 def test_clip_concept_rejects_mismatched_inputs(clip_dir: Path) -> None:
     reward = ClipConceptReward(load_open_clip(str(clip_dir)), "c", "a")
     with pytest.raises(ValueError, match="2 images, 1 prompts and 2 roles"):
