@@ -11,6 +11,7 @@ from critic_unlearn.codec import decode_state_dict
 from critic_unlearn.config import load_config
 from critic_unlearn.training.local import CHECKPOINT, train_local
 from critic_unlearn.training.metrics import read_metrics
+from critic_unlearn.training.plots import plot_run
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 
@@ -66,6 +67,10 @@ def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_d
     assert (r.run_dir / "config.yaml").exists() and (r.run_dir / CHECKPOINT).exists()
     state, manifest = decode_state_dict((r.run_dir / "adapter/adapter.safetensors").read_bytes())
     assert manifest["version"] == "2" and any(v.abs().sum() > 0 for v in state.values())
+
+    plots = plot_run(r.run_dir)
+    assert {p.name for p in plots} >= {"reward.png", "critic.png"}
+    assert all(p.stat().st_size > 1000 for p in plots)
 
     more = train_local(config(tiny_model_dir, clip_dir, tmp_path, "learner.max_steps=4"))
     assert more.learner_steps == 4 and more.version == 3  # resumed, version continues
