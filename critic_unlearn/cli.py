@@ -120,6 +120,7 @@ def main() -> None:
     from critic_unlearn.replay import ReplayError
     from critic_unlearn.rewards.openclip_loading import ClipLoadError
     from critic_unlearn.rewards.prompts import PromptError
+    from critic_unlearn.toyworld import WorldMissingError
 
     try:
         app()
@@ -130,6 +131,7 @@ def main() -> None:
         ClipLoadError,
         PromptError,
         ReplayError,
+        WorldMissingError,
         UserError,
     ) as e:
         _fail(str(e))

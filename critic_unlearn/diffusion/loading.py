@@ -58,7 +58,11 @@ def load_components(
     device: str | torch.device = "cpu",
     local_files_only: bool = False,
 ) -> SDComponents:
-    """Load all parts of `model` (hub id or local folder) and move them to `device`."""
+    """Load all parts of `model` (hub id, local folder, or "toyworld") onto `device`."""
+    if model == "toyworld":  # the embedded world's pipeline folder (a clear error if unbuilt)
+        from critic_unlearn.toyworld import pipeline_dir
+
+        model = str(pipeline_dir())
     if _looks_local(model):
         root = Path(model).expanduser()
         if not root.is_dir():
