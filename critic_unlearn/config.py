@@ -214,6 +214,11 @@ class EvalConfig(Section):
     images_per_prompt: PositiveInt = 16
     seeds_offset: int = 1_000_000  # held-out seeds start here
     batch_size: PositiveInt = 32
+    templates: list[str] = []  # held-out "{}" templates for eval prompts; [] = prompts.templates
+    judge: str | None = "toyworld"  # UA/IRA classifier: "toyworld", a judge folder, None = skip
+    clip_model: str | None = None  # CLIP for the CLIP score; None = reward.clip_model
+    clip_pretrained: str | None = None  # its open_clip pretrained tag (with clip_model)
+    grid_images: PositiveInt = 8  # images per row in each before/after grid
 
 
 class RunConfig(Section):

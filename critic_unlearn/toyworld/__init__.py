@@ -14,6 +14,7 @@ from pathlib import Path
 ENV_VAR = "CRITIC_UNLEARN_TOYWORLD_DIR"
 PACKAGED_WORLD = Path(__file__).resolve().parent / "world"
 CARD_JSON = "model_card.json"
+TOYWORLD = "toyworld"  # the name configs use for the embedded world
 
 
 class WorldMissingError(FileNotFoundError):
@@ -38,6 +39,11 @@ def pipeline_dir() -> Path:
     return world_dir() / "pipeline"
 
 
+def resolve_pretrained(name: str) -> str:
+    """`model.pretrained`: "toyworld" -> the world's pipeline folder; anything else unchanged."""
+    return str(pipeline_dir()) if name == TOYWORLD else name
+
+
 def reward_clip_dir() -> Path:
     """The reward CLIP folder that `reward.clip_model = "toyworld"` loads."""
     return world_dir() / "reward_clip"
@@ -48,5 +54,5 @@ def judge_dir() -> Path:
     return world_dir() / "judge"
 
 
-__all__ = ["ENV_VAR", "WorldMissingError", "judge_dir", "pipeline_dir", "reward_clip_dir",
-           "world_dir"]
+__all__ = ["ENV_VAR", "TOYWORLD", "WorldMissingError", "judge_dir", "pipeline_dir",
+           "resolve_pretrained", "reward_clip_dir", "world_dir"]

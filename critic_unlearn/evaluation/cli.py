@@ -1,0 +1,43 @@
+"""`critic-unlearn eval RUN_DIR`: the command function (mounted by critic_unlearn/cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+
+
+def eval_command(
+    run_dir: Annotated[Path, typer.Argument(help="run folder (holds config.yaml and the adapter)")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="config overrides, e.g. eval.images_per_prompt=32")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="config YAML (default: RUN_DIR/config.yaml)")
+    ] = None,
+) -> None:
+    """Judge the run's adapter against the base model; write RUN_DIR/eval/ (JSON, table, grids).
+
+    Prints the Markdown table to stderr and one JSON line with ua, ira, base_ua, base_ira and
+    clip scores to stdout.
+    """
+    from critic_unlearn.config import ConfigError, load_config
+    from critic_unlearn.evaluation.run import evaluate_run
+
+    path = config or run_dir / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{str(path)!r} does not exist: RUN_DIR must be a run folder written by "
+            "`critic-unlearn train`, or pass --config SCENARIO.yaml"
+        )
+    cfg = load_config(path, overrides or [])
+    result = evaluate_run(run_dir, cfg)
+    console.print((Path(result["out_dir"]) / "eval.md").read_text(), highlight=False,
+                  markup=False)
+    keys = ("ua", "ira", "base_ua", "base_ira", "clip_score", "base_clip_score", "out_dir")
+    print(json.dumps({k: result[k] for k in keys}))

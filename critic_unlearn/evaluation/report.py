@@ -1,0 +1,80 @@
+"""Evaluation outputs: eval.json, a Markdown table, and one before/after PNG grid per prompt."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from critic_unlearn.io_utils import atomic_write_text, image_grid
+
+
+def _num(x: float | None, pct: bool = True) -> str:
+    if x is None:
+        return "-"
+    return f"{100 * x:.1f}%" if pct else f"{x:.2f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The summary table (base beside unlearned) and the per-prompt table."""
+    s = result
+    concept = result["settings"]["concept"]
+    lines = [
+        f"# Evaluation: forget \"{concept}\"",
+        "",
+        f"{result['settings']['images_per_prompt']} images per prompt, held-out seeds from "
+        f"{result['settings']['seeds_offset']}, templates: "
+        + ", ".join(f"`{t}`" for t in result["settings"]["templates"]) + ".",
+        "",
+        "| metric | base | unlearned |",
+        "|---|---|---|",
+        f"| UA: forget images not judged \"{concept}\" | {_num(s['base_ua'])} | {_num(s['ua'])} |",
+        f"| IRA: retain images judged right (colour and shape) | {_num(s['base_ira'])} | "
+        f"{_num(s['ira'])} |",
+        f"| CLIP score on retain prompts | {_num(s['base_clip_score'], False)} | "
+        f"{_num(s['clip_score'], False)} |",
+    ]
+    for attr in sorted(s.get("forget_attribute_accuracy") or {}):
+        lines.append(
+            f"| forget images: {attr} judged as prompted | "
+            f"{_num(s['base_forget_attribute_accuracy'][attr])} | "
+            f"{_num(s['forget_attribute_accuracy'][attr])} |"
+        )
+    lines += [
+        "",
+        "Per prompt (forget: share judged as the concept, lower is better; retain: share judged "
+        "right, higher is better). Grids: top row base, bottom row unlearned, same seeds.",
+        "",
+        "| role | prompt | base | unlearned | CLIP score base / unlearned | grid |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in result["per_prompt"]:
+        clip = f"{_num(p['base_clip_score'], False)} / {_num(p['clip_score'], False)}"
+        lines.append(
+            f"| {p['role']} | {p['prompt']} | {_num(p['base_rate'])} | {_num(p['rate'])} | "
+            f"{clip} | [png]({p['grid']}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def grid_name(prompt: str, prompt_id: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40]
+    return f"grids/{slug}-{prompt_id.split('-')[-1]}.png"
+
+
+def save_grid(path: Path, before: Tensor, after: Tensor) -> None:
+    """Two rows: base images above, unlearned images below (k images each)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = before.shape[0]
+    scale = max(1, 128 // before.shape[1])
+    image_grid(torch.cat([before, after]), cols=k, scale=scale).save(path)
+
+
+def write_report(out_dir: Path, result: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    atomic_write_text(out_dir / "eval.md", markdown(result))

@@ -1,0 +1,170 @@
+"""`evaluate_run`: judge an unlearned model against its base on held-out seeds and templates."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from critic_unlearn.config import RunConfig
+from critic_unlearn.device import resolve_device
+from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
+from critic_unlearn.evaluation.clip_score import clip_scores
+from critic_unlearn.evaluation.generation import (
+    base_fingerprint,
+    cached_base,
+    eval_items,
+    find_adapter,
+    generate,
+    save_base,
+)
+from critic_unlearn.evaluation.judging import (
+    ATTRIBUTES,
+    Judge,
+    attribute_accuracy,
+    concept_attributes,
+    load_judge,
+    prompt_attributes,
+    shows,
+)
+from critic_unlearn.evaluation.report import grid_name, save_grid, write_report
+from critic_unlearn.rewards.openclip_loading import load_open_clip
+from critic_unlearn.rewards.prompts import PromptSet, load_prompts
+from critic_unlearn.toyworld import TOYWORLD, judge_dir, resolve_pretrained
+
+BASE_CACHE = "base_images.safetensors"
+
+
+def eval_prompts(cfg: RunConfig) -> tuple[PromptSet, list[str]]:
+    """The run's forget/retain prompts put in the eval templates (held out from training)."""
+    p = cfg.reward.prompts
+    templates = list(cfg.eval.templates) or list(p.templates)
+    return load_prompts(p.model_copy(update={"templates": templates})), templates
+
+
+def _mean(x: Tensor) -> float | None:
+    return x.float().mean().item() if x.numel() else None
+
+
+def score(
+    images: Tensor,
+    texts: list[str],
+    roles: list[str],
+    judge: Judge | None,
+    concept: dict[str, str],
+    clip_score: Tensor,
+) -> dict[str, Any]:
+    """UA, IRA, CLIP score, per-image 'hit' (forget: judged as concept; retain: judged right)."""
+    forget = torch.tensor([r == "forget" for r in roles])
+    hit = torch.zeros(len(texts), dtype=torch.bool)
+    out: dict[str, Any] = {"ua": None, "ira": None, "forget_attribute_accuracy": None}
+    if judge is not None:
+        labels = judge.labels(images)
+        hit[forget] = shows({k: [v[i] for i in forget.nonzero().flatten().tolist()]
+                             for k, v in labels.items()}, concept)
+        for i in (~forget).nonzero().flatten().tolist():
+            one = {k: [v[i]] for k, v in labels.items()}
+            hit[i] = bool(shows(one, prompt_attributes(texts[i]))[0])
+        out["ua"] = 1.0 - _mean(hit[forget]) if forget.any() else None
+        out["ira"] = _mean(hit[~forget])
+        kept = [a for a in ATTRIBUTES if a not in concept]  # what forgetting must not change
+        fidx = forget.nonzero().flatten().tolist()
+        acc: dict[str, list[float]] = {a: [] for a in kept}
+        for i in fidx:
+            target = {a: v for a, v in prompt_attributes(texts[i]).items() if a in kept}
+            for a, v in attribute_accuracy({k: [labels[k][i]] for k in labels}, target).items():
+                acc[a].append(v)
+        out["forget_attribute_accuracy"] = {a: sum(v) / len(v) for a, v in acc.items() if v}
+    out["clip_score"] = _mean(clip_score[~forget])
+    out["hit"] = hit
+    return out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    cfg: RunConfig,
+    adapter_state: dict[str, Tensor] | None = None,
+    *,
+    out_dir: str | Path | None = None,
+    grids: bool = True,
+) -> dict[str, Any]:
+    """Generate `eval.images_per_prompt` images per prompt with the base model and with the
+    adapter (`adapter_state`, else the run's exported adapter or latest checkpoint), judge them,
+    and write eval.json, eval.md and grids/ under `out_dir` (default RUN_DIR/eval).
+
+    Returns the eval.json content: ua, ira, base_ua, base_ira, clip_score, base_clip_score (UA
+    and IRA are fractions in [0, 1], None without a judge), per_prompt rows and settings.
+    """
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    device = resolve_device(cfg.runtime.device)
+    state = adapter_state if adapter_state is not None else find_adapter(run_dir)
+    prompts, templates = eval_prompts(cfg)
+    judge = concept = None
+    if cfg.eval.judge is not None:
+        concept = concept_attributes(cfg.reward.prompts.concept)
+        path = judge_dir() if cfg.eval.judge == TOYWORLD else Path(cfg.eval.judge)
+        judge = load_judge(path, device)
+    clip = load_open_clip(cfg.eval.clip_model or cfg.reward.clip_model,
+                          cfg.eval.clip_pretrained if cfg.eval.clip_model
+                          else cfg.reward.clip_pretrained, device=device)
+    m = cfg.model
+    comps = load_components(resolve_pretrained(m.pretrained), revision=m.revision, dtype=m.dtype,
+                            device=device, local_files_only=m.local_files_only)
+
+    items = eval_items(list(prompts.all), cfg.eval.images_per_prompt, cfg.eval.seeds_offset)
+    key = base_fingerprint(comps, items, cfg)
+    base = cached_base(out / BASE_CACHE, key)
+    if base is None:
+        base = generate(comps, items, cfg)
+        save_base(out / BASE_CACHE, key, base)
+    attach_lora(comps.unet, cfg.lora)
+    set_adapter_state(comps.unet, {k: v.to(device) for k, v in state.items()})
+    after = generate(comps, items, cfg)
+
+    texts = [it.prompt.text for it in items]
+    roles = [it.prompt.role for it in items]
+    cs_base, cs_after = clip_scores(clip, base, texts), clip_scores(clip, after, texts)
+    s_base = score(base, texts, roles, judge, concept or {}, cs_base)
+    s_after = score(after, texts, roles, judge, concept or {}, cs_after)
+
+    n = cfg.eval.images_per_prompt
+    rows = []
+    for j, prompt in enumerate(prompts.all):
+        sl = slice(j * n, (j + 1) * n)
+        grid = grid_name(prompt.text, prompt.id)
+        if grids:
+            k = min(cfg.eval.grid_images, n)
+            save_grid(out / grid, base[sl][:k], after[sl][:k])
+        rows.append({
+            "prompt": prompt.text, "role": prompt.role, "id": prompt.id,
+            "base_rate": _mean(s_base["hit"][sl]) if judge else None,
+            "rate": _mean(s_after["hit"][sl]) if judge else None,
+            "base_clip_score": _mean(cs_base[sl]), "clip_score": _mean(cs_after[sl]),
+            "grid": grid if grids else None,
+        })
+    result = {
+        "ua": s_after["ua"], "ira": s_after["ira"],
+        "base_ua": s_base["ua"], "base_ira": s_base["ira"],
+        "clip_score": s_after["clip_score"], "base_clip_score": s_base["clip_score"],
+        "forget_attribute_accuracy": s_after["forget_attribute_accuracy"],
+        "base_forget_attribute_accuracy": s_base["forget_attribute_accuracy"],
+        "images": len(items) * 2,
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "out_dir": str(out),
+        "settings": {
+            "concept": cfg.reward.prompts.concept,
+            "judge": cfg.eval.judge, "clip_model": cfg.eval.clip_model or cfg.reward.clip_model,
+            "images_per_prompt": n, "seeds_offset": cfg.eval.seeds_offset,
+            "templates": templates, "model": comps.model_id,
+            "sampler": cfg.sampler.model_dump(mode="json"),
+        },
+        "per_prompt": rows,
+    }
+    write_report(out, result)
+    return result

@@ -1,0 +1,107 @@
+"""Evaluation: UA/IRA arithmetic on judged labels, and evaluate_run end to end (reduced world)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from critic_unlearn.codec import encode_state_dict
+from critic_unlearn.config import load_config
+from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.lora import attach_lora, get_adapter_state
+from critic_unlearn.evaluation import EvaluationError, evaluate_run
+from critic_unlearn.evaluation.judging import concept_attributes, prompt_attributes, shows
+from critic_unlearn.io_utils import atomic_write_bytes
+from critic_unlearn.toyworld import ENV_VAR, pipeline_dir
+from critic_unlearn.toyworld.build import build_world
+from critic_unlearn.toyworld.build_config import BuildConfig
+
+
+def test_concepts_and_prompts_parse_into_judge_attributes() -> None:
+    assert concept_attributes("red") == {"colour": "red"}
+    assert concept_attributes("circle") == {"shape": "circle"}
+    assert concept_attributes("scarlet disc") == {"colour": "red", "shape": "circle"}
+    assert prompt_attributes("an image of a blue square") == {"colour": "blue", "shape": "square"}
+    with pytest.raises(EvaluationError, match="names no colour or shape"):
+        concept_attributes("a dog")
+
+
+def test_shows_needs_every_named_attribute() -> None:
+    labels = {"colour": ["red", "red", "blue", "none"], "shape": ["circle", "square", "circle",
+                                                                  "none"]}
+    assert shows(labels, {"colour": "red"}).tolist() == [True, True, False, False]
+    both = shows(labels, {"colour": "red", "shape": "circle"})
+    assert both.tolist() == [True, False, False, False]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    out = tmp_path_factory.mktemp("evalworld") / "world"
+    build_world(out, BuildConfig.reduced())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ENV_VAR, str(out))
+        yield out
+
+
+def _cfg(**extra: str):
+    overrides = [
+        "model.pretrained=toyworld", "reward.clip_model=toyworld", "runtime.device=cpu",
+        "reward.prompts.concept=red", "reward.prompts.forget=[red circle, crimson square]",
+        "reward.prompts.retain=[blue circle]", "reward.prompts.templates=['a {}']",
+        "eval.templates=['an image of a {}']", "eval.images_per_prompt=3", "eval.grid_images=2",
+        "sampler.num_steps=2", "lora.rank=2",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, overrides)
+
+
+def _adapter(cfg) -> dict[str, torch.Tensor]:
+    comps = load_components(str(pipeline_dir()))
+    attach_lora(comps.unet, cfg.lora)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in comps.unet.named_parameters():
+            if "lora_" in n:
+                p.normal_(0, 0.5)  # a visibly different policy
+    return get_adapter_state(comps.unet)
+
+
+def test_evaluate_run_writes_json_table_and_grids(world, tmp_path: Path) -> None:
+    cfg = _cfg()
+    result = evaluate_run(tmp_path, cfg, _adapter(cfg))
+    for key in ("ua", "ira", "base_ua", "base_ira"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["images"] == 2 * 3 * 3  # (base + unlearned) x 3 prompts x 3 seeds
+    assert set(result["forget_attribute_accuracy"]) == {"shape"}  # colour is the concept
+    texts = [r["prompt"] for r in result["per_prompt"]]
+    assert texts == ["an image of a red circle", "an image of a crimson square",
+                     "an image of a blue circle"]
+    out = tmp_path / "eval"
+    assert json.loads((out / "eval.json").read_text())["ua"] == result["ua"]
+    table = (out / "eval.md").read_text()
+    assert "| UA: forget images not judged \"red\" |" in table
+    for row in result["per_prompt"]:
+        assert (out / row["grid"]).is_file()
+    assert (out / "base_images.safetensors").is_file()
+
+
+def test_exported_adapter_is_found_and_base_images_are_cached(world, tmp_path: Path) -> None:
+    cfg = _cfg()
+    state = _adapter(cfg)
+    first = evaluate_run(tmp_path, cfg, state, grids=False)
+    cache = tmp_path / "eval" / "base_images.safetensors"
+    stamp = cache.stat().st_mtime_ns
+    atomic_write_bytes(tmp_path / "adapter" / "adapter.safetensors", encode_state_dict(state, {}))
+    second = evaluate_run(tmp_path, cfg, grids=False)
+    assert cache.stat().st_mtime_ns == stamp  # base not sampled again
+    for key in ("ua", "ira", "base_ua", "base_ira", "clip_score", "base_clip_score"):
+        assert second[key] == pytest.approx(first[key]), key
+    evaluate_run(tmp_path, _cfg(**{"eval.seeds_offset": "7"}), state, grids=False)
+    assert cache.stat().st_mtime_ns != stamp  # other seeds: other base images
+
+
+def test_a_run_without_adapter_is_explained(world, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="holds no adapter"):
+        evaluate_run(tmp_path, _cfg())
