@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -94,24 +93,25 @@ def train(
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    scenario: Annotated[Path | None, typer.Argument(help="scenario YAML")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides")] = None,
 ) -> None:
-    """The embedded default run. For now: sample from a tiny random model (no download)."""
-    from critic_unlearn.diffusion.tiny import build_tiny_model
-    from critic_unlearn.sample_command import run_sample
+    """The embedded default: unlearn "red" in the toy world, evaluate with the judge, report."""
+    from critic_unlearn.demo import DEFAULT_SCENARIO, run_demo
 
-    console.print(
-        "[yellow]demo:[/] the toy world and the trainer are not built yet; this demo samples "
-        "trajectories with per-step log-probs from a tiny [bold]randomly initialised[/] model "
-        "(expect noise, not pictures)."
-    )
-    t0 = time.perf_counter()
-    model_dir = build_tiny_model(Path(".cache/tiny-sd"))
-    cfg = load_config(Path("configs/tiny.yaml"), [f"model.pretrained={model_dir}"])
-    prompts = ["a red circle", "a blue square"]
-    summary = run_sample(cfg, prompts, out, num=4, seed=0)
-    summary["wall_s"] = round(time.perf_counter() - t0, 2)
+    summary = run_demo(scenario or DEFAULT_SCENARIO, overrides or [], console)
     print(json.dumps(summary))
+
+
+def _mount_subcommands() -> None:
+    from critic_unlearn.evaluation.cli import eval_command
+    from critic_unlearn.toyworld.cli import app as toyworld_app
+
+    app.command("eval")(eval_command)
+    app.add_typer(toyworld_app, name="toyworld")
+
+
+_mount_subcommands()
 
 
 def main() -> None:
