@@ -70,14 +70,17 @@ def train(
 ) -> None:
     """Unlearn: sample -> reward -> replay -> learn, until learner.max_steps."""
     cfg = load_config(config, overrides or [])
-    if cfg.runtime.kind != "local":
-        raise UserError(
-            f"runtime.kind = {cfg.runtime.kind!r}: the Ray runtime is not part of this version "
-            "yet; run with runtime.kind=local (same actor and learner, one process)"
-        )
-    from critic_unlearn.training.local import train_local
+    if cfg.runtime.kind == "ray":
+        from critic_unlearn.runtime import RuntimeFailure, train_ray
 
-    r = train_local(cfg, console)
+        try:
+            r = train_ray(cfg, console)
+        except RuntimeFailure as e:
+            raise UserError(str(e)) from None
+    else:
+        from critic_unlearn.training.local import train_local
+
+        r = train_local(cfg, console)
     print(
         json.dumps(
             {

@@ -199,6 +199,8 @@ class ActorsConfig(Section):
     cpus_per_actor: PositiveFloat = 1.0
     weight_poll_s: PositiveFloat = 1.0
     max_restarts: Annotated[int, Field(ge=0)] = 3
+    restart_backoff_s: PositiveFloat = 1.0  # seconds before restarting a dead actor; doubles
+    restart_backoff_max_s: PositiveFloat = 30.0  # seconds, cap of that delay
 
 
 class RuntimeConfig(Section):
@@ -208,6 +210,11 @@ class RuntimeConfig(Section):
     device: str = "auto"  # "auto": cuda when available, else cpu
     seed: int = 0
     num_threads: PositiveInt | None = None
+    ray_address: str | None = None  # Ray cluster; None: RAY_ADDRESS if set, else start one here
+    ray_num_cpus: PositiveInt | None = None  # CPUs of a cluster started here; None: all
+    learner_cpus: PositiveFloat = 1.0  # CPUs the learner actor reserves (Ray resource)
+    progress_every_s: PositiveFloat = 10.0  # seconds between progress lines without a terminal
+    stall_timeout_s: PositiveFloat = 900.0  # seconds without a learner step: fail, say why
 
 
 class EvalConfig(Section):

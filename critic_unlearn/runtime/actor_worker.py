@@ -1,0 +1,260 @@
+"""One Ray actor around the plain `Actor`: pull weights if newer -> sample -> score -> write.
+
+The worker runs two calls at a time (`max_concurrency=2`): the driver's `run_batch` loop, and
+`set_weights`, which fetches and checks a pushed version while a batch is being sampled. The
+model itself only changes under `model_lock`, which `run_batch` holds while sampling: a version
+that arrives mid-batch waits as `pending` and is applied at the next batch boundary, so every
+trajectory is sampled by exactly one version and carries it. Weights come two ways: pushed (an
+object-store reference, one call per version) and pulled (the durable Redis copy at start, and
+every `actors.weight_poll_s` when no push came). A failed fetch or a refused manifest leaves the
+current weights in place; sampling never stops for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from critic_unlearn.actors.actor import Actor, WeightsRefused
+from critic_unlearn.codec import CodecError
+from critic_unlearn.config import RunConfig
+from critic_unlearn.replay import ReplayTimeout, ReplayWriter
+from critic_unlearn.runtime.weights import WeightStore, decode_packet
+from critic_unlearn.training.local import ua_proxy
+from critic_unlearn.training.setup import build_actor
+from critic_unlearn.types import Trajectory, WeightsPacket
+
+log = logging.getLogger(__name__)
+ActorFactory = Callable[[RunConfig, int], Actor]
+
+
+def _default_factory(cfg: RunConfig, actor_id: int) -> Actor:
+    return build_actor(cfg, actor_id)
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What one `run_batch` did; the driver's only view of an actor's progress."""
+
+    actor_id: int
+    written: int  # trajectories stored in the replay
+    sampled: int  # trajectories sampled (more than written if the limiter held a write)
+    version: int  # policy version that sampled them
+    reward_sum: float  # over the written ones
+    forget: int  # forget-role trajectories written
+    forget_positive: int  # ... with positive reward (the UA proxy's numerator)
+    sample_s: float  # sampling + scoring
+    write_s: float  # replay writes, including rate-limiter waits
+    blocked: bool  # the rate limiter gave no room (nothing sampled) or held a write too long
+    next_seed: int  # actor state after this batch (goes into checkpoints)
+    rng: torch.Tensor  # uint8 generator state after this batch
+
+
+class ActorWorker:
+    """Holds one actor's pipeline, reward model, replay writer and weight store."""
+
+    def __init__(
+        self, cfg: RunConfig, actor_id: int, namespace: str, factory: ActorFactory | None = None
+    ) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        self.cfg, self.actor_id = cfg, actor_id
+        self.actor = (factory or _default_factory)(cfg, actor_id)
+        self.writer = ReplayWriter(cfg.replay, namespace=namespace)
+        self.store = WeightStore(cfg.replay, namespace)
+        self.model_lock = threading.Lock()  # held while sampling or changing weights
+        self.pending: WeightsPacket | None = None  # newest version received mid-batch
+        self.last_weights = time.monotonic()  # last push received or Redis checked
+        self.fetch_failures = 0
+
+    def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
+        return f"actor-{self.actor_id}"
+
+    def _say(self, level: int, msg: str, *args: object) -> None:
+        log.log(level, f"[actor {self.actor_id}] {msg}", *args)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self, state: dict | None = None, weights: list | None = None) -> dict:
+        """Restore seeds/rng (a restart continues its predecessor's streams) and load weights:
+        the pushed reference if given, else the durable copy in Redis."""
+        with self.model_lock:
+            if state is not None:
+                self.actor.next_seed = int(state["next_seed"])
+                self.actor.rng.set_state(state["rng"])
+        if not (weights and self.set_weights(weights)["applied"]):
+            with self.model_lock:
+                self._pull_from_store()
+        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), **self._where()}
+
+    def _where(self) -> dict:
+        return {"actor_id": self.actor_id, "version": self.actor.version}
+
+    # -- weights ------------------------------------------------------------------------------
+    def set_weights(self, refs: list) -> dict:
+        """Fetch and check the pushed blob `refs[0]`; apply it now if no batch is running, else
+        at the next batch boundary. A failed fetch falls back to the Redis copy."""
+        try:
+            packet = decode_packet(ray.get(refs[0], timeout=60))
+            self.last_weights = time.monotonic()
+        except (ray.exceptions.RayError, CodecError) as e:
+            self.fetch_failures += 1
+            self._say(
+                logging.WARNING,
+                "weights fetch from the object store failed (%s: %s); "
+                "keeping v%d, trying the Redis copy",
+                type(e).__name__,
+                e,
+                self.actor.version,
+            )
+            packet = None
+        if packet is not None and packet.version > self._newest_known():
+            self.pending = packet
+        applied = False
+        if self.model_lock.acquire(blocking=False):
+            try:
+                applied = self._apply_pending() if packet is not None else self._pull_from_store()
+            finally:
+                self.model_lock.release()
+        return {
+            **self._where(),
+            "applied": applied,
+            "received": packet is not None,
+            "time": time.time(),
+        }
+
+    def _newest_known(self) -> int:
+        p = self.pending
+        return max(self.actor.version, p.version if p is not None else -1)
+
+    def _apply_pending(self) -> bool:
+        """Apply the pending version (caller holds model_lock)."""
+        packet, self.pending = self.pending, None
+        return packet is not None and self._apply(packet, "object store")
+
+    def _apply(self, packet: WeightsPacket, source: str) -> bool:
+        if packet.version <= self.actor.version:
+            return False
+        try:
+            self.actor.apply_weights(packet)
+        except WeightsRefused as e:
+            self._say(logging.ERROR, "%s (from the %s); keeping v%d", e, source, self.actor.version)
+            return False
+        return True
+
+    def _pull_from_store(self) -> bool:
+        """Load the durable copy if it is newer than anything known (caller holds model_lock)."""
+        self.last_weights = time.monotonic()
+        try:
+            latest = self.store.latest_version()
+            if latest is None or latest <= self._newest_known():
+                return False
+            packet = self.store.get()
+        except Exception as e:  # Redis gone past its deadline, corrupt blob: keep sampling
+            self.fetch_failures += 1
+            self._say(
+                logging.WARNING,
+                "weights fetch from Redis failed (%s: %s); keeping v%d",
+                type(e).__name__,
+                e,
+                self.actor.version,
+            )
+            return False
+        return packet is not None and self._apply(packet, "Redis copy")
+
+    def _refresh_weights(self) -> None:
+        """At a batch boundary: the pending push, else the Redis copy if no push came lately."""
+        with self.model_lock:
+            if self.pending is not None:
+                self._apply_pending()
+            elif time.monotonic() - self.last_weights >= self.cfg.actors.weight_poll_s:
+                self._pull_from_store()
+
+    # -- the loop body ------------------------------------------------------------------------
+    def run_batch(self, n: int | None = None) -> BatchReport:
+        """Wait for room in the replay, sample and score one batch with the newest weights,
+        write it. Without room within `actors.weight_poll_s` it returns an empty, blocked
+        report (the driver simply asks again)."""
+        n = n or self.cfg.sampler.batch_size
+        t0 = time.perf_counter()
+        if not self._wait_for_room(n, self.cfg.actors.weight_poll_s):
+            return self._report([], 0, t0, t0, time.perf_counter(), blocked=True)
+        with self.model_lock:
+            if self.pending is not None:
+                self._apply_pending()
+            t0 = time.perf_counter()
+            trajs = self.actor.sample_batch(n)
+        t1 = time.perf_counter()
+        written: list[Trajectory] = []
+        blocked = False
+        for t in trajs:
+            try:
+                self.writer.write(t)
+            except ReplayTimeout as e:
+                self._say(logging.WARNING, "%s", e)
+                blocked = True
+                break
+            written.append(t)
+        return self._report(written, len(trajs), t0, t1, time.perf_counter(), blocked)
+
+    def _wait_for_room(self, n: int, wait_s: float) -> bool:
+        """Whether the rate limiter would take (up to) a batch now, waiting at most wait_s.
+
+        Sampling first and then waiting in `write` would hold trajectories while the learner
+        moves on: they could reach Redis older than replay.max_staleness allows. The check
+        mirrors the insert script's rule; if another actor takes the room first, `write` waits
+        as usual. Weights that arrive meanwhile are applied.
+        """
+        p = self.writer.limiter.params
+        need = min(n, max(1, math.floor(2 * p.error_buffer / p.samples_per_insert)))
+        top = p.samples_per_insert * p.min_size_to_sample + p.error_buffer
+        deadline = time.monotonic() + wait_s
+        delay = 0.005
+        while True:
+            self._refresh_weights()
+            size = sum(s.size() for s in self.writer.shards)
+            c = self.writer.limiter.counts()
+            if size + need <= p.min_size_to_sample or (
+                (c["inserts"] + need) * p.samples_per_insert - c["samples"] <= top
+            ):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _report(
+        self,
+        written: list[Trajectory],
+        sampled: int,
+        t0: float,
+        t1: float,
+        t2: float,
+        blocked: bool,
+    ) -> BatchReport:
+        forget = [t for t in written if t.role == "forget"]
+        return BatchReport(
+            actor_id=self.actor_id,
+            written=len(written),
+            sampled=sampled,
+            version=written[0].version if written else self.actor.version,
+            reward_sum=float(sum(t.reward for t in written)),
+            forget=len(forget),
+            forget_positive=round(ua_proxy(forget) * len(forget)) if forget else 0,
+            sample_s=t1 - t0,
+            write_s=t2 - t1,
+            blocked=blocked,
+            next_seed=self.actor.next_seed,
+            rng=self.actor.rng.get_state(),
+        )
+
+    def ping(self) -> dict:
+        return self._where()

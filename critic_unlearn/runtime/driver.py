@@ -1,0 +1,271 @@
+"""`train_ray(cfg)`: the Ray runtime's entry point, with `train_local`'s semantics.
+
+One driver process builds the topology (a learner actor, `actors.num` actor workers), then
+loops on whichever call finishes first: a learner step (log metrics, broadcast the new weights'
+reference, checkpoint every `learner.checkpoint_every` steps), an actor batch (count, resubmit),
+an actor failure (restart with back-off, see supervisor.py). It stops by itself at
+`learner.max_steps`; Ctrl-C or SIGTERM checkpoints first. A rerun with the same run directory
+resumes: learner state, version, rate limiter, every actor's seed stream and the trajectory
+count come from the checkpoint, which has the local trainer's contents (plus all actors).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+from rich.console import Console
+
+from critic_unlearn.config import RunConfig
+from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
+from critic_unlearn.runtime.cluster import check_replay_reachable, ray_cluster
+from critic_unlearn.runtime.errors import RuntimeFailure
+from critic_unlearn.runtime.learner_worker import LearnerWorker, StepReport
+from critic_unlearn.runtime.progress import ProgressView, RunStats
+from critic_unlearn.runtime.supervisor import ActorPool, resolve_num_actors, summarize_error
+from critic_unlearn.training.local import CHECKPOINT, export_adapter, replay_server
+from critic_unlearn.training.metrics import MetricsLogger
+from critic_unlearn.training.setup import TrainResult, prepare_run_dir
+from critic_unlearn.types import WeightsPacket
+
+log = logging.getLogger(__name__)
+LEARNER_WAIT_S = 1.0  # longest a learner call waits on the replay before reporting back
+STATUS = "runtime.json"  # pids, restarts, versions: for operators (and the fault tests)
+
+
+def train_ray(cfg: RunConfig, console: Console | None = None) -> TrainResult:
+    console = console or Console(stderr=True)
+    run_dir = prepare_run_dir(cfg)
+    auto = cfg.replay.url == "auto"
+    with ray_cluster(cfg):
+        check_replay_reachable(cfg, auto)
+        with replay_server(cfg) as cfg:
+            return Driver(cfg, run_dir, console).run()
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, run_dir: Path, console: Console) -> None:
+        self.cfg, self.run_dir, self.console = cfg, run_dir, console
+        self.namespace = cfg.replay.namespace or run_dir.name
+        self.ckpt = run_dir / CHECKPOINT
+        self.trajectories = 0
+        self.steps = self.version = 0
+        self.last: dict[str, float] = {}
+        self.checkpointed_at = -1
+        self.pending: dict[int, list] = {}  # version -> [publish start, acks left, last ack]
+        self.ack_version: dict[Any, int] = {}
+        self.progress_at = time.monotonic()  # last learner step, or an actor (re)start
+        self.wait_reason = ""
+
+    # -- the run ------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, t0 = self.cfg, time.perf_counter()
+        state = load_checkpoint(self.ckpt) if self.ckpt.exists() else None
+        n = resolve_num_actors(cfg, ray.cluster_resources())
+        self.learner = (
+            ray.remote(LearnerWorker)
+            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0)
+            .remote(cfg, self.namespace)
+        )
+        self.pool = ActorPool(cfg, self.namespace, n)
+        self.metrics = MetricsLogger(self.run_dir)
+        try:
+            setup = self._learner_call(self.learner.setup.remote(state and _learner_part(state)))
+            self.steps, self.version = setup.steps, setup.version
+            self.trajectories = int(state["trajectories"]) if state else 0
+            if state:
+                self.console.print(
+                    f"resumed from {self.ckpt} at learner step {self.steps}, version "
+                    f"{self.version}, {self.trajectories} trajectories"
+                )
+                self.checkpointed_at = self.steps
+            self.stats = RunStats(
+                n,
+                cfg.replay.capacity,
+                cfg.learner.max_steps,
+                self.trajectories,
+                self.steps,
+                self.version,
+            )
+            if setup.published is not None:  # actors start from these weights
+                self.pool.weights = [setup.published.ref]
+                self.pool.weights_version = setup.published.version
+            self.pool.start_all(_actor_states(state))
+            self._write_status()
+            with ProgressView(self.stats, self.console, cfg.runtime.progress_every_s) as view:
+                self.view = view
+                try:
+                    self._loop()
+                except (KeyboardInterrupt, SystemExit):
+                    view.print("interrupted: writing a checkpoint, stopping actors")
+                    self._checkpoint(timeout_s=120)
+                    raise
+                except RuntimeFailure as e:
+                    self._checkpoint(timeout_s=120)
+                    raise type(e)(
+                        f"{e}; checkpoint at step {self.checkpointed_at}, rerun the "
+                        "same command to resume"
+                    ) from None
+            self._checkpoint()
+            export_adapter(self.run_dir, self._adapter())
+        finally:
+            self.pool.stop()
+            ray.kill(self.learner, no_restart=True)
+            self.metrics.close()
+        return TrainResult(
+            self.run_dir,
+            self.trajectories,
+            self.steps,
+            self.version,
+            time.perf_counter() - t0,
+            self.last,
+        )
+
+    def _loop(self) -> None:
+        max_steps = self.cfg.learner.max_steps
+        learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
+        self.progress_at = time.monotonic()
+        while self.steps < max_steps:
+            self._check_stall()
+            self.pool.restart_due()
+            refs = [*self.pool.inflight, learner_ref]
+            ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
+            if ready:  # take everything that is done, not just the first
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for ref in ready:
+                if ref == learner_ref:
+                    report = self._learner_call(ref)
+                    self._on_step(report)
+                    learner_ref = (
+                        self.learner.try_step.remote(LEARNER_WAIT_S)
+                        if self.steps < max_steps
+                        else None
+                    )
+                else:
+                    self._on_actor(ref)
+            self.view.refresh()
+
+    # -- events -------------------------------------------------------------------------------
+    def _check_stall(self) -> None:
+        """Fail with the replay's own explanation instead of waiting forever."""
+        idle = time.monotonic() - self.progress_at
+        if idle > self.cfg.runtime.stall_timeout_s:
+            raise RuntimeFailure(
+                f"no learner step for {idle:.0f} s (runtime.stall_timeout_s = "
+                f"{self.cfg.runtime.stall_timeout_s:g}); the learner's last wait: "
+                f"{self.wait_reason or 'none'}; actors: {self.stats.line().split('|')[-1].strip()}"
+            )
+
+    def _on_step(self, r: StepReport) -> None:
+        self._publish(r)
+        if not r.stepped:
+            self.stats.learner_status = "waiting for replay"
+            self.wait_reason = r.reason
+            return
+        self.progress_at = time.monotonic()
+        self.steps, self.version = r.steps, r.version
+        self.stats.on_step(r.steps, r.version, r.staleness, r.metrics.get("replay/size", 0))
+        self.last = {
+            **r.metrics,
+            **self.stats.metrics(),
+            "actor/trajectories": float(self.trajectories),
+            "learner/step_s": r.step_s,
+        }
+        self.metrics.log(r.steps, self.last)
+        if r.steps % self.cfg.learner.checkpoint_every == 0:
+            self._checkpoint()
+
+    def _publish(self, r: StepReport) -> None:
+        p = r.published
+        if p is None:
+            return
+        acks = self.pool.broadcast([p.ref], p.version)
+        self.pending[p.version] = [p.started, len(acks), p.started]
+        for a in acks:
+            self.ack_version[a] = p.version
+
+    def _on_actor(self, ref: Any) -> None:
+        version = self.ack_version.pop(ref, None)
+        kind, actor_id, result = self.pool.handle(ref)
+        if version is not None and version in self.pending:
+            entry = self.pending[version]
+            entry[1] -= 1
+            if kind == "weights":
+                entry[2] = max(entry[2], result["time"])
+            if entry[1] <= 0:
+                del self.pending[version]
+                self.stats.publish_ms.append((entry[2] - entry[0]) * 1e3)
+        view = self.stats.actors.get(actor_id)
+        if kind == "batch":
+            self.trajectories += result.written
+            self.stats.on_batch(result)
+        elif kind == "start":
+            self.progress_at = max(self.progress_at, time.monotonic())
+            view.pid, view.version, view.status = result["pid"], result["version"], "sampling"
+            view.restarts = self.pool.slots[actor_id].restarts
+            self._write_status()
+        elif kind == "failed":
+            view.status, view.pid = "restarting", None
+            self.view.print(f"actor {actor_id} failed: {result}; restarting with back-off")
+            self._write_status()
+
+    # -- learner, checkpoints, status ---------------------------------------------------------
+    def _learner_call(self, ref: Any, timeout_s: float | None = None) -> Any:
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.RayError as e:
+            raise RuntimeFailure(
+                f"the learner failed ({summarize_error(e)}); the last checkpoint is at step "
+                f"{self.checkpointed_at} in {self.ckpt}: fix the cause and rerun the same command "
+                "to resume from it"
+            ) from None
+
+    def _checkpoint(self, timeout_s: float | None = None) -> None:
+        if self.checkpointed_at == self.steps:
+            return
+        try:
+            part = self._learner_call(self.learner.checkpoint_state.remote(), timeout_s)
+        except RuntimeFailure as e:
+            log.error("no checkpoint written: %s", e)
+            return
+        steps = int(part["learner"]["steps"])
+        states = self.pool.states()
+        state = {**part, "actors": states, "trajectories": self.trajectories}
+        if 0 in states:  # the local trainer's key (a copy: a checkpoint stores no alias)
+            state["actor"] = {"next_seed": states[0]["next_seed"], "rng": states[0]["rng"].clone()}
+        save_checkpoint(self.ckpt, state)
+        self.checkpointed_at = steps
+
+    def _adapter(self) -> WeightsPacket:
+        tensors, manifest, version = self._learner_call(self.learner.adapter.remote())
+        return WeightsPacket(version, tensors, manifest)
+
+    def _write_status(self) -> None:
+        actors = {
+            str(i): {
+                "pid": s.pid,
+                "restarts": s.restarts,
+                "failures": s.failures,
+                "last_error": s.last_error,
+            }
+            for i, s in self.pool.slots.items()
+        }
+        status = {"actors": actors, "steps": self.steps, "version": self.version}
+        atomic_write_text(self.run_dir / STATUS, json.dumps(status, indent=1))
+
+
+def _learner_part(state: dict) -> dict:
+    return {"learner": state["learner"], "replay_limiter": state["replay_limiter"]}
+
+
+def _actor_states(state: dict | None) -> dict[int, dict]:
+    if state is None:
+        return {}
+    if "actors" in state:
+        return {int(k): v for k, v in state["actors"].items()}
+    return {0: state["actor"]} if "actor" in state else {}

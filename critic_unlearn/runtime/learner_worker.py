@@ -1,0 +1,158 @@
+"""The learner as one Ray actor: sample a fresh-enough batch from Redis, step, publish.
+
+`try_step` waits at most `wait_s` for the replay (the rate limiter or the staleness bound may
+hold it) and then returns, so the driver stays responsive to Ctrl-C and dead actors while the
+learner waits. Publishing goes through `RayPublisher`: one `ray.put` and one Redis write per
+version; the reference comes back to the driver in the step's report.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from critic_unlearn.config import RunConfig
+from critic_unlearn.replay import ReplaySampler, ReplayTimeout
+from critic_unlearn.runtime.weights import Published, RayPublisher, WeightStore
+from critic_unlearn.training.setup import build_learner
+from critic_unlearn.types import Batch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    stepped: bool  # False: the replay held the learner for wait_s (reason says why)
+    steps: int
+    version: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    staleness: dict[int, int] = field(default_factory=dict)  # versions behind -> records
+    published: Published | None = None
+    step_s: float = 0.0
+    reason: str = ""
+
+
+class LearnerWorker:
+    """Holds the learner, the replay sampler and the weight publisher."""
+
+    def __init__(self, cfg: RunConfig, namespace: str) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        self.cfg = cfg
+        self.store = WeightStore(cfg.replay, namespace)
+        self.publisher = RayPublisher(self.store)
+        self.learner = build_learner(cfg, self.publisher)
+        self.sampler = ReplaySampler(cfg.replay, namespace=namespace)
+        self.stale_unblocks = 0
+
+    def __repr__(self) -> str:
+        return "learner"
+
+    def setup(self, state: dict | None) -> StepReport:
+        """Resume from a checkpoint's state (or start afresh: clear the run's replay and
+        weights), then publish the current weights so actors start from them."""
+        if state is None:
+            self.sampler.clear()
+            self.store.clear()
+        else:
+            self.learner.load_state_dict(state["learner"])
+            if self.sampler.size() >= self.cfg.replay.min_size_to_sample:
+                self.sampler.rate_limiter.load_state_dict(state["replay_limiter"])
+            else:  # the buffer did not survive (private server): count afresh
+                self.sampler.rate_limiter.reset()
+        self.publisher.publish(self.learner.weights())
+        return self._report(False, reason="setup")
+
+    def try_step(self, wait_s: float) -> StepReport:
+        """One learner step on a batch of version >= version - max_staleness, or a wait."""
+        lc = self.cfg.learner
+        try:
+            records = self.sampler.sample(
+                lc.batch_size,
+                min_version=self.sampler.min_version_for(self.learner.version),
+                timeout_s=wait_s,
+            )
+        except ReplayTimeout as e:
+            return self._report(False, reason=str(e) + self._unblock_if_all_stale())
+        batch = Batch.from_trajectories([r.trajectory for r in records])
+        staleness = Counter((self.learner.version - batch.versions).tolist())
+        t0 = time.perf_counter()
+        metrics = self.learner.step(batch)
+        step_s = time.perf_counter() - t0
+        metrics["replay/size"] = float(self.sampler.size())
+        metrics["replay/stale_unblocks"] = float(self.stale_unblocks)
+        return self._report(True, metrics, dict(staleness), step_s)
+
+    def _unblock_if_all_stale(self) -> str:
+        """Break the one deadlock the limiter and the staleness bound can make together.
+
+        The limiter counts every stored record as owed samples, but records older than
+        max_staleness are never sampled. When all stored records are that old and the limiter
+        is at its top, the learner waits for fresh records and the actors wait for room,
+        forever. Then those records are counted as consumed (the limiter goes to its bottom),
+        so actors can insert fresh ones. Too small a max_staleness for error_buffer /
+        learner.batch_size makes this frequent; the metric replay/stale_unblocks counts it.
+        """
+        rl = self.sampler.rate_limiter
+        spi, m, eb = rl.params.as_args()
+        c = rl.counts()
+        diff = c["inserts"] * spi - c["samples"]
+        size = self.sampler.size()
+        grants = size >= m and diff - (spi * m - eb) >= 1
+        actors_blocked = size + 1 > m and diff + spi > spi * m + eb
+        if not (grants and actors_blocked):
+            return ""
+        samples = math.ceil(c["inserts"] * spi - (spi * m - eb))
+        rl.load_state_dict({"inserts": c["inserts"], "samples": samples})
+        self.stale_unblocks += 1
+        msg = (
+            f"; all {size} stored records are older than the staleness bound and the rate "
+            f"limiter blocked the actors: counted them as consumed (samples {c['samples']} -> "
+            f"{samples}). If this repeats, raise replay.max_staleness or lower "
+            "replay.error_buffer"
+        )
+        log.warning("learner: replay deadlock broken%s", msg)
+        return msg
+
+    def _report(
+        self,
+        stepped: bool,
+        metrics: dict | None = None,
+        staleness: dict | None = None,
+        step_s: float = 0.0,
+        reason: str = "",
+    ) -> StepReport:
+        return StepReport(
+            stepped,
+            self.learner.steps,
+            self.learner.version,
+            metrics or {},
+            staleness or {},
+            self.publisher.take_new(),
+            step_s,
+            reason,
+        )
+
+    def checkpoint_state(self) -> dict:
+        """The learner's share of a checkpoint (the driver adds actors and counters)."""
+        return {
+            "learner": self.learner.state_dict(),
+            "replay_limiter": self.sampler.rate_limiter.state_dict(),
+        }
+
+    def adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
+        p = self.learner.weights()
+        return p.state_dict, p.manifest, p.version
+
+    def replay_stats(self) -> dict[str, float]:
+        return self.sampler.stats()
+
+    def close(self) -> None:
+        self.sampler.close()
+        self.store.close()

@@ -1,0 +1,225 @@
+"""The Ray runtime on a local cluster started in this process (2 CPUs), with 2 actors and the
+learner on tiny models and a private Redis server: a clean run, an actor SIGKILLed mid-run, and
+Redis restarted mid-run. Each run must end by itself at learner.max_steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import ray
+
+from critic_unlearn.config import RunConfig, load_config
+from critic_unlearn.replay import RedisServer, ReplaySampler
+from critic_unlearn.runtime import train_ray
+from critic_unlearn.runtime.driver import STATUS
+from critic_unlearn.runtime.weights import WeightStore
+from critic_unlearn.training.local import CHECKPOINT
+from critic_unlearn.training.metrics import read_metrics
+from tests.unit._clip_fixtures import tiny_clip_folder
+
+MAX_STALENESS = 2
+
+
+def runtime_overrides(
+    model_dir: Path, clip_dir: Path, run_dir: Path, redis_url: str, *extra: str
+) -> list[str]:
+    """A complete tiny run: 2 actors x 4 trajectories of 4 steps, learner batches of 4."""
+    return [
+        f"model.pretrained={model_dir}",
+        f"reward.clip_model={clip_dir}",
+        "reward.prompts.forget=[a red circle, a red square]",
+        "reward.prompts.retain=[a blue circle, a blue square]",
+        "reward.prompts.concept=red",
+        "reward.prompts.anchor=a shape",
+        "sampler.num_steps=4",
+        "sampler.batch_size=4",
+        "sampler.guidance_scale=3.0",
+        "learner.batch_size=4",
+        "learner.minibatch_size=4",
+        "learner.train_steps=2",
+        "learner.max_steps=6",
+        "learner.checkpoint_every=2",
+        "critic.warmup_steps=1",
+        "critic.hidden=16",
+        "critic.timestep_dim=16",
+        f"replay.url={redis_url}",
+        "replay.min_size_to_sample=4",
+        "replay.samples_per_insert=1",
+        "replay.capacity=64",
+        "replay.error_buffer=8",
+        f"replay.max_staleness={MAX_STALENESS}",
+        "replay.timeout_s=20",
+        "replay.retry_deadline_s=30",
+        "actors.num=2",
+        "actors.cpus_per_actor=0.5",
+        "actors.restart_backoff_s=0.5",
+        "actors.weight_poll_s=2",
+        "runtime.kind=ray",
+        "runtime.device=cpu",
+        "runtime.num_threads=1",
+        "runtime.learner_cpus=0.5",
+        "runtime.progress_every_s=2",
+        f"runtime.run_dir={run_dir}",
+        "runtime.run_name=rt",
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One in-process cluster for the module; auth disabled on both sides (this process sets
+    the mode before the cluster starts, so the GCS and this driver agree)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        mp.delenv("RAY_ADDRESS", raising=False)
+        ray.init(
+            num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
+        )
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def make_cfg(tiny_model_dir, clip_dir, tmp_path, redis) -> Callable[..., RunConfig]:
+    def make(*extra: str) -> RunConfig:
+        return load_config(
+            None, runtime_overrides(tiny_model_dir, clip_dir, tmp_path, redis.url, *extra)
+        )
+
+    return make
+
+
+def when(predicate: Callable[[], bool], then: Callable[[], None], timeout_s: float = 240) -> list:
+    """Run `then` in a thread once `predicate` holds; returns a list that gets True if it ran."""
+    done: list = []
+
+    def watch() -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    then()
+                    done.append(True)
+                    return
+            except (OSError, ValueError, KeyError):  # files mid-write
+                pass
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return done
+
+
+def steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return len(read_metrics(path)) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, make_cfg, redis):
+    cfg = make_cfg()
+    r = train_ray(cfg)
+    assert r.learner_steps == 6 and r.version == 5  # one critic warm-up step, then 5 updates
+    assert r.trajectories >= 6 * 4  # samples_per_insert 1: every batch of 4 needs 4 inserts
+    rows = read_metrics(r.run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, 7))
+    # the buffer filled, and only fresh enough records were ever trained on
+    assert max(row["replay/size"] for row in rows) >= cfg.replay.min_size_to_sample
+    assert max(row["learner/staleness_max"] for row in rows) <= MAX_STALENESS
+    # new versions reached both actors: each sampled with a version > 0 at some point
+    for i in (0, 1):
+        assert max(row[f"actor/{i}/version"] for row in rows) >= 1, i
+    assert rows[-1]["runtime/publish_to_applied_ms"] is not None
+    assert (r.run_dir / CHECKPOINT).exists() and (
+        r.run_dir / "adapter/adapter.safetensors"
+    ).exists()
+    assert list((r.run_dir / "tb").iterdir())
+    # the durable copy in Redis is the final version, with its manifest
+    store = WeightStore(cfg.replay, "rt")
+    assert store.latest_version() == 5 and store.get().manifest["base_model"] == str(
+        cfg.model.pretrained
+    )
+    store.close()
+    status = json.loads((r.run_dir / STATUS).read_text())
+    assert all(a["restarts"] == 0 for a in status["actors"].values())
+
+
+@pytest.mark.slow
+def test_sigkilled_actor_is_restarted_and_the_run_completes(local_ray, make_cfg, redis, tmp_path):
+    cfg = make_cfg("learner.max_steps=8")
+    run_dir = tmp_path / "rt"
+    killed: list[int] = []
+
+    def kill_actor_1() -> None:
+        pid = json.loads((run_dir / STATUS).read_text())["actors"]["1"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    fired = when(lambda: steps_logged(run_dir) >= 2, kill_actor_1)
+    r = train_ray(cfg)
+    assert fired and killed
+    assert r.learner_steps == 8
+    status = json.loads((run_dir / STATUS).read_text())
+    assert status["actors"]["1"]["restarts"] == 1 and status["actors"]["1"]["pid"] != killed[0]
+    assert status["actors"]["0"]["restarts"] == 0
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert rows[-1]["actor/restarts"] == 1
+    # the replacement sampled again, with fresh weights
+    assert rows[-1]["actor/1/version"] >= 1
+    # replay consistent: every insert is present or evicted, nothing corrupt, no seed twice
+    unlimited = cfg.replay.model_copy(update={"error_buffer": 1e9, "min_size_to_sample": 1})
+    with ReplaySampler(unlimited, namespace="rt") as s:
+        st = s.stats()
+        present = int(st["replay/server_present"])
+        assert st["replay/server_inserted"] == present + st["replay/server_evictions"]
+        assert st["replay/server_corrupt"] == 0
+        ids_by_seed: dict[tuple[int, int], set[int]] = {}
+        for x in s.sample(present * 10, min_version=0, timeout_s=5):  # sees all w.h.p.
+            ids_by_seed.setdefault((x.trajectory.actor_id, x.trajectory.seed), set()).add(x.meta.id)
+        assert all(len(ids) == 1 for ids in ids_by_seed.values())  # no seed stored twice
+
+
+@pytest.mark.slow
+def test_redis_restart_mid_run_reconnects_and_completes(local_ray, make_cfg, redis, tmp_path):
+    cfg = make_cfg("learner.max_steps=8")
+    run_dir = tmp_path / "rt"
+    restarted: list[bool] = []
+
+    def restart_redis() -> None:
+        redis.kill()  # crash: no save, no goodbye; the buffer and weights copy are gone
+        time.sleep(0.5)
+        redis.start()  # same port
+        restarted.append(True)
+
+    fired = when(lambda: steps_logged(run_dir) >= 3, restart_redis)
+    r = train_ray(cfg)
+    assert fired and restarted
+    assert r.learner_steps == 8 and r.version == 7
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, 9))
+    with ReplaySampler(cfg.replay, namespace="rt") as s:  # the new server got new records
+        st = s.stats()
+        assert 0 < st["replay/server_inserted"] < r.trajectories
+    store = WeightStore(cfg.replay, "rt")  # and the durable weights were written again
+    assert store.latest_version() == 7
+    store.close()
