@@ -91,7 +91,10 @@ def loopback_mapping(compose_text: str, **overrides: str) -> dict[str, str]:
         if name.endswith("_HOST") or name == "RAY_NODE_IP":
             mapping[name] = "127.0.0.1"
         elif name.endswith("_PORT"):
-            mapping[name] = str(free_port())
+            port = free_port()
+            while str(port) in mapping.values():  # the OS may hand out a just-closed port again
+                port = free_port()
+            mapping[name] = str(port)
     return {**mapping, **overrides}
 
 

@@ -117,6 +117,8 @@ def test_compose_services_run_as_local_processes(tiny_model_dir, tmp_path):
             compose.start(name)
         rc = compose.procs["submit"].wait(timeout=240)
         out = compose.tail("submit", 400)
+    except Exception as e:
+        raise AssertionError(f"{e}\n--- Ray's own logs:\n{_ray_log_tails(ray_tmp)}") from e
     finally:
         killed = compose.stop()
         if not os.environ.get("CU_KEEP_RAY_TMP"):  # keep Ray's logs for a post-mortem
@@ -158,4 +160,14 @@ def _wait_for_nodes(compose: LocalCompose, n: int, timeout_s: float = 60) -> Non
         time.sleep(1)
     raise TimeoutError(
         f"fewer than {n} Ray nodes after {timeout_s} s:\n{r.stderr}\n{compose.tail('ray-worker')}"
+    )
+
+
+def _ray_log_tails(ray_tmp: Path, lines: int = 15) -> str:
+    """The end of GCS's and the raylets' logs, for a failure message."""
+    logs = sorted(ray_tmp.glob("ray/session_*/logs/*"))
+    picked = [p for p in logs if p.name.startswith(("gcs_server", "raylet")) and p.is_file()]
+    return "\n".join(
+        f"== {p.name}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+        for p in picked
     )

@@ -164,6 +164,7 @@ def test_compose_services_ports_and_scaling():
     assert set(services) == {"redis", "ray-head", "ray-worker", "submit"}
     head = services["ray-head"]["command"][-1]
     assert "--port=6380" in head and "--dashboard-port=8265" in head  # GCS is not on Redis's 6379
+    assert "--num-cpus=0" in head  # actors and the learner must run on the workers
     assert "--port 6379" in " ".join(services["redis"]["command"])
     assert "ray start --block" in services["ray-worker"]["command"][-1]
     assert "--address=ray-head:6380" in services["ray-worker"]["command"][-1]
