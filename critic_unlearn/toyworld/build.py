@@ -9,6 +9,7 @@ build never leaves half a world under the final name. Run: `python -m critic_unl
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -41,21 +42,31 @@ CANONICAL = ["a {c} {s}"]
 
 
 class Timer:
-    """Wall seconds per stage, in order."""
+    """Wall and CPU seconds per stage, in order.
+
+    CPU seconds (all threads) tell the compute a stage needs; wall seconds also count the time
+    other processes on a shared machine took from it.
+    """
 
     def __init__(self) -> None:
         self.t0 = self.last = time.perf_counter()
+        self.c0 = self.last_cpu = time.process_time()
         self.stages: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         self.stages[name] = round(now - self.last, 1)
-        self.last = now
+        self.cpu[name] = round(cpu - self.last_cpu, 1)
+        self.last, self.last_cpu = now, cpu
         console.print(f"[bold]{name}[/] done in {self.stages[name]:.0f} s "
                       f"(total {now - self.t0:.0f} s)", highlight=False)
 
     def total(self) -> dict[str, float]:
         return {**self.stages, "total": round(time.perf_counter() - self.t0, 1)}
+
+    def total_cpu(self) -> dict[str, float]:
+        return {**self.cpu, "total": round(time.process_time() - self.c0, 1)}
 
 
 def _with_shape(data: ShapeData) -> ShapeData:
@@ -171,6 +182,8 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
         "environment": environment(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": timer.total(),
+        "cpu_s": timer.total_cpu(),
+        "load_average_1_5_15_min_at_end": [round(x, 2) for x in os.getloadavg()],
         "parameters": {
             "unet": count_params(comps.unet),
             "text_encoder": count_params(comps.text_encoder),

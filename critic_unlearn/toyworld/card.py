@@ -123,9 +123,13 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         "## Wall time (s)",
         "",
-        "| stage | seconds |",
-        "|---|---|",
-        *[f"| {k} | {v:.0f} |" for k, v in card["wall_s"].items()],
+        "CPU seconds count all threads; wall seconds also include time other processes on a "
+        "shared machine took.",
+        "",
+        "| stage | wall s | CPU s |",
+        "|---|---|---|",
+        *[f"| {k} | {v:.0f} | {card['cpu_s'].get(k, float('nan')):.0f} |"
+          for k, v in card["wall_s"].items()],
         "",
         "## Parameters",
         "",

@@ -91,5 +91,6 @@ def train_diffusion(
                 metrics = {"step": float(done), "elapsed_s": bar.elapsed,
                            **evaluate(ema_unet.model, ema_text.model)}
                 history.append(metrics)
-                bar.note(" ".join(f"{k} {v:.3g}" for k, v in metrics.items()))
+                bar.note(f"step {done}: " + " ".join(
+                    f"{k} {v:.3g}" for k, v in metrics.items() if k != "step"))
     return ema_unet.model, ema_text.model, history

@@ -9,6 +9,7 @@ and 4x4. Saved with `save_pretrained`, weights rewritten in fp16, configs still 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class DiffusionConfig:
     layers_per_block: int = 1
     attention_head_dim: int = 8
     norm_num_groups: int = 16
-    steps: int = 8000  # optimiser steps (UNet and text encoder jointly)
+    steps: int = 6000  # optimiser steps (UNet and text encoder jointly); 100% by ~3500 in probes
     batch_size: int = 32
     lr: float = 2e-3
     warmup: int = 200
@@ -114,4 +115,13 @@ def save_pipeline(
     pipe.save_pretrained(folder, safe_serialization=True)
     for f in sorted(folder.rglob("*.safetensors")):
         to_fp16_file(f)
+    _compact_json(folder / "tokenizer" / "tokenizer.json")
     return folder
+
+
+def _compact_json(path: Path) -> None:
+    """Rewrite without indentation: CLIP's tokenizer.json shrinks from 3.6 MB to 1.7 MB."""
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        path.write_text(text, encoding="utf-8")

@@ -81,3 +81,15 @@ def test_a_missing_world_says_how_to_build_one(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="critic-unlearn toyworld build"):
         world_dir()
+
+
+def test_saved_tokenizer_matches_clip_bpe(reduced_world) -> None:
+    from transformers import CLIPTokenizer
+
+    from critic_unlearn.diffusion.tiny import clip_tokenizer
+
+    out, _ = reduced_world
+    saved = CLIPTokenizer.from_pretrained(str(out / "pipeline"), subfolder="tokenizer")
+    text = ["a crimson plus sign on a grey background", "an azure disc", ""]
+    assert saved(text).input_ids == clip_tokenizer(16)(text).input_ids
+    assert saved.model_max_length == 16
