@@ -112,6 +112,7 @@ class Driver:
                         "same command to resume"
                     ) from None
             self._checkpoint()
+            self._write_status()
             export_adapter(self.run_dir, self._adapter())
         finally:
             self.pool.stop()
@@ -240,6 +241,7 @@ class Driver:
             state["actor"] = {"next_seed": states[0]["next_seed"], "rng": states[0]["rng"].clone()}
         save_checkpoint(self.ckpt, state)
         self.checkpointed_at = steps
+        self._write_status()
 
     def _adapter(self) -> WeightsPacket:
         tensors, manifest, version = self._learner_call(self.learner.adapter.remote())
@@ -249,6 +251,9 @@ class Driver:
         actors = {
             str(i): {
                 "pid": s.pid,
+                "version": s.version,
+                "trajectories": s.trajectories,
+                "trajectories_this_incarnation": s.incarnation_trajectories,
                 "restarts": s.restarts,
                 "failures": s.failures,
                 "last_error": s.last_error,

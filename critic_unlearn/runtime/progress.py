@@ -120,6 +120,7 @@ class RunStats:
         for i, a in self.actors.items():
             out[f"actor/{i}/trajectories_per_s"] = a.rate.per_s()
             out[f"actor/{i}/version"] = float(a.version)
+            out[f"actor/{i}/trajectories"] = float(a.trajectories)
         return out
 
     def staleness_text(self) -> str:

@@ -47,6 +47,7 @@ class Slot:
     pid: int | None = None
     version: int = 0
     trajectories: int = 0
+    incarnation_trajectories: int = 0  # written by the current incarnation
     last_error: str = ""
     started: float = field(default_factory=time.monotonic)
 
@@ -164,6 +165,7 @@ class ActorPool:
             slot.state = {"next_seed": report.next_seed, "rng": report.rng}
             slot.version = report.version
             slot.trajectories += report.written
+            slot.incarnation_trajectories += report.written
             self._submit_batch(slot)
         elif kind == "weights":
             slot.version = max(slot.version, result["version"])
@@ -177,6 +179,7 @@ class ActorPool:
                 del self.inflight[ref]  # calls to the dead incarnation: nothing will come
         ray.kill(slot.handle, no_restart=True)
         slot.handle, slot.ready, slot.pid = None, False, None
+        slot.incarnation_trajectories = 0
         a = self.cfg.actors
         if slot.failures > a.max_restarts:
             raise ActorFailed(
