@@ -105,3 +105,24 @@ def test_exported_adapter_is_found_and_base_images_are_cached(world, tmp_path: P
 def test_a_run_without_adapter_is_explained(world, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="holds no adapter"):
         evaluate_run(tmp_path, _cfg())
+
+
+def test_eval_command_reads_the_run_config_and_prints_json(world, tmp_path: Path) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from critic_unlearn.config import dump_config
+    from critic_unlearn.evaluation.cli import eval_command
+
+    cfg = _cfg()
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    atomic_write_bytes(tmp_path / "adapter" / "adapter.safetensors",
+                       encode_state_dict(_adapter(cfg), {}))
+    app = typer.Typer()
+    app.command("eval")(eval_command)
+    app.command("noop")(lambda: None)  # two commands: "eval" stays a sub-command name
+    result = CliRunner().invoke(app, ["eval", str(tmp_path), "eval.images_per_prompt=2"])
+    assert result.exit_code == 0, result.output
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(line) >= {"ua", "ira", "base_ua", "base_ira"}
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["images"] == 2 * 3 * 2

@@ -93,3 +93,15 @@ def test_saved_tokenizer_matches_clip_bpe(reduced_world) -> None:
     text = ["a crimson plus sign on a grey background", "an azure disc", ""]
     assert saved(text).input_ids == clip_tokenizer(16)(text).input_ids
     assert saved.model_max_length == 16
+
+
+def test_cli_builds_a_reduced_world(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from critic_unlearn.toyworld.cli import app
+
+    result = CliRunner().invoke(app, ["build", "--out", str(tmp_path / "w"), "--reduced"])
+    assert result.exit_code == 0, result.output  # reduced builds never fail on gates
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["out"] == str(tmp_path / "w") and summary["gates_passed"] is False
+    assert (tmp_path / "w" / "model_card.json").is_file()
