@@ -81,7 +81,9 @@ class Driver:
             if state:
                 self.console.print(
                     f"resumed from {self.ckpt} at learner step {self.steps}, version "
-                    f"{self.version}, {self.trajectories} trajectories"
+                    f"{self.version}, {self.trajectories} trajectories",
+                    soft_wrap=True,
+                    highlight=False,
                 )
                 self.checkpointed_at = self.steps
             self.stats = RunStats(
