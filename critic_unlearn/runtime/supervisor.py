@@ -27,7 +27,7 @@ from typing import Any
 import ray
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.runtime.actor_worker import ActorWorker, BatchReport
+from critic_unlearn.runtime.actor_worker import ActorFactory, ActorWorker, BatchReport
 from critic_unlearn.runtime.errors import ActorFailed, RuntimeFailure
 
 log = logging.getLogger(__name__)
@@ -87,8 +87,11 @@ def resolve_num_actors(cfg: RunConfig, resources: dict[str, float]) -> int:
 class ActorPool:
     """Creates `n` actors and keeps them sampling; the driver feeds it call results."""
 
-    def __init__(self, cfg: RunConfig, namespace: str, n: int) -> None:
-        self.cfg, self.namespace = cfg, namespace
+    def __init__(
+        self, cfg: RunConfig, namespace: str, n: int, factory: ActorFactory | None = None
+    ) -> None:
+        """`factory(cfg, actor_id) -> Actor` runs in each worker (default: build_actor)."""
+        self.cfg, self.namespace, self.factory = cfg, namespace, factory
         a = cfg.actors
         self.remote_cls = ray.remote(ActorWorker).options(
             num_cpus=a.cpus_per_actor,
@@ -101,7 +104,7 @@ class ActorPool:
         self.weights_version = -1
         self.inflight: dict[Any, tuple[str, int]] = {}  # ObjectRef -> (kind, actor id)
         for slot in self.slots.values():
-            slot.handle = self.remote_cls.remote(cfg, slot.actor_id, namespace)
+            slot.handle = self.remote_cls.remote(cfg, slot.actor_id, namespace, factory)
 
     # -- starting -----------------------------------------------------------------------------
     def start_all(self, states: dict[int, dict]) -> None:
@@ -126,7 +129,9 @@ class ActorPool:
                     slot.restarts,
                     self.cfg.actors.max_restarts,
                 )
-                slot.handle = self.remote_cls.remote(self.cfg, slot.actor_id, self.namespace)
+                slot.handle = self.remote_cls.remote(
+                    self.cfg, slot.actor_id, self.namespace, self.factory
+                )
                 slot.started = time.monotonic()
                 self._start(slot)
 
