@@ -27,6 +27,7 @@ from critic_unlearn.actors.actor import Actor, WeightsRefused
 from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
 from critic_unlearn.replay import ReplayTimeout, ReplayWriter
+from critic_unlearn.runtime.cluster import quiet_worker_logging
 from critic_unlearn.runtime.weights import WeightStore, decode_packet
 from critic_unlearn.training.local import ua_proxy
 from critic_unlearn.training.setup import build_actor
@@ -64,7 +65,7 @@ class ActorWorker:
     def __init__(
         self, cfg: RunConfig, actor_id: int, namespace: str, factory: ActorFactory | None = None
     ) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        quiet_worker_logging()
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg, self.actor_id = cfg, actor_id

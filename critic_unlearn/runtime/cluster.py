@@ -46,3 +46,10 @@ def check_replay_reachable(cfg: RunConfig, auto: bool) -> None:
             f"which the other {len(nodes) - 1} node(s) of this cluster cannot reach; set "
             "replay.url to a Redis server every node can reach (redis://host:port/0)"
         )
+
+
+def quiet_worker_logging() -> None:
+    """In a worker: our INFO lines, everyone else's warnings only (open_clip, diffusers and
+    transformers narrate every model load at INFO, once per actor)."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("critic_unlearn").setLevel(logging.INFO)

@@ -60,6 +60,7 @@ class Driver:
         self.pending: dict[int, list] = {}  # version -> [publish start, acks left, last ack]
         self.ack_version: dict[Any, int] = {}
         self.progress_at = time.monotonic()  # last learner step, or an actor (re)start
+        self.learner_ref: Any = None  # the try_step call in flight
         self.wait_reason = ""
 
     # -- the run ------------------------------------------------------------------------------
@@ -104,10 +105,13 @@ class Driver:
                 try:
                     self._loop()
                 except (KeyboardInterrupt, SystemExit):
-                    view.print("interrupted: writing a checkpoint, stopping actors")
+                    view.print("interrupted: finishing the learner step, writing a checkpoint")
+                    self._drain_learner(timeout_s=120)
                     self._checkpoint(timeout_s=120)
+                    view.print(f"checkpoint at step {self.checkpointed_at}; rerun to resume")
                     raise
                 except RuntimeFailure as e:
+                    self._drain_learner(timeout_s=120)
                     self._checkpoint(timeout_s=120)
                     raise type(e)(
                         f"{e}; checkpoint at step {self.checkpointed_at}, rerun the "
@@ -131,27 +135,35 @@ class Driver:
 
     def _loop(self) -> None:
         max_steps = self.cfg.learner.max_steps
-        learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
+        self.learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
         self.progress_at = time.monotonic()
         while self.steps < max_steps:
             self._check_stall()
             self.pool.restart_due()
-            refs = [*self.pool.inflight, learner_ref]
+            refs = [*self.pool.inflight, self.learner_ref]
             ready, _ = ray.wait(refs, num_returns=1, timeout=0.5)
             if ready:  # take everything that is done, not just the first
                 ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
             for ref in ready:
-                if ref == learner_ref:
-                    report = self._learner_call(ref)
-                    self._on_step(report)
-                    learner_ref = (
-                        self.learner.try_step.remote(LEARNER_WAIT_S)
-                        if self.steps < max_steps
-                        else None
-                    )
+                if ref == self.learner_ref:
+                    self.learner_ref = None
+                    self._on_step(self._learner_call(ref))
+                    if self.steps < max_steps:
+                        self.learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
                 else:
                     self._on_actor(ref)
             self.view.refresh()
+
+    def _drain_learner(self, timeout_s: float) -> None:
+        """Take the learner step in flight, so metrics.jsonl and the checkpoint agree."""
+        ref, self.learner_ref = self.learner_ref, None
+        if ref is None:
+            return
+        try:
+            report = ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.RayError:
+            return
+        self._on_step(report)
 
     # -- events -------------------------------------------------------------------------------
     def _check_stall(self) -> None:
@@ -222,11 +234,7 @@ class Driver:
         try:
             return ray.get(ref, timeout=timeout_s)
         except ray.exceptions.RayError as e:
-            raise RuntimeFailure(
-                f"the learner failed ({summarize_error(e)}); the last checkpoint is at step "
-                f"{self.checkpointed_at} in {self.ckpt}: fix the cause and rerun the same command "
-                "to resume from it"
-            ) from None
+            raise RuntimeFailure(f"the learner failed ({summarize_error(e)})") from None
 
     def _checkpoint(self, timeout_s: float | None = None) -> None:
         if self.checkpointed_at == self.steps:

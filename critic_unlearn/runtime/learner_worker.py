@@ -18,6 +18,7 @@ import torch
 
 from critic_unlearn.config import RunConfig
 from critic_unlearn.replay import ReplaySampler, ReplayTimeout
+from critic_unlearn.runtime.cluster import quiet_worker_logging
 from critic_unlearn.runtime.weights import Published, RayPublisher, WeightStore
 from critic_unlearn.training.setup import build_learner
 from critic_unlearn.types import Batch
@@ -41,7 +42,7 @@ class LearnerWorker:
     """Holds the learner, the replay sampler and the weight publisher."""
 
     def __init__(self, cfg: RunConfig, namespace: str) -> None:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        quiet_worker_logging()
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg

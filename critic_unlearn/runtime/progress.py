@@ -37,7 +37,7 @@ class Rate:
         now = time.monotonic()
         while self.events and now - self.events[0][0] > WINDOW_S:
             self.events.popleft()
-        span = max(min(now - self.start, WINDOW_S), 1e-3)
+        span = max(min(now - self.start, WINDOW_S), 1.0)
         return sum(n for _, n in self.events) / span
 
 

@@ -52,15 +52,19 @@ class Slot:
     started: float = field(default_factory=time.monotonic)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def summarize_error(e: BaseException) -> str:
     """One line for people: the original exception of a failed call, not Ray's wrapping."""
     cause = getattr(e, "cause", None)
     if isinstance(cause, BaseException) and not isinstance(cause, ray.exceptions.RayError):
         return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in _ANSI.sub("", str(e)).splitlines() if ln.strip()]
     raised = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception|Exit)\b", ln)]
-    head = lines[0] if lines else ""
-    return f"{type(e).__name__}: {head}" + (f" ({raised[-1]})" if raised else "")
+    if raised:  # e.g. an actor's __init__ failed: its exception is the last such line
+        return f"{type(e).__name__}: {raised[-1]}"
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def resolve_num_actors(cfg: RunConfig, resources: dict[str, float]) -> int:

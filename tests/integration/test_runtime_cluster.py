@@ -285,3 +285,58 @@ def test_sigkilled_driver_rerun_resumes_from_last_checkpoint(
     assert summary["trajectories"] == rerun_rows[-1]["actor/trajectories"]
     with open(run_dir / "runtime.json") as f:
         assert json.load(f)["steps"] == 60
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_the_last_step_and_stops_everything(
+    cluster_env, tiny_model_dir, clip_dir, redis, tmp_path
+):
+    """Ctrl-C as a terminal sends it: SIGINT to the driver's whole process group, here with a
+    local cluster that the driver started itself (ray.init)."""
+    cfg = write_config(
+        tmp_path / "int.yaml",
+        *runtime_overrides(
+            tiny_model_dir,
+            clip_dir,
+            tmp_path,
+            redis.url,
+            "runtime.run_name=int",
+            "learner.max_steps=500",
+            "runtime.ray_num_cpus=2",
+        ),
+    )
+    env = {**cluster_env, "RAY_AUTH_MODE": "disabled"}  # the driver's own cluster, no token
+    run_dir = tmp_path / "int"
+    err = open(tmp_path / "err.log", "w")  # noqa: SIM115
+    driver = subprocess.Popen(
+        [str(BIN / "critic-unlearn"), "train", str(cfg)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=err,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and driver.poll() is None:
+            path = run_dir / "metrics.jsonl"
+            if path.exists() and len(read_metrics(path)) >= 3:
+                break
+            time.sleep(0.2)
+        family = psutil.Process(driver.pid).children(recursive=True)
+        os.killpg(driver.pid, signal.SIGINT)
+        rc = driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+        err.close()
+    log = (tmp_path / "err.log").read_text()
+    assert rc == 130, log[-3000:]  # click's exit status for Ctrl-C
+    assert "interrupted: finishing the learner step, writing a checkpoint" in log
+    last_logged = read_metrics(run_dir / "metrics.jsonl")[-1]["step"]
+    assert load_checkpoint(run_dir / CHECKPOINT)["learner"]["steps"] == last_logged < 500
+    assert f"checkpoint at step {last_logged}; rerun to resume" in log
+    _, alive = psutil.wait_procs(family, timeout=30)  # the cluster went with its driver
+    for p in alive:
+        p.kill()
+    assert not alive, [p.pid for p in alive]
