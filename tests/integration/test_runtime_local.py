@@ -14,14 +14,20 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 from critic_unlearn.config import RunConfig, load_config
+from critic_unlearn.diffusion.lora import get_adapter_state
+from critic_unlearn.learner.learner import adapter_manifest
 from critic_unlearn.replay import RedisServer, ReplaySampler
 from critic_unlearn.runtime import train_ray
+from critic_unlearn.runtime.actor_worker import ActorWorker
 from critic_unlearn.runtime.driver import STATUS
-from critic_unlearn.runtime.weights import WeightStore
+from critic_unlearn.runtime.weights import RayPublisher, WeightStore, encode_packet
 from critic_unlearn.training.local import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
+from critic_unlearn.training.setup import build_actor
+from critic_unlearn.types import WeightsPacket
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 MAX_STALENESS = 2
@@ -229,3 +235,46 @@ def test_redis_restart_mid_run_reconnects_and_completes(local_ray, make_cfg, red
     store = WeightStore(cfg.replay, "rt")  # and the durable weights were written again
     assert store.latest_version() == 7
     store.close()
+
+
+@pytest.mark.slow
+def test_actor_worker_takes_durable_copy_refuses_foreign_weights_survives_bad_fetch(
+    local_ray, make_cfg
+):
+    """The weight paths of one ActorWorker: a new actor starts from the Redis copy; a manifest
+    for another model is refused; a blob that fails to fetch or decode falls back to the Redis
+    copy, or keeps the current weights; a batch carries the version it was sampled with."""
+    cfg = make_cfg()
+    ref_actor = build_actor(cfg, 0)  # here only for the adapter's names, shapes and model id
+    shapes = get_adapter_state(ref_actor.c.unet)
+
+    def packet(version: int, base: str = ref_actor.c.model_id) -> WeightsPacket:
+        state = {k: torch.full_like(v, version * 1e-3) for k, v in shapes.items()}
+        return WeightsPacket(
+            version, state, adapter_manifest(base, ref_actor.lora_hash, state, version)
+        )
+
+    publisher = RayPublisher(WeightStore(cfg.replay, "wt"))
+    publisher.publish(packet(3))
+    worker = ray.remote(ActorWorker).options(num_cpus=0.5, max_concurrency=2).remote(cfg, 0, "wt")
+    assert ray.get(worker.start.remote())["version"] == 3  # no push: the durable copy
+
+    foreign = ray.put(encode_packet(packet(4, base="someone/else-model")))
+    ack = ray.get(worker.set_weights.remote([foreign]))
+    assert not ack["applied"] and ack["version"] == 3  # refused, v3 kept
+
+    publisher.publish(packet(5))  # the Redis copy is now v5
+    ack = ray.get(worker.set_weights.remote([ray.put(b"not a safetensors blob")]))
+    assert ack["applied"] and ack["version"] == 5  # bad blob: took the Redis copy instead
+
+    torn = ray.put(encode_packet(packet(6))[:-16])
+    ack = ray.get(worker.set_weights.remote([torn]))
+    assert not ack["applied"] and ack["version"] == 5  # nothing newer anywhere: v5 kept
+
+    publisher.publish(packet(7))
+    ack = ray.get(worker.set_weights.remote([publisher.latest.ref]))
+    assert ack["applied"] and ack["version"] == 7
+    report = ray.get(worker.run_batch.remote())
+    assert report.written == cfg.sampler.batch_size and report.version == 7
+    ray.kill(worker)
+    publisher.store.close()
