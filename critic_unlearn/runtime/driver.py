@@ -65,58 +65,14 @@ class Driver:
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> TrainResult:
-        cfg, t0 = self.cfg, time.perf_counter()
+        t0 = time.perf_counter()
         state = load_checkpoint(self.ckpt) if self.ckpt.exists() else None
-        n = resolve_num_actors(cfg, ray.cluster_resources())
-        self.learner = (
-            ray.remote(LearnerWorker)
-            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0)
-            .remote(cfg, self.namespace)
-        )
-        self.pool = ActorPool(cfg, self.namespace, n)
-        self.metrics = MetricsLogger(self.run_dir)
+        self._launch()
         try:
-            setup = self._learner_call(self.learner.setup.remote(state and _learner_part(state)))
-            self.steps, self.version = setup.steps, setup.version
-            self.trajectories = int(state["trajectories"]) if state else 0
-            if state:
-                self.console.print(
-                    f"resumed from {self.ckpt} at learner step {self.steps}, version "
-                    f"{self.version}, {self.trajectories} trajectories",
-                    soft_wrap=True,
-                    highlight=False,
-                )
-                self.checkpointed_at = self.steps
-            self.stats = RunStats(
-                n,
-                cfg.replay.capacity,
-                cfg.learner.max_steps,
-                self.trajectories,
-                self.steps,
-                self.version,
-            )
-            if setup.published is not None:  # actors start from these weights
-                self.pool.weights = [setup.published.ref]
-                self.pool.weights_version = setup.published.version
-            self.pool.start_all(_actor_states(state))
-            self._write_status()
-            with ProgressView(self.stats, self.console, cfg.runtime.progress_every_s) as view:
-                self.view = view
-                try:
-                    self._loop()
-                except (KeyboardInterrupt, SystemExit):
-                    view.print("interrupted: finishing the learner step, writing a checkpoint")
-                    self._drain_learner(timeout_s=120)
-                    self._checkpoint(timeout_s=120)
-                    view.print(f"checkpoint at step {self.checkpointed_at}; rerun to resume")
-                    raise
-                except RuntimeFailure as e:
-                    self._drain_learner(timeout_s=120)
-                    self._checkpoint(timeout_s=120)
-                    raise type(e)(
-                        f"{e}; checkpoint at step {self.checkpointed_at}, rerun the "
-                        "same command to resume"
-                    ) from None
+            self._setup(state)
+            with ProgressView(self.stats, self.console, self.cfg.runtime.progress_every_s) as v:
+                self.view = v
+                self._run_to_budget()
             self._checkpoint()
             self._write_status()
             export_adapter(self.run_dir, self._adapter())
@@ -124,18 +80,72 @@ class Driver:
             self.pool.stop()
             ray.kill(self.learner, no_restart=True)
             self.metrics.close()
+        wall = time.perf_counter() - t0
         return TrainResult(
-            self.run_dir,
+            self.run_dir, self.trajectories, self.steps, self.version, wall, self.last
+        )
+
+    def _launch(self) -> None:
+        """Create the learner and the actors; they load their models in parallel."""
+        cfg = self.cfg
+        self.learner = (
+            ray.remote(LearnerWorker)
+            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0)
+            .remote(cfg, self.namespace)
+        )
+        self.pool = ActorPool(cfg, self.namespace, resolve_num_actors(cfg, ray.cluster_resources()))
+        self.metrics = MetricsLogger(self.run_dir)
+
+    def _setup(self, state: dict | None) -> None:
+        """Restore (or clear) through the learner, then start every actor from its saved seed
+        stream and the learner's current weights."""
+        setup = self._learner_call(self.learner.setup.remote(state and _learner_part(state)))
+        self.steps, self.version = setup.steps, setup.version
+        if state:
+            self.trajectories = int(state["trajectories"])
+            self.checkpointed_at = self.steps
+            self.console.print(
+                f"resumed from {self.ckpt} at learner step {self.steps}, version "
+                f"{self.version}, {self.trajectories} trajectories",
+                soft_wrap=True,
+                highlight=False,
+            )
+        lc = self.cfg.learner
+        self.stats = RunStats(
+            len(self.pool.slots),
+            self.cfg.replay.capacity,
+            lc.max_steps,
             self.trajectories,
             self.steps,
             self.version,
-            time.perf_counter() - t0,
-            self.last,
         )
+        if setup.published is not None:
+            self.pool.weights = [setup.published.ref]
+            self.pool.weights_version = setup.published.version
+        self.pool.start_all(_actor_states(state))
+        self._write_status()
+
+    def _run_to_budget(self) -> None:
+        """The loop, and what an interruption or a failure leaves behind: a checkpoint."""
+        try:
+            self._loop()
+        except (KeyboardInterrupt, SystemExit):
+            self.view.print("interrupted: finishing the learner step, writing a checkpoint")
+            self._drain_learner(timeout_s=120)
+            self._checkpoint(timeout_s=120)
+            self.view.print(f"checkpoint at step {self.checkpointed_at}; rerun to resume")
+            raise
+        except RuntimeFailure as e:
+            self._drain_learner(timeout_s=120)
+            self._checkpoint(timeout_s=120)
+            raise type(e)(
+                f"{e}; checkpoint at step {self.checkpointed_at}, rerun the same command to resume"
+            ) from None
 
     def _loop(self) -> None:
         max_steps = self.cfg.learner.max_steps
-        self.learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
+        if self.steps < max_steps:
+            self.learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
         self.progress_at = time.monotonic()
         while self.steps < max_steps:
             self._check_stall()
