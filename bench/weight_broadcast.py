@@ -100,7 +100,17 @@ def measure(cfg: RunConfig, publisher, n: int, rounds: int, version0: int) -> li
         done = time.time()
         assert all(a["applied"] and a["version"] == published.version for a in acks), acks
         times.append((done - published.started) * 1e3)
-        parts.append((published.encode_ms, published.put_ms, published.store_ms))
+        slowest = max(acks, key=lambda a: a["fetch_ms"] + a["decode_ms"] + a["apply_ms"])
+        parts.append(
+            (
+                published.encode_ms,
+                published.put_ms,
+                published.store_ms,
+                slowest["fetch_ms"],
+                slowest["decode_ms"],
+                slowest["apply_ms"],
+            )
+        )
     pool.inflight.clear()
     pool.stop()
     return times, parts
@@ -133,17 +143,17 @@ def main() -> None:
                 times, parts = measure(cfg, publisher, n, args.warmup + args.rounds, 1000 * n)
                 times, parts = times[args.warmup :], parts[args.warmup :]
                 p50[str(n)] = round(statistics.median(times), 1)
-                enc, put, store = (round(statistics.median(x), 1) for x in zip(*parts, strict=True))
+                med = [round(statistics.median(x), 1) for x in zip(*parts, strict=True)]
+                names = ("encode_ms", "put_ms", "redis_ms", "fetch_ms", "decode_ms", "apply_ms")
                 detail[str(n)] = {
                     "p90_ms": round(sorted(times)[int(0.9 * len(times))], 1),
-                    "encode_ms": enc,
-                    "put_ms": put,
-                    "redis_ms": store,
+                    **dict(zip(names, med, strict=True)),
                 }
                 print(
-                    f"{n} actor(s): p50 {p50[str(n)]} ms, p90 {detail[str(n)]['p90_ms']} ms "
-                    f"(publisher: encode+sha256 {enc} ms, ray.put {put} ms, Redis copy "
-                    f"{store} ms) over {len(times)} versions of {mb:.2f} MB",
+                    f"{n} actor(s): p50 {p50[str(n)]} ms, p90 {detail[str(n)]['p90_ms']} ms over "
+                    f"{len(times)} versions of {mb:.2f} MB; medians: publisher encode+sha256 "
+                    f"{med[0]} ms, ray.put {med[1]} ms, Redis copy {med[2]} ms; slowest actor "
+                    f"fetch {med[3]} ms, decode {med[4]} ms, check+apply {med[5]} ms",
                     flush=True,
                 )
         finally:

@@ -103,8 +103,12 @@ class ActorWorker:
     def set_weights(self, refs: list) -> dict:
         """Fetch and check the pushed blob `refs[0]`; apply it now if no batch is running, else
         at the next batch boundary. A failed fetch falls back to the Redis copy."""
+        t0 = time.perf_counter()
+        t1 = t0
         try:
-            packet = decode_packet(ray.get(refs[0], timeout=60))
+            blob = ray.get(refs[0], timeout=60)
+            t1 = time.perf_counter()
+            packet = decode_packet(blob)
             self.last_weights = time.monotonic()
         except (ray.exceptions.RayError, CodecError) as e:
             self.fetch_failures += 1
@@ -119,17 +123,22 @@ class ActorWorker:
             packet = None
         if packet is not None and packet.version > self._newest_known():
             self.pending = packet
+        t2 = time.perf_counter()
         applied = False
         if self.model_lock.acquire(blocking=False):
             try:
                 applied = self._apply_pending() if packet is not None else self._pull_from_store()
             finally:
                 self.model_lock.release()
+        t3 = time.perf_counter()
         return {
             **self._where(),
             "applied": applied,
             "received": packet is not None,
             "time": time.time(),
+            "fetch_ms": (t1 - t0) * 1e3,  # ray.get of the blob
+            "decode_ms": (t2 - t1) * 1e3,  # safetensors + codec sha256
+            "apply_ms": (t3 - t2) * 1e3,  # manifest checks (sha256 again) + load into LoRA
         }
 
     def _newest_known(self) -> int:
