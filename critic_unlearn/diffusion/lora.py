@@ -11,9 +11,10 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model_state_dict, set_peft_model_state_dict
+from peft import get_peft_model_state_dict
 from torch import Tensor
 
 from critic_unlearn.config import LoraConfig
@@ -53,15 +54,38 @@ def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[str]:
     return names
 
 
+def adapter_parameters(unet: UNet2DConditionModel) -> dict[str, torch.nn.Parameter]:
+    """peft's state-dict key -> the live LoRA parameter, built once and kept on the UNet.
+
+    peft's own get/set walk the whole model every call (~25 ms per apply at SD-1.5 size); the
+    actors apply a new adapter every version, so we map keys to parameters once. Parameter
+    objects survive `.data` swaps (fp32 casting), so the map never goes stale.
+    """
+    cached = getattr(unet, "_critic_unlearn_lora", None)
+    if cached is None:
+        infix = f".{ADAPTER}."
+        cached = {n.replace(infix, "."): p for n, p in unet.named_parameters() if infix in n}
+        expected = set(get_peft_model_state_dict(unet, adapter_name=ADAPTER))
+        if set(cached) != expected:  # peft changed its naming: fall back loudly, not silently
+            raise RuntimeError(
+                f"LoRA parameter names do not match peft's state-dict keys "
+                f"({sorted(set(cached) ^ expected)[:2]}); update adapter_parameters for this peft"
+            )
+        unet._critic_unlearn_lora = cached
+    return cached
+
+
 def get_adapter_state(unet: UNet2DConditionModel) -> dict[str, Tensor]:
     """The adapter's tensors (detached CPU copies), keyed as peft names them."""
-    sd = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in sd.items()}
+    return {
+        k: p.detach().to("cpu", copy=True).contiguous() for k, p in adapter_parameters(unet).items()
+    }
 
 
+@torch.no_grad()
 def set_adapter_state(unet: UNet2DConditionModel, state: dict[str, Tensor]) -> None:
-    """Load adapter tensors in place; every key must match (no silent partial loads)."""
-    own = get_peft_model_state_dict(unet, adapter_name=ADAPTER)
+    """Load adapter tensors in place; every key and shape must match (no partial loads)."""
+    own = adapter_parameters(unet)
     if set(own) != set(state):
         extra, missing = sorted(set(state) - set(own)), sorted(set(own) - set(state))
         raise ValueError(
@@ -69,9 +93,14 @@ def set_adapter_state(unet: UNet2DConditionModel, state: dict[str, Tensor]) -> N
             f"(e.g. {missing[:2]}), {len(extra)} unexpected (e.g. {extra[:2]}); was it trained "
             "with another lora config or base model?"
         )
-    result = set_peft_model_state_dict(unet, state, adapter_name=ADAPTER)
-    if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"adapter keys not loaded: {result.unexpected_keys[:3]}")
+    bad = [k for k, v in state.items() if v.shape != own[k].shape]
+    if bad:
+        raise ValueError(
+            f"adapter tensor {bad[0]} has shape {tuple(state[bad[0]].shape)}, this UNet's LoRA "
+            f"expects {tuple(own[bad[0]].shape)}: another lora.rank or base model?"
+        )
+    for k, v in state.items():
+        own[k].copy_(v)
 
 
 @contextmanager

@@ -57,6 +57,10 @@ def test_adapter_state_round_trips_and_rejects_mismatches(tiny_components):
     assert all(torch.equal(back[k], state[k]) for k in state)
     with pytest.raises(ValueError, match="does not match this UNet's LoRA"):
         set_adapter_state(unet, {k: v for k, v in list(state.items())[1:]})
+    k0 = next(iter(state))
+    with pytest.raises(ValueError, match="has shape .* another lora.rank"):
+        set_adapter_state(unet, {**state, k0: torch.zeros(3, 3)})
+    assert torch.equal(get_adapter_state(unet)[k0], state[k0])  # nothing half-applied
 
 
 def test_bad_target_modules_name_the_field(tiny_components):
