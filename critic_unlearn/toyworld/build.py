@@ -106,6 +106,7 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     timer = Timer()
+    revision = code_revision()  # at the start: the code that trains is the code that counts
     metrics: dict[str, Any] = {}
 
     train = make_split(cfg.n_train, cfg.seed * 1000 + 1, none_fraction=cfg.none_fraction)
@@ -178,7 +179,7 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
     card = {
         "world_format": 1,
         "config": cfg.to_json(),
-        "code_revision": code_revision(),
+        "code_revision": revision,
         "environment": environment(),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "wall_s": timer.total(),

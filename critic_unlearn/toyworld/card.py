@@ -26,8 +26,9 @@ def code_revision() -> dict[str, Any]:
 
     try:
         commit = git("rev-parse", "HEAD")
-        dirty = git("status", "--porcelain", "--", "critic_unlearn/toyworld",
-                    ":!critic_unlearn/toyworld/world").splitlines()
+        dirty = git("status", "--porcelain", "--", "critic_unlearn/toyworld",  # not the outputs
+                    ":!critic_unlearn/toyworld/world", ":!critic_unlearn/toyworld/world.*"
+                    ).splitlines()
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown (not a git checkout)", "uncommitted_changes": []}
     return {"commit": commit, "uncommitted_changes": [ln[3:] for ln in dirty]}
