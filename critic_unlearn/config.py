@@ -135,6 +135,9 @@ class LearnerConfig(Section):
     minibatch_size: PositiveInt = 8  # trajectories per gradient step; must divide batch_size
     train_steps: PositiveInt | None = None  # transitions per trajectory per step; None = all kept
     epochs: PositiveInt = 1
+    # transitions whose DDIM sigma_t is below this are not trained on: near x_0 sigma is tiny
+    # (0.02-0.04), so their log-probs swamp the importance ratios while deciding little
+    min_train_std: float = Field(0.0, ge=0)
     lr: PositiveFloat = 2e-3
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: PositiveFloat = 1.0

@@ -42,6 +42,14 @@ def alphas_at(scheduler: DDIMScheduler, timestep: Tensor, batch: int) -> tuple[T
     return ac[t].reshape(batch, 1, 1, 1), alpha_prod_t_prev.reshape(batch, 1, 1, 1)
 
 
+def step_std(scheduler: DDIMScheduler, timesteps: Tensor, eta: float) -> Tensor:
+    """sigma_t of the DDIM step at each timestep (any shape), as `ddim_step_with_logprob` uses."""
+    t = timesteps.reshape(-1)
+    a_t, a_prev = alphas_at(scheduler, t, t.shape[0])
+    var = ((1 - a_prev) / (1 - a_t)) * (1 - a_t / a_prev)
+    return (eta * var**0.5).reshape(timesteps.shape).float()
+
+
 def ddim_step_with_logprob(
     scheduler: DDIMScheduler,
     model_output: Tensor,

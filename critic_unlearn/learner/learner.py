@@ -20,6 +20,7 @@ from torch import Tensor
 
 from critic_unlearn.codec import checksum
 from critic_unlearn.config import RunConfig
+from critic_unlearn.diffusion.ddim_logprob import step_std
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.lora import (
     attach_lora,
@@ -142,12 +143,18 @@ class Learner:
             )
 
         update_policy = self.critic is None or self.steps >= cfg.critic.warmup_steps
-        n = min(lc.train_steps or k, k)
+        eligible = step_std(self.c.scheduler, ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
+        n = min(lc.train_steps or k, int(eligible.sum(1).min()))
+        if n == 0:
+            raise ValueError(
+                f"learner.min_train_std = {lc.min_train_std} leaves no transition to train on "
+                "in some trajectory; lower it"
+            )
         sums: dict[str, float] = {}
         count = 0
         for _ in range(lc.epochs):
             for mb in torch.randperm(b, generator=self.gen).split(lc.minibatch_size):
-                idx = torch.stack([torch.randperm(k, generator=self.gen)[:n] for _ in mb])
+                idx = torch.stack([self._pick(eligible[i], n) for i in mb.tolist()])
                 rows = mb[:, None].expand_as(idx)  # (mb, n) trajectory index of each pick
                 m = {}
                 if self.critic is not None:
@@ -175,6 +182,11 @@ class Learner:
         if values is not None:
             metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
         return metrics
+
+    def _pick(self, eligible: Tensor, n: int) -> Tensor:
+        """n random positions among a trajectory's eligible transitions (learner's own RNG)."""
+        pool = eligible.nonzero().squeeze(1).cpu()
+        return pool[torch.randperm(len(pool), generator=self.gen)[:n]].to(eligible.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.device.type == "cuda":

@@ -98,3 +98,15 @@ def test_sigma_matches_the_formula_in_algorithm_md():
     sigma = 0.7 * math.sqrt((1 - a_p) / (1 - a_t)) * math.sqrt(1 - a_t / a_p)
     out = ddim_step_with_logprob(sched, torch.zeros(1, 4, 8, 8), t, torch.zeros(1, 4, 8, 8), 0.7)
     assert out.std.item() == pytest.approx(sigma, rel=1e-5)
+
+
+def test_step_std_matches_the_step():
+    from critic_unlearn.diffusion.ddim_logprob import step_std
+
+    sched = make_scheduler(False)
+    stds = step_std(sched, sched.timesteps, 0.8)
+    for t, expected in zip(sched.timesteps, stds, strict=True):
+        out = ddim_step_with_logprob(
+            sched, torch.zeros(1, 4, 8, 8), t, torch.zeros(1, 4, 8, 8), 0.8
+        )
+        assert out.std.item() == pytest.approx(expected.item(), rel=1e-6)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from critic_unlearn.config import load_config
+from critic_unlearn.diffusion.ddim_logprob import step_std
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
@@ -142,6 +143,7 @@ ABLATIONS = [
     ["sampler.log_prob_reduction=mean", "learner.clip_range=1e-4"],
     ["sampler.keep_steps=3", "learner.epochs=2"],
     ["critic.train_image_tower=false"],
+    ["learner.min_train_std=0.1"],
 ]
 
 
@@ -171,3 +173,16 @@ def test_esd_baseline_moves_only_lora_towards_its_target(tiny_model_dir, clip):
     changed = {n for n, p in comps.unet.named_parameters() if not torch.equal(p, unet0[n])}
     assert changed and all("lora_" in n for n in changed)
     assert learner.version == 6 and len(learner.publisher.packets) == 6
+
+
+def test_min_train_std_trains_only_noisy_enough_transitions(tiny_model_dir, clip):
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, ["learner.min_train_std=0.3"])
+    batch = make_batch(comps, cfg)
+    comps.scheduler.set_timesteps(cfg.sampler.num_steps)
+    std = step_std(comps.scheduler, batch.timesteps, cfg.sampler.eta)
+    assert (std < 0.3).any() and (std >= 0.3).any()  # the threshold splits the chain
+    eligible = std[0] >= 0.3
+    picks = torch.stack([learner._pick(eligible, 2) for _ in range(50)])
+    assert eligible[picks].all()
+    with pytest.raises(ValueError, match="learner.min_train_std = 5.0 leaves no transition"):
+        make_learner(tiny_model_dir, clip, ["learner.min_train_std=5.0"])[0].step(batch)
