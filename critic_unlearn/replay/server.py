@@ -49,17 +49,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _terminate_with_parent() -> None:
+    """In the child before exec: Linux sends SIGTERM when the parent dies (even by SIGKILL)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 class RedisServer:
     """One redis-server process in its own data directory; `url` points at it."""
 
     def __init__(self, *, port: int | None = None, data_dir: str | None = None,
-                 appendonly: bool = False, extra_args: tuple[str, ...] = ()) -> None:
+                 appendonly: bool = False, extra_args: tuple[str, ...] = (),
+                 die_with_parent: bool = False) -> None:
         self.binary = find_server_binary()
         self.port = port or free_port()
         self._tmp = None if data_dir else tempfile.TemporaryDirectory(prefix="cu-redis-")
         self.data_dir = data_dir or self._tmp.name
         self.appendonly = appendonly
         self.extra_args = extra_args
+        self.die_with_parent = die_with_parent  # a run's private server must not outlive it
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -73,7 +83,10 @@ class RedisServer:
             "--appendfsync", "always", "--maxmemory-policy", "noeviction", "--daemonize", "no",
             "--logfile", os.path.join(self.data_dir, "redis.log"), *self.extra_args,
         ]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=_terminate_with_parent if self.die_with_parent else None,
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

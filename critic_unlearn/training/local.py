@@ -54,7 +54,7 @@ def replay_server(cfg: RunConfig):
     if cfg.replay.url != "auto":
         yield cfg
         return
-    server = RedisServer().start()
+    server = RedisServer(die_with_parent=True).start()
     try:
         yield cfg.model_copy(update={"replay": cfg.replay.model_copy(update={"url": server.url})})
     finally:
