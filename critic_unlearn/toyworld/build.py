@@ -90,10 +90,15 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
 
 
-def build_world(out: str | Path, cfg: BuildConfig) -> dict[str, Any]:
-    """Train and save the three models and the card under `out`; returns the card."""
+def build_world(out: str | Path, cfg: BuildConfig, threads: int = 1) -> dict[str, Any]:
+    """Train and save the three models and the card under `out`; returns the card.
+
+    `threads` is how it runs, not what it trains (not part of the config): one thread is the
+    default because these models are small, and on a shared 2-core machine a second torch
+    thread measured 2-10x slower, not faster (threads wait on each other when a core is taken).
+    """
     before = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(threads)
     try:
         return _build(Path(out), cfg)
     finally:

@@ -20,7 +20,6 @@ from critic_unlearn.toyworld.vae import VaeConfig
 class BuildConfig:
     name: str = "full"
     seed: int = 0  # data splits use seed*1000 + 1 (train), + 2 (val), + 3 (held-out)
-    threads: int = 2  # torch.set_num_threads
     n_train: int = 40_000  # images (incl. none_fraction without a shape, for the judge only)
     n_val: int = 2_000
     n_heldout: int = 4_000  # rendered with the held-out templates; judge and CLIP gates
@@ -44,7 +43,6 @@ class BuildConfig:
         """Tiny models and a few steps of everything: proves the build path in seconds."""
         return BuildConfig(
             name="reduced",
-            threads=1,  # tiny ops: a second thread only adds contention on a shared box
             n_train=256,
             n_val=32,
             n_heldout=64,

@@ -20,6 +20,7 @@ def build(
     reduced: Annotated[
         bool, typer.Option("--reduced", help="tiny models, a few steps: proves the path in seconds")
     ] = False,
+    threads: Annotated[int, typer.Option(help="torch threads (1 is fastest on a shared box)")] = 1,
 ) -> None:
     """Train the toy world's pipeline, reward CLIP and judge; check the gates; write the card.
 
@@ -30,7 +31,7 @@ def build(
     from critic_unlearn.toyworld.build_config import BuildConfig
 
     cfg = BuildConfig.reduced() if reduced else BuildConfig.full()
-    card = build_world(out, cfg)
+    card = build_world(out, cfg, threads=threads)
     print(json.dumps({
         "out": str(out),
         "gates_passed": card["gates_passed"],
