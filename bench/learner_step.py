@@ -24,7 +24,7 @@ from critic_unlearn.config import load_config
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.policy import encode_prompts
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
-from critic_unlearn.diffusion.tiny import build_tiny_model
+from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
 from critic_unlearn.learner.critic import build_critic, text_embedder
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.rewards.openclip_loading import LoadedClip
@@ -33,33 +33,12 @@ from critic_unlearn.types import Batch, SamplerSettings
 
 def random_clip(sd15: bool, device: torch.device) -> LoadedClip:
     """A randomly initialised CLIP (ViT-B-32 shapes for --sd15, a tiny one otherwise)."""
-    pre = {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "interpolation": "bicubic"}
     if sd15:
-        cfg = open_clip.get_model_config("ViT-B-32")
-        size = 224
+        clip = tiny_clip(0, open_clip.get_model_config("ViT-B-32"), size=224)
     else:
-        size = 32
-        cfg = {
-            "embed_dim": 32,
-            "vision_cfg": {
-                "image_size": 32,
-                "layers": 1,
-                "width": 32,
-                "head_width": 16,
-                "patch_size": 8,
-            },
-            "text_cfg": {
-                "context_length": 77,
-                "vocab_size": 49408,
-                "width": 32,
-                "heads": 2,
-                "layers": 1,
-            },
-        }
-    model = open_clip.model.CLIP(**cfg).to(device)
-    return LoadedClip(
-        model, open_clip.get_tokenizer("ViT-B-32"), {**pre, "size": size}, "random", cfg
-    )
+        clip = tiny_clip(0)
+    clip.model.to(device)
+    return clip
 
 
 def main() -> None:

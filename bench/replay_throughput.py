@@ -34,10 +34,18 @@ ROUNDS = 3
 def make_trajectory(states: int, side: int, i: int) -> Trajectory:
     k = states - 1
     return Trajectory(
-        prompt_id=f"bench-{i}", prompt="a photo of a red car", role="forget",
-        latents=torch.randn(states, 4, side, side).half(), positions=torch.arange(states),
-        steps=torch.arange(k), timesteps=torch.arange(k) * 20, log_probs=torch.randn(k),
-        reward=0.5, version=1, actor_id=0, seed=i,
+        prompt_id=f"bench-{i}",
+        prompt="a photo of a red car",
+        role="forget",
+        latents=torch.randn(states, 4, side, side).half(),
+        positions=torch.arange(states),
+        steps=torch.arange(k),
+        timesteps=torch.arange(k) * 20,
+        log_probs=torch.randn(k),
+        reward=0.5,
+        version=1,
+        actor_id=0,
+        seed=i,
         sampler=SamplerSettings(num_steps=k, eta=1.0, guidance_scale=7.5),
     )
 
@@ -63,14 +71,23 @@ def bench_raw(url: str, payload: bytes, n: int, batch: int) -> dict[str, dict[st
     t2 = time.perf_counter()
     r.delete(*[f"{prefix}{i}" for i in range(CAPACITY)])
     r.close()
-    return {"insert": _rate(n, t1 - t0, len(payload)), "sample": _rate(draws, t2 - t1,
-                                                                           len(payload))}
+    return {
+        "insert": _rate(n, t1 - t0, len(payload)),
+        "sample": _rate(draws, t2 - t1, len(payload)),
+    }
 
 
-def bench_ours(url: str, traj: Trajectory, n: int, batch: int, *, codec: bool
-               ) -> dict[str, dict[str, float]]:
-    cfg = ReplayConfig(url=url, namespace=f"bench-{uuid.uuid4().hex[:8]}", capacity=CAPACITY,
-                       min_size_to_sample=1, samples_per_insert=1.0, error_buffer=1e12)
+def bench_ours(
+    url: str, traj: Trajectory, n: int, batch: int, *, codec: bool
+) -> dict[str, dict[str, float]]:
+    cfg = ReplayConfig(
+        url=url,
+        namespace=f"bench-{uuid.uuid4().hex[:8]}",
+        capacity=CAPACITY,
+        min_size_to_sample=1,
+        samples_per_insert=1.0,
+        error_buffer=1e12,
+    )
     payload = encode_trajectory(traj)
     with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:
         t0 = time.perf_counter()
@@ -78,21 +95,37 @@ def bench_ours(url: str, traj: Trajectory, n: int, batch: int, *, codec: bool
             if codec:
                 w.write(traj)
             else:
-                w.write_bytes(payload, version=traj.version, reward=traj.reward,
-                              role=traj.role, actor=traj.actor_id)
+                w.write_bytes(
+                    payload,
+                    version=traj.version,
+                    reward=traj.reward,
+                    role=traj.role,
+                    actor=traj.actor_id,
+                )
         t1 = time.perf_counter()
         draws = 0
         while draws < n:
             if codec:
                 draws += len(s.sample(batch, min_version=0))
             else:  # store only: the Lua draw, no decode
-                draws += len(s.shards[0].sample(
-                    batch, min_version=0, mode="uniform", recent_window=1,
-                    priority_exponent=1.0, limiter=None).records)
+                draws += len(
+                    s.shards[0]
+                    .sample(
+                        batch,
+                        min_version=0,
+                        mode="uniform",
+                        recent_window=1,
+                        priority_exponent=1.0,
+                        limiter=None,
+                    )
+                    .records
+                )
         t2 = time.perf_counter()
         s.clear()
-    return {"insert": _rate(n, t1 - t0, len(payload)), "sample": _rate(draws, t2 - t1,
-                                                                           len(payload))}
+    return {
+        "insert": _rate(n, t1 - t0, len(payload)),
+        "sample": _rate(draws, t2 - t1, len(payload)),
+    }
 
 
 def _best(runs: list[dict]) -> dict:
@@ -102,9 +135,12 @@ def _best(runs: list[dict]) -> dict:
 
 def _ratio(ours: dict, raw: dict) -> float:
     """MB/s in and out together: (bytes in + bytes out) / (time in + time out), ours / raw."""
+
     def both(x: dict) -> float:
-        return (x["insert"]["mb_s"] * x["insert"]["s"] + x["sample"]["mb_s"] * x["sample"]["s"]
-                ) / (x["insert"]["s"] + x["sample"]["s"])
+        return (x["insert"]["mb_s"] * x["insert"]["s"] + x["sample"]["mb_s"] * x["sample"]["s"]) / (
+            x["insert"]["s"] + x["sample"]["s"]
+        )
+
     return both(ours) / both(raw)
 
 
@@ -126,16 +162,22 @@ def main() -> None:
             for _ in range(ROUNDS):  # interleaved rounds, best of each: the machine is shared
                 runs["raw"].append(bench_raw(server.url, payload, n // ROUNDS, batch))
                 runs["ours"].append(bench_ours(server.url, traj, n // ROUNDS, batch, codec=True))
-                runs["store"].append(bench_ours(server.url, traj, n // ROUNDS, batch,
-                                                codec=False))
+                runs["store"].append(bench_ours(server.url, traj, n // ROUNDS, batch, codec=False))
             raw, ours, store = (_best(runs[k]) for k in ("raw", "ours", "store"))
-            print(f"{name}: {len(payload) / 1e3:.0f} KB records, {ROUNDS} rounds of "
-                  f"{n // ROUNDS}, sample batch {batch}")
-            for label, res in (("raw SET/MGET", raw), ("replay (codec)", ours),
-                               ("replay (bytes)", store)):
-                print(f"  {label:15s} insert {res['insert']['per_s']:8.0f}/s "
-                      f"{res['insert']['mb_s']:7.1f} MB/s | sample {res['sample']['per_s']:8.0f}/s "
-                      f"{res['sample']['mb_s']:7.1f} MB/s")
+            print(
+                f"{name}: {len(payload) / 1e3:.0f} KB records, {ROUNDS} rounds of "
+                f"{n // ROUNDS}, sample batch {batch}"
+            )
+            for label, res in (
+                ("raw SET/MGET", raw),
+                ("replay (codec)", ours),
+                ("replay (bytes)", store),
+            ):
+                print(
+                    f"  {label:15s} insert {res['insert']['per_s']:8.0f}/s "
+                    f"{res['insert']['mb_s']:7.1f} MB/s | sample {res['sample']['per_s']:8.0f}/s "
+                    f"{res['sample']['mb_s']:7.1f} MB/s"
+                )
             result[f"record_kb_{name}"] = round(len(payload) / 1e3, 1)
             result[f"ratio_mb_s_{name}"] = round(_ratio(ours, raw), 3)
             result[f"ratio_mb_s_{name}_store_only"] = round(_ratio(store, raw), 3)
@@ -144,9 +186,12 @@ def main() -> None:
                 result[f"{side_}s_per_s_{name}_store_only"] = round(store[side_]["per_s"], 1)
                 result[f"raw_{side_}s_per_s_{name}"] = round(raw[side_]["per_s"], 1)
     result = {k: result[k] for k in sorted(result)}
-    result = {"ratio_mb_s_large": result.pop("ratio_mb_s_large"),
-              "inserts_per_s_small": result.pop("inserts_per_s_small"),
-              "samples_per_s_small": result.pop("samples_per_s_small"), **result}
+    result = {
+        "ratio_mb_s_large": result.pop("ratio_mb_s_large"),
+        "inserts_per_s_small": result.pop("inserts_per_s_small"),
+        "samples_per_s_small": result.pop("samples_per_s_small"),
+        **result,
+    }
     print(json.dumps(result))
 
 

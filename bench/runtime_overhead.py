@@ -21,42 +21,20 @@ import tempfile
 import time
 from pathlib import Path
 
-import open_clip
 import ray
 import torch
 
 from critic_unlearn.config import RunConfig, load_config
-from critic_unlearn.diffusion.tiny import build_tiny_model
+from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
 from critic_unlearn.replay import RedisServer, ReplayWriter
-from critic_unlearn.rewards.openclip_loading import LoadedClip, save_open_clip
+from critic_unlearn.rewards.openclip_loading import save_open_clip
 from critic_unlearn.runtime.actor_worker import ActorWorker
 from critic_unlearn.training.setup import build_actor
 
 
 def tiny_clip_dir(root: Path) -> Path:
     """A random tiny CLIP (32x32 ViT, width 32) saved where `reward.clip_model` can load it."""
-    torch.manual_seed(0)
-    pre = {"mean": [0.48, 0.46, 0.41], "std": [0.27, 0.26, 0.28], "interpolation": "bicubic"}
-    cfg = {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 32,
-            "layers": 1,
-            "width": 32,
-            "head_width": 16,
-            "patch_size": 8,
-        },
-        "text_cfg": {
-            "context_length": 77,
-            "vocab_size": 49408,
-            "width": 32,
-            "heads": 2,
-            "layers": 1,
-        },
-    }
-    model = open_clip.model.CLIP(**cfg)
-    clip = LoadedClip(model, None, {**pre, "size": 32}, "tiny", cfg)
-    return save_open_clip(clip, root / "tiny-clip")
+    return save_open_clip(tiny_clip(0), root / "tiny-clip")
 
 
 def bench_config(root: Path, redis_url: str, batch: int, steps: int) -> RunConfig:

@@ -26,10 +26,10 @@ from critic_unlearn.types import SamplerSettings
 
 def sd15_shaped_model(out: str) -> str:
     """SD-1.5 architecture with random weights (nothing downloaded), saved in diffusers layout."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from critic_unlearn.diffusion.tiny import clip_tokenizer
+    from critic_unlearn.diffusion.tiny import clip_tokenizer, sd_ddim_scheduler
 
     pipe = StableDiffusionPipeline(
         unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),
@@ -51,14 +51,7 @@ def sd15_shaped_model(out: str) -> str:
             )
         ),
         tokenizer=clip_tokenizer(),
-        scheduler=DDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            clip_sample=False,
-            set_alpha_to_one=False,
-            steps_offset=1,
-        ),
+        scheduler=sd_ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -33,6 +33,45 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     )
 
 
+def sd_ddim_scheduler() -> DDIMScheduler:
+    """DDIM with Stable Diffusion 1.x's noise schedule (steps_offset 1, as diffusers expects)."""
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+# A 32x32 ViT CLIP of width 32: the smallest open_clip model the reward and critic code accept.
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+CLIP_PREPROCESS = {
+    "mean": [0.48, 0.46, 0.41],
+    "std": [0.27, 0.26, 0.28],
+    "interpolation": "bicubic",
+}
+
+
+def tiny_clip(seed: int = 0, model_cfg: dict | None = None, size: int = 32):
+    """A randomly initialised open_clip CLIP as a `LoadedClip` (tiny unless `model_cfg` given)."""
+    import open_clip
+
+    from critic_unlearn.rewards.openclip_loading import LoadedClip
+
+    torch.manual_seed(seed)
+    cfg = model_cfg or TINY_CLIP_CFG
+    model = open_clip.model.CLIP(**cfg)
+    return LoadedClip(
+        model, open_clip.get_tokenizer("ViT-B-32"), {**CLIP_PREPROCESS, "size": size}, "random", cfg
+    )
+
+
 def tiny_components(seed: int = 0, sample_size: int = 8) -> dict:
     """A UNet with a few channels, a 2-layer CLIP text encoder, a tiny VAE (4x downsampling)."""
     torch.manual_seed(seed)
@@ -71,14 +110,7 @@ def tiny_components(seed: int = 0, sample_size: int = 8) -> dict:
             pad_token_id=49407,
         )
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = sd_ddim_scheduler()
     return {
         "unet": unet.eval(),
         "vae": vae.eval(),
