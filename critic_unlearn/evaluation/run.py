@@ -11,10 +11,11 @@ from torch import Tensor
 
 from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
-from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
 from critic_unlearn.evaluation.clip_score import clip_scores
 from critic_unlearn.evaluation.generation import (
+    EvalItem,
     base_fingerprint,
     cached_base,
     eval_items,
@@ -44,6 +45,30 @@ def eval_prompts(cfg: RunConfig) -> tuple[PromptSet, list[str]]:
     p = cfg.reward.prompts
     templates = list(cfg.eval.templates) or list(p.templates)
     return load_prompts(p.model_copy(update={"templates": templates})), templates
+
+
+def load_eval_judge(cfg: RunConfig, device: torch.device) -> tuple[Judge | None, dict[str, str]]:
+    """The judge named by eval.judge (None: no UA/IRA) and the concept's attributes."""
+    if cfg.eval.judge is None:
+        return None, {}
+    path = judge_dir() if cfg.eval.judge == TOYWORLD else Path(cfg.eval.judge)
+    return load_judge(path, device), concept_attributes(cfg.reward.prompts.concept)
+
+
+def load_eval_model(cfg: RunConfig, device: torch.device) -> SDComponents:
+    m = cfg.model
+    return load_components(resolve_pretrained(m.pretrained), revision=m.revision, dtype=m.dtype,
+                           device=device, local_files_only=m.local_files_only)
+
+
+def base_images(comps: SDComponents, items: list[EvalItem], cfg: RunConfig, cache: Path) -> Tensor:
+    """The base model's images for `items`, from the cache file when it matches."""
+    key = base_fingerprint(comps, items, cfg)
+    base = cached_base(cache, key)
+    if base is None:
+        base = generate(comps, items, cfg)
+        save_base(cache, key, base)
+    return base
 
 
 def _mean(x: Tensor) -> float | None:
@@ -105,24 +130,13 @@ def evaluate_run(
     device = resolve_device(cfg.runtime.device)
     state = adapter_state if adapter_state is not None else find_adapter(run_dir)
     prompts, templates = eval_prompts(cfg)
-    judge = concept = None
-    if cfg.eval.judge is not None:
-        concept = concept_attributes(cfg.reward.prompts.concept)
-        path = judge_dir() if cfg.eval.judge == TOYWORLD else Path(cfg.eval.judge)
-        judge = load_judge(path, device)
+    judge, concept = load_eval_judge(cfg, device)
     clip = load_open_clip(cfg.eval.clip_model or cfg.reward.clip_model,
                           cfg.eval.clip_pretrained if cfg.eval.clip_model
                           else cfg.reward.clip_pretrained, device=device)
-    m = cfg.model
-    comps = load_components(resolve_pretrained(m.pretrained), revision=m.revision, dtype=m.dtype,
-                            device=device, local_files_only=m.local_files_only)
-
+    comps = load_eval_model(cfg, device)
     items = eval_items(list(prompts.all), cfg.eval.images_per_prompt, cfg.eval.seeds_offset)
-    key = base_fingerprint(comps, items, cfg)
-    base = cached_base(out / BASE_CACHE, key)
-    if base is None:
-        base = generate(comps, items, cfg)
-        save_base(out / BASE_CACHE, key, base)
+    base = base_images(comps, items, cfg, out / BASE_CACHE)
     attach_lora(comps.unet, cfg.lora)
     set_adapter_state(comps.unet, {k: v.to(device) for k, v in state.items()})
     after = generate(comps, items, cfg)

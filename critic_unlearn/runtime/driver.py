@@ -31,6 +31,7 @@ from critic_unlearn.runtime.supervisor import ActorPool, resolve_num_actors, sum
 from critic_unlearn.training.local import CHECKPOINT, export_adapter, replay_server
 from critic_unlearn.training.metrics import MetricsLogger
 from critic_unlearn.training.setup import TrainResult, prepare_run_dir
+from critic_unlearn.training.snapshots import save_snapshot
 from critic_unlearn.types import WeightsPacket
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,9 @@ class Driver:
         if 0 in states:  # the local trainer's key (a copy: a checkpoint stores no alias)
             state["actor"] = {"next_seed": states[0]["next_seed"], "rng": states[0]["rng"].clone()}
         save_checkpoint(self.ckpt, state)
+        lp = part["learner"]
+        meta = {"version": lp["version"], "lora_config_hash": lp["lora_config_hash"]}
+        save_snapshot(self.run_dir, steps, self.trajectories, lp["adapter"], meta)
         self.checkpointed_at = steps
         self._write_status()
 

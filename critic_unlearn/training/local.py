@@ -29,6 +29,7 @@ from critic_unlearn.training.setup import (
     build_learner,
     prepare_run_dir,
 )
+from critic_unlearn.training.snapshots import save_snapshot
 from critic_unlearn.types import Batch
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,8 @@ def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
         sampler.clear()
 
     def checkpoint() -> None:
+        packet = learner.weights()
+        save_snapshot(run_dir, learner.steps, trajectories, packet.state_dict, packet.manifest)
         save_checkpoint(
             ckpt,
             {

@@ -50,3 +50,27 @@ def plot_run(run_dir: Path) -> list[Path]:
             written.append(path)
         plt.close(fig)
     return written
+
+
+def plot_curve(run_dir: Path, curve: dict) -> Path:
+    """plots/ua_curve.png: the judge's UA and IRA at each snapshot, base model's as dashed lines."""
+    pts = curve["points"]
+    x = [p["trajectories"] for p in pts]
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for key, label, colour in (("ua", "UA (forget prompts)", "C3"), ("ira", "IRA (retain)", "C0")):
+        ys = [p[key] for p in pts]
+        if all(y is not None for y in ys):
+            ax.plot(x, ys, marker="o", ms=3, label=label, color=colour)
+        if curve["base"].get(key) is not None:
+            ax.axhline(curve["base"][key], ls="--", lw=1, color=colour, label=f"base {key.upper()}")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("trajectories sampled")
+    ax.set_title("judged on held-out seeds and templates", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(run_dir) / "plots" / "ua_curve.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -126,3 +126,34 @@ def test_eval_command_reads_the_run_config_and_prints_json(world, tmp_path: Path
     line = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(line) >= {"ua", "ira", "base_ua", "base_ira"}
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["images"] == 2 * 3 * 2
+
+
+def test_curve_judges_every_snapshot_like_evaluate_run(world, tmp_path: Path) -> None:
+    from critic_unlearn.evaluation.curve import evaluate_curve, trajectories_to
+    from critic_unlearn.training.plots import plot_curve
+    from critic_unlearn.training.snapshots import list_snapshots, save_snapshot
+
+    cfg = _cfg()
+    moved = _adapter(cfg)
+    zero = {k: torch.zeros_like(v) for k, v in moved.items()}  # LoRA B = A = 0: the base model
+    save_snapshot(tmp_path, 20, 640, moved, {"version": 20})
+    save_snapshot(tmp_path, 10, 320, zero, {"version": 10})
+    assert [(s.step, s.trajectories) for s in list_snapshots(tmp_path)] == [(10, 320), (20, 640)]
+    curve = evaluate_curve(tmp_path, cfg, images_per_prompt=3)
+    first, second = curve["points"]
+    assert (first["step"], second["step"]) == (10, 20)
+    assert (first["ua"], first["ira"]) == (curve["base"]["ua"], curve["base"]["ira"])
+    full = evaluate_run(tmp_path, cfg, moved, grids=False)
+    assert (second["ua"], second["ira"]) == (full["ua"], full["ira"])  # same seeds and images
+    assert curve["base"]["ua"] == full["base_ua"]
+    assert json.loads((tmp_path / "eval" / "curve.json").read_text()) == curve
+    assert trajectories_to(curve, 1.1) is None
+    assert trajectories_to(curve, -1.0) == 320
+    assert plot_curve(tmp_path, curve).is_file()
+
+
+def test_curve_without_snapshots_is_explained(world, tmp_path: Path) -> None:
+    from critic_unlearn.evaluation.curve import evaluate_curve
+
+    with pytest.raises(FileNotFoundError, match="no adapter snapshots"):
+        evaluate_curve(tmp_path, _cfg())

@@ -12,6 +12,7 @@ from critic_unlearn.config import load_config
 from critic_unlearn.training.local import CHECKPOINT, train_local
 from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.plots import plot_run
+from critic_unlearn.training.snapshots import list_snapshots
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 
@@ -67,6 +68,10 @@ def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_d
     assert (r.run_dir / "config.yaml").exists() and (r.run_dir / CHECKPOINT).exists()
     state, manifest = decode_state_dict((r.run_dir / "adapter/adapter.safetensors").read_bytes())
     assert manifest["version"] == "2" and any(v.abs().sum() > 0 for v in state.values())
+    snaps = list_snapshots(r.run_dir)  # checkpoint_every=2, and the final checkpoint
+    assert [s.step for s in snaps] == [2, 3]
+    assert snaps[-1].trajectories == r.trajectories
+    assert all(torch.equal(snaps[-1].load()[k], v) for k, v in state.items())
 
     plots = plot_run(r.run_dir)
     assert {p.name for p in plots} >= {"reward.png", "critic.png"}

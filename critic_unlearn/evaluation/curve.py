@@ -1,0 +1,89 @@
+"""UA and IRA along a run: the judge scores every adapter snapshot (`training/snapshots.py`).
+
+This is the honest learning curve (the reward CLIP's UA proxy can be fooled; the judge is the
+independent model) and what sample-efficiency comparisons read: trajectories sampled until UA
+first reaches a target. Same held-out seeds and templates as `evaluate_run`, fewer images per
+prompt by default, and the base model is generated once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from critic_unlearn.config import RunConfig
+from critic_unlearn.device import resolve_device
+from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
+from critic_unlearn.evaluation.generation import eval_items, generate
+from critic_unlearn.evaluation.run import (
+    BASE_CACHE,
+    base_images,
+    eval_prompts,
+    load_eval_judge,
+    load_eval_model,
+    score,
+)
+from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.training.snapshots import list_snapshots
+
+CURVE = "curve.json"
+
+
+def _judged(images, items, judge, concept) -> dict[str, Any]:
+    texts = [it.prompt.text for it in items]
+    roles = [it.prompt.role for it in items]
+    s = score(images, texts, roles, judge, concept, torch.zeros(len(items)))
+    return {k: s[k] for k in ("ua", "ira", "forget_attribute_accuracy")}
+
+
+def evaluate_curve(
+    run_dir: str | Path,
+    cfg: RunConfig,
+    images_per_prompt: int = 8,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Judge every snapshot of the run; writes and returns {base: {...}, points: [...]} where each
+    point has step, trajectories, ua, ira and the forget prompts' kept-attribute accuracy."""
+    if cfg.eval.judge is None:
+        raise ValueError("eval.judge is None: a UA curve needs a judge (e.g. eval.judge=toyworld)")
+    t0 = time.perf_counter()
+    run_dir = Path(run_dir)
+    snaps = list_snapshots(run_dir)
+    if not snaps:
+        raise FileNotFoundError(
+            f"run folder {str(run_dir)!r} has no adapter snapshots (adapter/snapshots/); they are "
+            "written at every checkpoint (learner.checkpoint_every) by this version's trainers"
+        )
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval"
+    device = resolve_device(cfg.runtime.device)
+    judge, concept = load_eval_judge(cfg, device)
+    comps = load_eval_model(cfg, device)
+    prompts, _ = eval_prompts(cfg)
+    items = eval_items(list(prompts.all), images_per_prompt, cfg.eval.seeds_offset)
+    base = base_images(comps, items, cfg, out / f"curve_{BASE_CACHE}")
+    attach_lora(comps.unet, cfg.lora)
+    points = []
+    for snap in snaps:
+        set_adapter_state(comps.unet, {k: v.to(device) for k, v in snap.load().items()})
+        judged = _judged(generate(comps, items, cfg), items, judge, concept)
+        points.append({"step": snap.step, "trajectories": snap.trajectories, **judged})
+    result = {
+        "base": _judged(base, items, judge, concept),
+        "points": points,
+        "images_per_prompt": images_per_prompt,
+        "wall_s": round(time.perf_counter() - t0, 2),
+    }
+    atomic_write_text(out / CURVE, json.dumps(result, indent=1))
+    return result
+
+
+def trajectories_to(curve: dict[str, Any], ua: float) -> int | None:
+    """Trajectories sampled when UA first reached `ua` (None: never in this run)."""
+    for p in curve["points"]:
+        if p["ua"] is not None and p["ua"] >= ua:
+            return p["trajectories"]
+    return None
