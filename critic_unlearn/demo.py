@@ -66,16 +66,26 @@ def run_demo(
         f"[bold]demo:[/] forget {cfg.reward.prompts.concept!r} in the toy world "
         f"({world}), runtime {cfg.runtime.kind}, {cfg.learner.max_steps} learner steps"
     )
-    t0 = time.perf_counter()
-    result = train(cfg, console)
-    wall = time.perf_counter() - t0
+    from critic_unlearn.training.memory import PeakRss
+
+    with PeakRss() as memory:
+        t0 = time.perf_counter()
+        result = train(cfg, console)
+        wall = time.perf_counter() - t0
+    from critic_unlearn.evaluation.curve import evaluate_curve
     from critic_unlearn.evaluation.run import evaluate_run
-    from critic_unlearn.training.plots import plot_run
+    from critic_unlearn.training.plots import plot_curve, plot_run
 
     plot_run(result.run_dir)
     console.print("[bold]evaluating[/] base and unlearned model with the independent judge ...")
+    curve = evaluate_curve(result.run_dir, cfg)
+    plot_curve(result.run_dir, curve)
     ev = evaluate_run(result.run_dir, cfg)
     console.print((Path(ev["out_dir"]) / "eval.md").read_text(), highlight=False, markup=False)
+    console.print(
+        f"peak memory of the training run (driver, Ray, actors, learner, Redis; RSS summed): "
+        f"{memory.peak_gb:.2f} GB"
+    )
     summary = {
         "ua": ev["ua"],
         "ira": ev["ira"],
@@ -85,5 +95,11 @@ def run_demo(
         "trajectories": result.trajectories,
         "run_dir": str(result.run_dir),
     }
-    (Path(result.run_dir) / "demo.json").write_text(json.dumps(summary, indent=2))
+    extra = {
+        "peak_rss_gb": round(memory.peak_gb, 3),
+        "forget_attribute_accuracy": ev["forget_attribute_accuracy"],
+        "base_forget_attribute_accuracy": ev["base_forget_attribute_accuracy"],
+        "ua_curve": [(p["trajectories"], p["ua"]) for p in curve["points"]],
+    }
+    (Path(result.run_dir) / "demo.json").write_text(json.dumps({**summary, **extra}, indent=2))
     return summary
