@@ -52,6 +52,7 @@ class BatchReport:
     reward_sum: float  # over the written ones
     forget: int  # forget-role trajectories written
     forget_positive: int  # ... with positive reward (the UA proxy's numerator)
+    forget_reward_sum: float  # their rewards' sum (the forget reward curve)
     sample_s: float  # sampling + scoring
     write_s: float  # replay writes, including rate-limiter waits
     blocked: bool  # the rate limiter gave no room (nothing sampled) or held a write too long
@@ -259,6 +260,7 @@ class ActorWorker:
             reward_sum=float(sum(t.reward for t in written)),
             forget=len(forget),
             forget_positive=round(ua_proxy(forget) * len(forget)) if forget else 0,
+            forget_reward_sum=float(sum(t.reward for t in forget)),
             sample_s=t1 - t0,
             write_s=t2 - t1,
             blocked=blocked,

@@ -97,6 +97,10 @@ class RunStats:
         n = sum(r.written for r in self.recent)
         return sum(r.reward_sum for r in self.recent) / n if n else math.nan
 
+    def forget_reward_mean(self) -> float:
+        n = sum(r.forget for r in self.recent)
+        return sum(r.forget_reward_sum for r in self.recent) / n if n else math.nan
+
     def ua_proxy(self) -> float:
         n = sum(r.forget for r in self.recent)
         return sum(r.forget_positive for r in self.recent) / n if n else math.nan
@@ -109,6 +113,7 @@ class RunStats:
         out = {
             "actor/trajectories": float(self.trajectories),
             "actor/reward_mean": self.reward_mean(),
+            "actor/forget_reward_mean": self.forget_reward_mean(),
             "actor/ua_proxy": self.ua_proxy(),
             "actor/trajectories_per_s": self.traj_rate.per_s(),
             "actor/restarts": float(sum(a.restarts for a in self.actors.values())),

@@ -36,6 +36,12 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/latest.safetensors"
 
 
+def forget_reward_mean(trajs) -> float:
+    """Mean raw reward of the forget-role trajectories: the curve unlearning should raise."""
+    forget = [t.reward for t in trajs if t.role == "forget"]
+    return sum(forget) / len(forget) if forget else float("nan")
+
+
 def ua_proxy(trajs) -> float:
     """Share of forget trajectories with positive reward: for clip_concept with alpha = 1 that is
     'the reward CLIP finds the anchor closer than the concept'. A proxy, not the judge's UA."""
@@ -114,7 +120,7 @@ def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
     lc = cfg.learner
     t0 = time.perf_counter()
     last: dict[str, float] = {}
-    recent_reward, recent_ua = float("nan"), float("nan")
+    recent_reward, recent_ua, recent_forget = float("nan"), float("nan"), float("nan")
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -150,6 +156,7 @@ def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
                 trajectories += len(trajs)
                 recent_reward = sum(t.reward for t in trajs) / len(trajs)
                 recent_ua = ua_proxy(trajs)
+                recent_forget = forget_reward_mean(trajs)
                 progress.update(
                     task,
                     traj=trajectories,
@@ -165,6 +172,7 @@ def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
                     "actor/trajectories": float(trajectories),
                     "actor/reward_mean": recent_reward,
                     "actor/ua_proxy": recent_ua,
+                    "actor/forget_reward_mean": recent_forget,
                     "actor/trajectories_per_s": trajectories / max(time.perf_counter() - t0, 1e-9),
                     "replay/size": float(sampler.size()),
                 }

@@ -12,7 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from critic_unlearn.training.metrics import read_metrics  # noqa: E402
 
 CURVES = {
-    "reward.png": [("actor/reward_mean", "mean reward of the latest actor batch")],
+    "reward.png": [
+        ("actor/reward_mean", "mean reward of the latest actor batch"),
+        ("actor/forget_reward_mean", "... of its forget prompts"),
+    ],
     "ua_proxy.png": [
         ("actor/ua_proxy", "UA proxy (forget images the reward CLIP no longer matches)")
     ],

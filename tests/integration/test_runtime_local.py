@@ -27,6 +27,7 @@ from critic_unlearn.runtime.weights import RayPublisher, WeightStore, encode_pac
 from critic_unlearn.training.local import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.setup import build_actor
+from critic_unlearn.training.snapshots import list_snapshots
 from critic_unlearn.types import WeightsPacket
 from tests.unit._clip_fixtures import tiny_clip_folder
 
@@ -168,6 +169,10 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
         r.run_dir / "adapter/adapter.safetensors"
     ).exists()
     assert list((r.run_dir / "tb").iterdir())
+    # a snapshot per checkpoint, the last one at the final step (curves are judged from them)
+    snaps = list_snapshots(r.run_dir)
+    assert snaps and snaps[-1].step == 6 and snaps[-1].trajectories == r.trajectories
+    assert any(row["actor/forget_reward_mean"] == row["actor/forget_reward_mean"] for row in rows)
     # the durable copy in Redis is the final version, with its manifest
     store = WeightStore(cfg.replay, "rt")
     assert store.latest_version() == 5 and store.get().manifest["base_model"] == str(

@@ -64,6 +64,7 @@ def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_d
     rows = read_metrics(r.run_dir / "metrics.jsonl")
     assert [row["step"] for row in rows] == [1, 2, 3]
     assert all("critic/loss" in row and "replay/size" in row for row in rows)
+    assert all(row["actor/forget_reward_mean"] == row["actor/forget_reward_mean"] for row in rows)
     assert list((r.run_dir / "tb").iterdir())  # TensorBoard event file
     assert (r.run_dir / "config.yaml").exists() and (r.run_dir / CHECKPOINT).exists()
     state, manifest = decode_state_dict((r.run_dir / "adapter/adapter.safetensors").read_bytes())
