@@ -27,6 +27,7 @@ from critic_unlearn.toyworld.data import (
     COLOURS,
     HELDOUT_TEMPLATES,
     ShapeData,
+    concat,
     make_split,
 )
 from critic_unlearn.toyworld.diffusion_training import train_diffusion
@@ -119,22 +120,24 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
     heldout = make_split(cfg.n_heldout, cfg.seed * 1000 + 3, HELDOUT_TEMPLATES,
                          none_fraction=cfg.none_fraction)
     shaped = _with_shape(train)
+    full_hue = make_split(cfg.n_full_hue, cfg.seed * 1000 + 4, full_hue=True)
+    wide = concat(train, full_hue)  # the judge, CLIP and VAE must also know hues in between
     timer.lap("data")
 
-    save_judge(train_judge(train, cfg.judge), tmp / "judge", cfg.judge.widths)
+    save_judge(train_judge(wide, cfg.judge), tmp / "judge", cfg.judge.widths)
     judge = load_classifier(tmp / "judge")  # measure what was saved (fp16 weights)
     metrics["judge"] = judge_accuracy(judge, heldout)
     console.print(f"judge on held-out images: {metrics['judge']}", highlight=False)
     timer.lap("judge")
 
-    save_clip(train_clip(train, cfg.clip), cfg.clip, tmp / "reward_clip")
+    save_clip(train_clip(wide, cfg.clip), cfg.clip, tmp / "reward_clip")
     clip = load_open_clip(str(tmp / "reward_clip"))
     ctx = cfg.clip.model_cfg["text_cfg"]["context_length"]
     metrics["clip"] = zero_shot_accuracy(clip.model, heldout, ctx)
     console.print(f"reward CLIP zero-shot: pair {metrics['clip']['pair']:.3f}", highlight=False)
     timer.lap("reward_clip")
 
-    vae = train_vae(shaped, cfg.vae)
+    vae = train_vae(_with_shape(wide), cfg.vae)
     val_latents = encode(vae, val.images)
     recon = decode(vae, val_latents)
     mse = ((recon.float() - val.images.float()) / 127.5).pow(2).mean().item()
@@ -168,6 +171,9 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
     held, _ = generation_check(comps, judge, list(HELDOUT_TEMPLATES), cfg.heldout_template_per_pair,
                                cfg.gate_seed_offset + 1_000_000, cfg.sampler)
     metrics["generation_heldout_templates"] = held
+    fast, _ = generation_check(comps, judge, CANONICAL, cfg.gate_per_pair // 2,
+                               cfg.gate_seed_offset, cfg.fast_sampler)
+    metrics["generation_fast_sampler"] = fast
     cols = min(8, cfg.gate_per_pair)
     per = images.view(16, cfg.gate_per_pair, *images.shape[1:])[:, :cols]
     image_grid(per.reshape(-1, *images.shape[1:]), cols=cols, scale=2).save(tmp / "samples.png")

@@ -19,11 +19,12 @@ from critic_unlearn.toyworld.vae import VaeConfig
 @dataclass(frozen=True)
 class BuildConfig:
     name: str = "full"
-    seed: int = 0  # data splits use seed*1000 + 1 (train), + 2 (val), + 3 (held-out)
+    seed: int = 0  # data splits: seed*1000 + 1 (train), 2 (val), 3 (held-out), 4 (full hue)
     n_train: int = 40_000  # images (incl. none_fraction without a shape, for the judge only)
     n_val: int = 2_000
     n_heldout: int = 4_000  # rendered with the held-out templates; judge and CLIP gates
     none_fraction: float = 0.05
+    n_full_hue: int = 20_000  # extra images of any hue (nearest-colour labels): judge, CLIP, VAE
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     vae: VaeConfig = field(default_factory=VaeConfig)
@@ -33,6 +34,8 @@ class BuildConfig:
     gate_seed_offset: int = 10_000_000  # held-out seeds: never used by training or RL defaults
     heldout_template_per_pair: int = 24  # generations with held-out templates (reported)
     progress_per_pair: int = 8  # generations per pair in the periodic checks during training
+    # reported beside the gates: the few-step sampler the toy scenarios' RL settings use
+    fast_sampler: SamplerSpec = field(default_factory=lambda: SamplerSpec(num_steps=10))
 
     @staticmethod
     def full() -> BuildConfig:
@@ -46,6 +49,7 @@ class BuildConfig:
             n_train=256,
             n_val=32,
             n_heldout=64,
+            n_full_hue=64,
             judge=JudgeConfig(widths=(8, 16), steps=8, batch_size=32),
             clip=ClipConfig(
                 model_cfg={
@@ -64,6 +68,7 @@ class BuildConfig:
                 norm_num_groups=8, attention_head_dim=4, steps=8, warmup=2, eval_every=8,
             ),
             sampler=SamplerSpec(num_steps=2, batch_size=32),
+            fast_sampler=SamplerSpec(num_steps=1, batch_size=32),
             gate_per_pair=2,
             heldout_template_per_pair=1,
             progress_per_pair=1,

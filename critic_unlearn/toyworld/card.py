@@ -68,6 +68,12 @@ def _pair_table(per_pair: dict[str, dict[str, float]]) -> list[str]:
     return rows
 
 
+def _hue_ranges() -> str:
+    from critic_unlearn.toyworld.data import COLOURS, HUE_SPREAD, HUES
+
+    return ", ".join(f"{c} {HUES[c]:.0f}+-{HUE_SPREAD[c]:.0f} deg" for c in COLOURS)
+
+
 def _changes(files: list[str]) -> str:
     return f", with uncommitted changes in {', '.join(files)}" if files else ""
 
@@ -82,6 +88,11 @@ def render_markdown(card: dict[str, Any]) -> str:
         "coloured shape (red/green/blue/yellow x circle/square/triangle/cross) on a grey "
         "background, captioned from templates with synonyms. Three models, all trained by "
         "`critic-unlearn toyworld build`:",
+        "",
+        "Colours are HSV hue ranges (" + _hue_ranges() + "): the pipeline draws a range of "
+        "shades per colour, while the judge and the reward CLIP were also trained on every hue "
+        "in between (labelled with the nearest colour), so drifting away from a colour is "
+        "both rewarded smoothly and judged.",
         "",
         "- `pipeline/`: Stable Diffusion layout (CLIP tokenizer, tiny CLIP text encoder, UNet on "
         "8x8x4 latents, AutoencoderKL, DDIM); load with `StableDiffusionPipeline.from_pretrained`.",
@@ -111,6 +122,14 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"Colour right {_pct(m['generation_heldout_templates']['colour_overall'])}, colour + "
         f"shape right {_pct(m['generation_heldout_templates']['both_overall'])} (worst pair "
         f"{_pct(m['generation_heldout_templates']['both_min_pair'])}).",
+        "",
+        "## Few-step sampler (reported, not gated)",
+        "",
+        f"DDIM {card['config']['fast_sampler']['num_steps']} steps, CFG "
+        f"{card['config']['fast_sampler']['guidance_scale']} (the toy scenarios' RL setting): "
+        f"colour right {_pct(m['generation_fast_sampler']['colour_overall'])}, colour + shape "
+        f"right {_pct(m['generation_fast_sampler']['both_overall'])} (worst pair "
+        f"{_pct(m['generation_fast_sampler']['both_min_pair'])}).",
         "",
         "## Other measurements",
         "",

@@ -6,6 +6,11 @@ from a `torch.Generator` seeded per split, so a split is a pure function of (nam
 
 Captions come from templates and synonyms. Held-out templates never appear in training data; the
 evaluation renders prompts with them to check that forgetting is not tied to one phrasing.
+
+Colours are hues on a circle, not four fixed RGB values. World images take each colour's hue
++-HUE_SPREAD degrees, so the pipeline draws a range of reds (crimson to orange-red) and an
+unlearning policy has a direction to move in; "full-hue" images take any hue, labelled with the
+nearest colour, so the judge and the reward CLIP are defined (and smooth) between the colours too.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "cross")
 NONE = "none"  # the judge's extra class: a background without any shape
 
-# base RGB of each colour; each image jitters it by up to +-COLOUR_JITTER per channel
-RGB = {
-    "red": (215, 35, 35), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 205, 35)
-}
-COLOUR_JITTER = 20
+HUES = {"red": 0.0, "green": 128.0, "blue": 228.0, "yellow": 55.0}  # degrees, HSV hue
+# world images: hue within +-spread of their colour's; red and yellow meet at 27.5 degrees
+HUE_SPREAD = {"red": 12.0, "green": 16.0, "blue": 16.0, "yellow": 9.0}
+SATURATION = (0.75, 0.9)
+VALUE = (0.75, 0.95)
 BACKGROUND = (60, 190)  # grey level range of the background
 SIZE = (7.0, 10.0)  # shape "radius" in pixels (circle radius; others scaled to similar area)
 MAX_ROTATION = 20.0  # degrees either way (squares stay squares, not diamonds)
@@ -148,13 +153,39 @@ def _inside(shape: str, x: Tensor, y: Tensor, size: Tensor) -> Tensor:
 EXTENT = {"circle": 1.0, "square": 1.26, "triangle": 1.3, "cross": 1.17}  # max |p| / size
 
 
+def hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
+    """Hue in degrees, saturation and value in [0, 1] -> (B, 3) RGB in [0, 255]."""
+    k = torch.stack([(5 + h / 60) % 6, (3 + h / 60) % 6, (1 + h / 60) % 6], dim=-1)  # (B, 3)
+    f = v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+    return 255 * f
+
+
+def hue_distance(a: Tensor, b: Tensor) -> Tensor:
+    d = (a - b).abs() % 360
+    return torch.minimum(d, 360 - d)
+
+
+def nearest_colour(hue: Tensor) -> Tensor:
+    """(B,) hue in degrees -> (B,) index into COLOURS of the nearest colour's hue."""
+    centres = torch.tensor([HUES[c] for c in COLOURS])
+    return hue_distance(hue[:, None], centres[None, :]).argmin(dim=1)
+
+
+def sample_hues(colour: Tensor, full_hue: Tensor, generator: torch.Generator) -> Tensor:
+    """World hues (+-HUE_SPREAD around the colour's) or, where `full_hue`, any hue."""
+    centres = torch.tensor([HUES[c] for c in COLOURS] + [0.0])
+    spread = torch.tensor([HUE_SPREAD[c] for c in COLOURS] + [0.0])
+    u = torch.rand(colour.shape[0], generator=generator)
+    world = centres[colour] + spread[colour] * (2 * u - 1)
+    return torch.where(full_hue, 360 * u, world) % 360
+
+
 def render(
-    colour: Tensor, shape: Tensor, generator: torch.Generator, size: int = IMAGE_SIZE
+    hue: Tensor, shape: Tensor, generator: torch.Generator, size: int = IMAGE_SIZE
 ) -> Tensor:
-    """(B,) colour and shape indices -> (B, size, size, 3) uint8; shape index len(SHAPES) = none."""
-    b = colour.shape[0]
-    u = torch.rand(b, 7, generator=generator)  # size, cx, cy, angle, bg, 3 colour jitters below
-    jitter = torch.randint(-COLOUR_JITTER, COLOUR_JITTER + 1, (b, 3), generator=generator)
+    """(B,) hues (degrees), shape indices -> (B, size, size, 3) uint8; shape len(SHAPES) = none."""
+    b = hue.shape[0]
+    u = torch.rand(b, 7, generator=generator)  # size, cx, cy, angle, bg, saturation, value
     radius = SIZE[0] + (SIZE[1] - SIZE[0]) * u[:, 0]
     angle = math.radians(MAX_ROTATION) * (2 * u[:, 3] - 1)
     bg = BACKGROUND[0] + (BACKGROUND[1] - BACKGROUND[0]) * u[:, 4]
@@ -178,8 +209,9 @@ def render(
         coverage[idx] = _inside(name, x, y, r).float()
     cover = coverage.view(b, 1, n, n)
     cover = torch.nn.functional.avg_pool2d(cover, SUPERSAMPLE).view(b, size, size, 1)
-    base = torch.tensor([RGB[c] for c in COLOURS] + [(0, 0, 0)], dtype=torch.float32)
-    fg = (base[colour] + jitter).clamp(0, 255).view(b, 1, 1, 3)
+    sat = SATURATION[0] + (SATURATION[1] - SATURATION[0]) * u[:, 5]
+    val = VALUE[0] + (VALUE[1] - VALUE[0]) * u[:, 6]
+    fg = hsv_to_rgb(hue, sat, val).view(b, 1, 1, 3)
     img = bg.view(b, 1, 1, 1) * (1 - cover) + fg * cover
     return img.round().clamp(0, 255).to(torch.uint8)
 
@@ -189,12 +221,14 @@ def make_split(
     seed: int,
     templates: tuple[str, ...] = TRAIN_TEMPLATES,
     none_fraction: float = 0.0,
+    full_hue: bool = False,
     chunk: int = 2048,
 ) -> ShapeData:
     """`n` images, the 16 (colour, shape) pairs equally often, captions from `templates`.
 
     `none_fraction` of the images show only background (labels none/none, caption ""): the
-    judge learns to say "no shape" instead of guessing among the four.
+    judge learns to say "no shape" instead of guessing among the four. With `full_hue`, hues
+    cover the whole circle and the colour label (and caption) is the nearest colour.
     """
     g = torch.Generator().manual_seed(seed)
     n_none = int(round(n * none_fraction))
@@ -203,8 +237,11 @@ def make_split(
     shape = torch.cat([pairs % len(SHAPES), torch.full((n_none,), len(SHAPES))])
     perm = torch.randperm(n, generator=g)
     colour, shape = colour[perm], shape[perm]
+    hue = sample_hues(colour, torch.full((n,), full_hue), g)
+    if full_hue:
+        colour = torch.where(colour < len(COLOURS), nearest_colour(hue), colour)
     images = torch.cat(
-        [render(colour[i : i + chunk], shape[i : i + chunk], g) for i in range(0, n, chunk)]
+        [render(hue[i : i + chunk], shape[i : i + chunk], g) for i in range(0, n, chunk)]
     )
     t_idx = torch.randint(0, len(templates), (n,), generator=g).tolist()
     pick = torch.rand(n, 2, generator=g).tolist()
@@ -221,6 +258,15 @@ def make_split(
         sword = sw[0] if pick[i][1] < 0.5 else sw[int(pick[i][1] * 2 * len(sw)) % len(sw)]
         captions.append(caption(templates[t_idx[i]], cword, sword))
     return ShapeData(images, colour, shape, captions)
+
+
+def concat(*parts: ShapeData) -> ShapeData:
+    return ShapeData(
+        torch.cat([p.images for p in parts]),
+        torch.cat([p.colour for p in parts]),
+        torch.cat([p.shape for p in parts]),
+        [c for p in parts for c in p.captions],
+    )
 
 
 def pair_names() -> list[tuple[str, str]]:

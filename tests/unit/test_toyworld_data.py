@@ -10,13 +10,17 @@ from critic_unlearn.toyworld.data import (
     COLOUR_SYNONYMS,
     COLOURS,
     HELDOUT_TEMPLATES,
+    HUES,
     SHAPE_SYNONYMS,
     SHAPES,
     TRAIN_TEMPLATES,
     caption,
+    hsv_to_rgb,
     make_split,
+    nearest_colour,
     parse_prompt,
     phrase_templates,
+    sample_hues,
 )
 
 
@@ -80,3 +84,24 @@ def test_parse_prompt_handles_synonyms_partial_prompts_and_ambiguity() -> None:
         parse_prompt("a red and blue circle")
     assert caption("a {c} {s}", "azure", "disc") == "an azure disc"
     assert phrase_templates(("a {c} {s} on grey", "the {s} is {c}")) == ["a {} on grey"]
+
+
+def test_world_hues_stay_on_their_colours_side_and_full_hues_cover_the_circle() -> None:
+    g = torch.Generator().manual_seed(0)
+    colour = torch.arange(4000) % len(COLOURS)
+    world = sample_hues(colour, torch.zeros(4000, dtype=torch.bool), g)
+    assert torch.equal(nearest_colour(world), colour)  # never across a colour boundary
+    full = sample_hues(colour, torch.ones(4000, dtype=torch.bool), g)
+    assert torch.histc(full, bins=12, min=0, max=360).min() > 200  # roughly uniform
+    d = make_split(200, seed=5, full_hue=True)
+    assert set(d.colour.tolist()) == set(range(len(COLOURS)))
+    for text, c in zip(d.captions, d.colour, strict=True):
+        assert parse_prompt(text)[0] == COLOURS[c]
+
+
+def test_hsv_to_rgb_puts_each_colour_on_its_channel() -> None:
+    hues = torch.tensor([HUES[c] for c in COLOURS])
+    rgb = hsv_to_rgb(hues, torch.full((4,), 0.85), torch.full((4,), 0.9))
+    red, green, blue, yellow = rgb
+    assert red.argmax() == 0 and green.argmax() == 1 and blue.argmax() == 2
+    assert yellow[0] > 150 and yellow[1] > 150 and yellow[2] < 60
