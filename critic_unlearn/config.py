@@ -171,6 +171,9 @@ class ReplayConfig(Section):
     """The Redis replay buffer (see critic_unlearn/replay/keys.py for the key layout)."""
 
     url: str = "redis://127.0.0.1:6379/0"  # redis://, rediss:// (TLS) or unix://; user:password@
+    # name of an environment variable holding the password, read where each connection is made
+    # (driver, actors, learner): the password then stays out of config.yaml and the job command
+    password_env: str | None = None
     namespace: str | None = None  # key prefix; None = the run name; A-Z a-z 0-9 _ . -
     capacity: PositiveInt = 1024  # trajectories kept in all (ring of slots, split over shards)
     shards: list[str] = []  # extra Redis URLs; shard = actor id mod (1 + len(shards))

@@ -10,7 +10,9 @@ write because Redis is full raises `ReplayFullError`.
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -51,16 +53,40 @@ def redact(url: str) -> str:
         return "<unparsable URL>"
 
 
-class Connection:
-    """One Redis server: a redis-py client plus the retry policy around every call."""
+def env_password(name: str | None) -> str | None:
+    """The password in environment variable `name` (replay.password_env); None when unset."""
+    if name is None:
+        return None
+    value = os.environ.get(name)
+    if not value:
+        raise ValueError(
+            f"replay.password_env = {name!r} names an environment variable that is empty or not "
+            f"set on {socket.gethostname()}; set it on every node (e.g. from a Kubernetes "
+            "Secret), or put the password in replay.url"
+        )
+    return value
 
-    def __init__(self, url: str, *, socket_timeout_s: float, retry_deadline_s: float) -> None:
+
+class Connection:
+    """One Redis server: a redis-py client plus the retry policy around every call.
+
+    `password` is used when the URL carries none (the URL's own wins, as in redis-py)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout_s: float,
+        retry_deadline_s: float,
+        password: str | None = None,
+    ) -> None:
         self.url = url
         self.safe_url = redact(url)
         self.retry_deadline_s = retry_deadline_s
         try:
             self.redis = redis.Redis.from_url(
                 url,
+                password=password,
                 socket_timeout=socket_timeout_s,
                 socket_connect_timeout=min(socket_timeout_s, retry_deadline_s),
                 retry=Retry(NoBackoff(), 0),

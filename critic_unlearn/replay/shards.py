@@ -7,7 +7,7 @@ the primary: it holds the rate-limiter counters for all shards.
 from __future__ import annotations
 
 from critic_unlearn.config import ReplayConfig
-from critic_unlearn.replay.client import Connection
+from critic_unlearn.replay.client import Connection, env_password
 from critic_unlearn.replay.keys import Keys, check_namespace
 from critic_unlearn.replay.rate_limiter import LimiterParams, RateLimiter
 from critic_unlearn.replay.store import Shard
@@ -21,11 +21,15 @@ def open_shards(cfg: ReplayConfig, namespace: str | None = None) -> list[Shard]:
             f"replay.capacity = {cfg.capacity} is smaller than the {len(urls)} shards; "
             "give every shard at least one slot"
         )
+    password = env_password(cfg.password_env)
     shards: list[Shard] = []
     try:
         for i, url in enumerate(urls):
             conn = Connection(
-                url, socket_timeout_s=cfg.socket_timeout_s, retry_deadline_s=cfg.retry_deadline_s
+                url,
+                socket_timeout_s=cfg.socket_timeout_s,
+                retry_deadline_s=cfg.retry_deadline_s,
+                password=password,
             )
             shards.append(Shard(conn, Keys(ns, i), cfg.capacity // len(urls)))
     except BaseException:

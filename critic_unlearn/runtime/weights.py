@@ -23,7 +23,7 @@ import ray
 
 from critic_unlearn.codec import decode_state_dict, encode_state_dict
 from critic_unlearn.config import ReplayConfig
-from critic_unlearn.replay.client import Connection
+from critic_unlearn.replay.client import Connection, env_password
 from critic_unlearn.replay.keys import check_namespace
 from critic_unlearn.types import WeightsPacket
 
@@ -49,7 +49,10 @@ class WeightStore:
         self.blob_key = f"w:{{{ns}}}:blob"
         self.manifest_key = f"w:{{{ns}}}:manifest"
         self.conn = Connection(
-            cfg.url, socket_timeout_s=cfg.socket_timeout_s, retry_deadline_s=cfg.retry_deadline_s
+            cfg.url,
+            socket_timeout_s=cfg.socket_timeout_s,
+            retry_deadline_s=cfg.retry_deadline_s,
+            password=env_password(cfg.password_env),
         )
 
     def put(self, blob: bytes, packet: WeightsPacket) -> None:

@@ -105,17 +105,19 @@ def test_replay_redis_matches_the_entrypoint_and_keeps_secrets_out():
     deployment = docs["redis.yaml:Deployment/critic-unlearn-replay"]
     job = docs["rayjob.yaml:RayJob/critic-unlearn-toy"]["spec"]
     url = re.search(r"replay\.url=(\S+)", job["entrypoint"])[1]
-    assert url == (
-        f"redis://:${{REDIS_PASSWORD}}@{service['metadata']['name']}:"
-        f"{service['spec']['ports'][0]['port']}/0"
-    )
+    assert url == f"redis://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}/0"
+    # the password is read from the environment by every process that connects, never passed
+    assert re.search(r"replay\.password_env=(\S+)", job["entrypoint"])[1] == "REDIS_PASSWORD"
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= labels.items()
     redis = deployment["spec"]["template"]["spec"]["containers"][0]
     assert redis["args"][redis["args"].index("--maxmemory-policy") + 1] == "noeviction"
     head = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for c in (redis, head) for e in c["env"]}
-    assert refs["REDIS_PASSWORD"]["name"] == "critic-unlearn-redis"
+    (gpu,) = job["rayClusterSpec"]["workerGroupSpecs"]
+    worker = gpu["template"]["spec"]["containers"][0]
+    for c in (redis, head, worker):  # the actors on worker pods connect to the replay too
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in c["env"]}
+        assert refs["REDIS_PASSWORD"]["name"] == "critic-unlearn-redis", c["name"]
     for name, doc in docs.items():
         assert doc["kind"] != "Secret", f"{name}: secrets are created by the user, not committed"
         for literal in re.findall(r"name: (\w+)\n\s+value: ", yaml.safe_dump(doc)):

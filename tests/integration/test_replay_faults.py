@@ -126,3 +126,24 @@ def test_server_down_at_start_is_one_clear_error():
     msg = str(err.value)
     assert f"cannot reach Redis at redis://user:***@127.0.0.1:{port}/0" in msg
     assert "pw@" not in msg and "retry_deadline_s" in msg
+
+
+def test_password_from_an_environment_variable_stays_out_of_the_config(private_server,
+                                                                        monkeypatch):
+    from critic_unlearn.config import dump_config, load_config
+
+    server = private_server(extra_args=("--requirepass", "env-pw"))
+    cfg = _cfg(server.url, password_env="CU_TEST_REDIS_PASSWORD")
+    monkeypatch.delenv("CU_TEST_REDIS_PASSWORD", raising=False)
+    with pytest.raises(ValueError, match="replay.password_env = 'CU_TEST_REDIS_PASSWORD' names"):
+        ReplayWriter(cfg)
+    monkeypatch.setenv("CU_TEST_REDIS_PASSWORD", "wrong")
+    with pytest.raises(ReplayAuthError):
+        ReplayWriter(cfg)
+    monkeypatch.setenv("CU_TEST_REDIS_PASSWORD", "env-pw")
+    with ReplaySampler(cfg) as s:
+        assert s.size() == 0
+    run = load_config(
+        None, [f"replay.url={server.url}", "replay.password_env=CU_TEST_REDIS_PASSWORD"]
+    )
+    assert "env-pw" not in dump_config(run)
