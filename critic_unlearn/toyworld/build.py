@@ -160,7 +160,12 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
                                      cfg.progress_per_pair, cfg.gate_seed_offset, cfg.sampler)
         return {k: v for k, v in result.items() if isinstance(v, float)}
 
-    unet, text_encoder, curve = train_diffusion(latents, shaped.captions, cfg.diffusion, evaluate)
+    # the same images; their captions name a random colour `colour_caption_noise` of the time
+    noisy = _with_shape(make_split(cfg.n_train, cfg.seed * 1000 + 1,
+                                   none_fraction=cfg.none_fraction,
+                                   caption_noise=cfg.diffusion.colour_caption_noise))
+    assert torch.equal(noisy.images, shaped.images)
+    unet, text_encoder, curve = train_diffusion(latents, noisy.captions, cfg.diffusion, evaluate)
     timer.lap("text_encoder_unet")
 
     save_pipeline(tmp / "pipeline", unet, vae, text_encoder, cfg.diffusion)

@@ -222,6 +222,7 @@ def make_split(
     templates: tuple[str, ...] = TRAIN_TEMPLATES,
     none_fraction: float = 0.0,
     full_hue: bool = False,
+    caption_noise: float = 0.0,
     chunk: int = 2048,
 ) -> ShapeData:
     """`n` images, the 16 (colour, shape) pairs equally often, captions from `templates`.
@@ -229,6 +230,11 @@ def make_split(
     `none_fraction` of the images show only background (labels none/none, caption ""): the
     judge learns to say "no shape" instead of guessing among the four. With `full_hue`, hues
     cover the whole circle and the colour label (and caption) is the nearest colour.
+
+    `caption_noise`: that fraction of captions names a colour drawn uniformly from the four,
+    whatever the image shows (labels stay true). A text-to-image model trained on them draws
+    "a red S" in another colour now and then, as real models misdraw prompts: the exploration an
+    RL unlearner needs. Its draws use their own generator, so images and labels do not change.
     """
     g = torch.Generator().manual_seed(seed)
     n_none = int(round(n * none_fraction))
@@ -245,9 +251,15 @@ def make_split(
     )
     t_idx = torch.randint(0, len(templates), (n,), generator=g).tolist()
     pick = torch.rand(n, 2, generator=g).tolist()
+    word_colour = colour
+    if caption_noise > 0:
+        gn = torch.Generator().manual_seed(seed * 7919 + 17)
+        flip = torch.rand(n, generator=gn) < caption_noise
+        other = torch.randint(0, len(COLOURS), (n,), generator=gn)
+        word_colour = torch.where(flip & (colour < len(COLOURS)), other, colour)
     captions = []
     for i in range(n):
-        c, s = int(colour[i]), int(shape[i])
+        c, s = int(word_colour[i]), int(shape[i])
         if c == len(COLOURS):
             captions.append("")
             continue

@@ -42,6 +42,9 @@ class DiffusionConfig:
     lr_floor: float = 0.1  # cosine decays the lr to this fraction of its peak
     min_snr_gamma: float = 5.0  # min-SNR loss weighting (Hang et al. 2023)
     caption_dropout: float = 0.1  # empty caption this often, for classifier-free guidance
+    # captions naming a random colour this often (data.make_split): the model then misdraws
+    # colours at low guidance (CFG 1-1.5), which RL unlearning explores from; CFG 5 hides it
+    colour_caption_noise: float = 0.15
     ema_decay: float = 0.999
     eval_every: int = 1000  # steps between quick generation checks in the log (0 = never)
     seed: int = 404

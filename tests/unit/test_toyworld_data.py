@@ -105,3 +105,17 @@ def test_hsv_to_rgb_puts_each_colour_on_its_channel() -> None:
     red, green, blue, yellow = rgb
     assert red.argmax() == 0 and green.argmax() == 1 and blue.argmax() == 2
     assert yellow[0] > 150 and yellow[1] > 150 and yellow[2] < 60
+
+
+def test_caption_noise_changes_only_caption_colours_at_the_asked_rate() -> None:
+    clean = make_split(4000, seed=3, none_fraction=0.05)
+    noisy = make_split(4000, seed=3, none_fraction=0.05, caption_noise=0.2)
+    assert torch.equal(noisy.images, clean.images) and torch.equal(noisy.colour, clean.colour)
+    assert torch.equal(noisy.shape, clean.shape)
+    said = [parse_prompt(t)[0] if t else None for t in noisy.captions]
+    wrong = [s != COLOURS[c] for s, c in zip(said, clean.colour, strict=True) if s is not None]
+    # a random colour 20% of the time is the true one a quarter of those times: ~15% wrong
+    assert 0.12 < sum(wrong) / len(wrong) < 0.18
+    assert [parse_prompt(t)[1] if t else None for t in noisy.captions] == [
+        parse_prompt(t)[1] if t else None for t in clean.captions
+    ]
