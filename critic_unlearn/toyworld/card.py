@@ -78,6 +78,10 @@ def _changes(files: list[str]) -> str:
     return f", with uncommitted changes in {', '.join(files)}" if files else ""
 
 
+def _noise(card: dict[str, Any]) -> str:
+    return f"{card['config']['diffusion'].get('colour_caption_noise', 0.0):.0%}"
+
+
 def render_markdown(card: dict[str, Any]) -> str:
     m = card["metrics"]
     verdict = "all gates passed" if card["gates_passed"] else "**some gates FAILED**"
@@ -91,8 +95,12 @@ def render_markdown(card: dict[str, Any]) -> str:
         "",
         "Colours are HSV hue ranges (" + _hue_ranges() + "): the pipeline draws a range of "
         "shades per colour, while the judge and the reward CLIP were also trained on every hue "
-        "in between (labelled with the nearest colour), so drifting away from a colour is "
-        "both rewarded smoothly and judged.",
+        "in between (labelled with the nearest colour), so any drift is judged. The reward "
+        "CLIP still scores hue in steps (flat within a colour, rising over ~10 degrees at a "
+        "boundary), so shades alone give RL nothing to follow: the pipeline's training "
+        f"captions name a random colour {_noise(card)} of the time, and at low guidance "
+        "(CFG 1-1.5) it misdraws a colour now and then, as real models misdraw prompts. That "
+        "is what RL unlearning explores from; at CFG 5 (the gates below) it never misdraws.",
         "",
         "- `pipeline/`: Stable Diffusion layout (CLIP tokenizer, tiny CLIP text encoder, UNet on "
         "8x8x4 latents, AutoencoderKL, DDIM); load with `StableDiffusionPipeline.from_pretrained`.",
