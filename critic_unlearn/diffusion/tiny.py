@@ -33,16 +33,18 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     )
 
 
-def sd_ddim_scheduler() -> DDIMScheduler:
-    """DDIM with Stable Diffusion 1.x's noise schedule (steps_offset 1, as diffusers expects)."""
-    return DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+def sd_ddim_scheduler(**overrides) -> DDIMScheduler:
+    """DDIM with Stable Diffusion 1.x's noise schedule (steps_offset 1, as diffusers expects);
+    `overrides` replace any DDIMScheduler argument (e.g. set_alpha_to_one, prediction_type)."""
+    return DDIMScheduler(**{
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+        **overrides,
+    })
 
 
 # A 32x32 ViT CLIP of width 32: the smallest open_clip model the reward and critic code accept.

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from critic_unlearn.diffusion.loading import SDComponents, load_components
+from critic_unlearn.diffusion.tiny import sd_ddim_scheduler
 from critic_unlearn.io_utils import image_grid
 from critic_unlearn.rewards.classifier import load_classifier
 from critic_unlearn.rewards.openclip_loading import load_open_clip
@@ -33,7 +34,7 @@ from critic_unlearn.toyworld.data import (
 from critic_unlearn.toyworld.diffusion_training import train_diffusion
 from critic_unlearn.toyworld.gates import check, generation_check
 from critic_unlearn.toyworld.judge import judge_accuracy, save_judge, train_judge
-from critic_unlearn.toyworld.pipeline import build_scheduler, save_pipeline
+from critic_unlearn.toyworld.pipeline import save_pipeline
 from critic_unlearn.toyworld.progress import console
 from critic_unlearn.toyworld.reward_clip import save_clip, train_clip, zero_shot_accuracy
 from critic_unlearn.toyworld.training import count_params
@@ -153,7 +154,7 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
         from critic_unlearn.diffusion.tiny import clip_tokenizer
 
         return SDComponents(unet, vae, text_encoder, clip_tokenizer(cfg.diffusion.max_length),
-                            build_scheduler(), model_id="toyworld-in-training")
+                            sd_ddim_scheduler(), model_id="toyworld-in-training")
 
     def evaluate(unet: Any, text_encoder: Any) -> dict[str, float]:
         result, _ = generation_check(components(unet, text_encoder), judge, CANONICAL,

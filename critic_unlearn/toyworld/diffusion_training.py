@@ -15,10 +15,9 @@ from diffusers import UNet2DConditionModel
 from torch import Tensor
 from transformers import CLIPTextModel
 
-from critic_unlearn.diffusion.tiny import clip_tokenizer
+from critic_unlearn.diffusion.tiny import clip_tokenizer, sd_ddim_scheduler
 from critic_unlearn.toyworld.pipeline import (
     DiffusionConfig,
-    build_scheduler,
     build_text_encoder,
     build_unet,
 )
@@ -58,7 +57,7 @@ def train_diffusion(
     text_encoder = build_text_encoder(cfg).train()
     tokens = tokenize(captions, cfg.max_length)  # (N, L)
     empty = tokenize([""], cfg.max_length)[0]  # (L,)
-    alphas = build_scheduler().alphas_cumprod  # (1000,)
+    alphas = sd_ddim_scheduler().alphas_cumprod  # (1000,)
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     ema_unet, ema_text = EMA(unet, cfg.ema_decay), EMA(text_encoder, cfg.ema_decay)

@@ -13,10 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from critic_unlearn.diffusion.tiny import clip_tokenizer
+from critic_unlearn.diffusion.tiny import clip_tokenizer, sd_ddim_scheduler
 from critic_unlearn.toyworld.training import to_fp16_file
 
 UP = {"CrossAttnDownBlock2D": "CrossAttnUpBlock2D", "DownBlock2D": "UpBlock2D"}
@@ -48,20 +48,6 @@ class DiffusionConfig:
     ema_decay: float = 0.999
     eval_every: int = 1000  # steps between quick generation checks in the log (0 = never)
     seed: int = 404
-
-
-def build_scheduler() -> DDIMScheduler:
-    """Stable Diffusion's schedule; steps_offset=1 (diffusers warns on 0)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
 
 
 def build_text_encoder(cfg: DiffusionConfig) -> CLIPTextModel:
@@ -110,7 +96,7 @@ def save_pipeline(
         text_encoder=text_encoder,
         tokenizer=clip_tokenizer(cfg.max_length),
         unet=unet,
-        scheduler=build_scheduler(),
+        scheduler=sd_ddim_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -9,18 +9,11 @@ import torch
 from diffusers import DDIMScheduler
 
 from critic_unlearn.diffusion.ddim_logprob import ddim_step_with_logprob
+from critic_unlearn.diffusion.tiny import sd_ddim_scheduler
 
 
 def make_scheduler(set_alpha_to_one: bool, prediction_type: str = "epsilon") -> DDIMScheduler:
-    s = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=set_alpha_to_one,
-        steps_offset=1,
-        prediction_type=prediction_type,
-    )
+    s = sd_ddim_scheduler(set_alpha_to_one=set_alpha_to_one, prediction_type=prediction_type)
     s.set_timesteps(10)
     return s
 
