@@ -8,9 +8,10 @@ Captions come from templates and synonyms. Held-out templates never appear in tr
 evaluation renders prompts with them to check that forgetting is not tied to one phrasing.
 
 Colours are hues on a circle, not four fixed RGB values. World images take each colour's hue
-+-HUE_SPREAD degrees, so the pipeline draws a range of reds (crimson to orange-red) and an
-unlearning policy has a direction to move in; "full-hue" images take any hue, labelled with the
-nearest colour, so the judge and the reward CLIP are defined (and smooth) between the colours too.
++-HUE_SPREAD degrees, so the pipeline draws a range of reds (crimson to orange-red); "full-hue"
+images take any hue, labelled with the nearest colour, so the judge and the reward CLIP are
+defined between the colours too. (Defined, not smooth: the reward CLIP still scores hue in steps,
+which is why the pipeline's captions carry colour noise, see `caption_noise`.)
 """
 
 from __future__ import annotations
