@@ -1,86 +1,259 @@
-"""The paper's central ablation on the toy world: per-step critic vs critic off (DDPO-style).
+"""The paper's ablation grid on the toy world: what the per-step critic buys in sample efficiency.
 
-Both arms run the same scenario with the same seeds (sampling, learner, held-out evaluation)
-and differ only in `critic.enabled`; each trains with the local runtime (the Ray runtime runs the
-same objects, and one process keeps the comparison free of scheduling noise), then the judge
-scores every adapter snapshot. Prints one line per arm and, last, JSON with the trajectories
-each arm needed to first reach UA >= --target and their ratio (DDPO / critic).
+Arms (config overrides on top of each scenario YAML, see bench/_ablation.py ARMS):
+  critic       per-step critic on the noisy latent x_t with the timestep (the method)
+  x0_pred      critic on the predicted clean latent instead of x_t
+  no_timestep  critic without the timestep input
+  ddpo         critic off: the terminal reward broadcast to every step (DDPO-style)
+  critic_spi4  `critic` with off-policy reuse, replay.samples_per_insert=4 (opt-in via --arms)
+Every scenario x arm x seed is its own run (local runtime, one process, no scheduling noise) in
+OUT/<scenario>/<arm>/s<seed>/; seed s sets runtime.seed and learner.seed, so the arms of one seed
+share sampling and evaluation seeds. After training, the judge scores every adapter snapshot
+(evaluate_curve) and the run's result.json is written. Then, from whatever results exist:
+OUT/table.md (also printed): trajectories to first judged UA >= --target (median [min, max] over
+seeds, how many reached), final UA, final IRA and IRA as % of base, train time, critic
+pretraining cost; OUT/ua_vs_trajectories.png; and, last on stdout, JSON with the medians and the
+DDPO / critic ratio per scenario.
 
-    python -m bench.sample_efficiency                         # toy_forget_red, 200 learner steps
-    python -m bench.sample_efficiency --steps 60 --arms critic learner.lr=2e-3
+Cost: one run is ~5-10 min of training at 100 learner steps on 2 CPU cores plus ~1-2 min of
+judging, so the default grid (2 scenarios x 4 arms x 3 seeds = 24 runs) takes roughly 3-5 hours.
+Resume: run the same command again. A run folder whose result.json has the same settings (steps,
+every, images, overrides) is skipped and its result reused; a started run without result.json
+continues from its checkpoint; a folder holding a run of other settings stops the bench before
+anything trains (use another --out). --table-only rebuilds the outputs without training.
+
+    python -m bench.sample_efficiency                        # the full grid -> runs/ablation
+    python -m bench.sample_efficiency --quick                # 40 steps, 1 seed, toy_forget_red
+    python -m bench.sample_efficiency --arms critic ddpo critic_spi4 --seeds 0 1
+    python -m bench.sample_efficiency --table-only           # tables/plot from results so far
+    python -m bench.sample_efficiency learner.lr=2e-3        # KEY=VALUE for every run
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from rich.console import Console
+import matplotlib
 
-from critic_unlearn.config import load_config
-from critic_unlearn.evaluation.curve import evaluate_curve, trajectories_to
-from critic_unlearn.training.local import train_local
-from critic_unlearn.training.plots import plot_curve
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from rich.console import Console  # noqa: E402
+
+from bench._ablation import (  # noqa: E402
+    ARMS,
+    CRITIC_INIT,
+    DEFAULT_ARMS,
+    RESULT,
+    SETTINGS,
+    aligned_band,
+    cell_settings,
+    cell_state,
+    load_results,
+    make_result,
+    markdown_table,
+    run_overrides,
+    settings_note,
+    summarize,
+    summary_json,
+)
+from critic_unlearn.config import RunConfig, load_config  # noqa: E402
+from critic_unlearn.evaluation.curve import evaluate_curve  # noqa: E402
+from critic_unlearn.io_utils import atomic_write_text  # noqa: E402
+from critic_unlearn.training.local import CHECKPOINT, train_local  # noqa: E402
+from critic_unlearn.training.plots import plot_curve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = {"critic": ["critic.enabled=true"], "ddpo": ["critic.enabled=false"]}
+SCENARIOS = [ROOT / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
+FULL = {"steps": 100, "every": 10, "images": 8, "out": Path("runs/ablation")}
+QUICK = {"steps": 40, "every": 10, "images": 4, "out": Path("runs/ablation-quick")}
 
 
-def run_arm(scenario: Path, arm: str, steps: int, every: int, out: Path, extra: list[str],
-            images: int, console: Console) -> dict:
-    overrides = [
-        "runtime.kind=local",
-        f"runtime.run_name={arm}",
-        f"runtime.run_dir={out}",
-        f"learner.max_steps={steps}",
-        f"learner.checkpoint_every={every}",
-        *ARMS[arm],
-        *extra,
-    ]
-    cfg = load_config(scenario, overrides)
+@dataclass
+class Cell:
+    """One scenario x arm x seed: its config, folder and what to do with it."""
+
+    scenario: str
+    arm: str
+    seed: int
+    cfg: RunConfig
+    run_dir: Path
+    settings: dict[str, Any]
+    state: str  # "done" | "resume" | "fresh" | "conflict" (bench._ablation.cell_state)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[1:]),
+    )
+    p.add_argument("--scenarios", type=Path, nargs="+", default=None,
+                   help="scenario YAMLs (default: toy_forget_red and toy_forget_red_circle; "
+                        "--quick: toy_forget_red)")
+    p.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=list(ARMS))
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="seeds (default 0 1 2; --quick: 0)")
+    p.add_argument("--steps", type=int, default=None, help="learner steps per run (100; quick 40)")
+    p.add_argument("--every", type=int, default=None, help="snapshot interval (10)")
+    p.add_argument("--images", type=int, default=None,
+                   help="judged images per prompt per snapshot (8; quick 4)")
+    p.add_argument("--target", type=float, default=0.9, help="judged UA to reach")
+    p.add_argument("--out", type=Path, default=None,
+                   help="grid folder (runs/ablation; quick: runs/ablation-quick)")
+    p.add_argument("--quick", action="store_true", help="a short smoke version of the grid")
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: rebuild table, plot and JSON from existing result.json")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for every run")
+    return resolve_defaults(p.parse_args(argv))
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    """--quick changes the defaults only; explicit flags always win."""
+    d = QUICK if args.quick else FULL
+    for key in ("steps", "every", "images", "out"):
+        if getattr(args, key) is None:
+            setattr(args, key, d[key])
+    if args.seeds is None:
+        args.seeds = [0] if args.quick else [0, 1, 2]
+    if args.scenarios is None:
+        args.scenarios = SCENARIOS[:1] if args.quick else list(SCENARIOS)
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[Cell]:
+    """Every cell's config, validated up front (a bad override fails before hours of training),
+    seed-major so a partial grid already compares all arms on the first seeds."""
+    cells = []
+    for path in args.scenarios:
+        for seed in args.seeds:
+            for arm in args.arms:
+                cells.append(make_cell(path, arm, seed, args))
+    return cells
+
+
+def make_cell(path: Path, arm: str, seed: int, args: argparse.Namespace) -> Cell:
+    ovr = run_overrides(arm, seed, args.steps, args.every, args.overrides)
+    name = load_config(path).scenario
+    root = Path(args.out) / name / arm
+    cfg = load_config(path, ["runtime.kind=local", f"runtime.run_dir={root}",
+                             f"runtime.run_name=s{seed}", *ovr])
+    settings = cell_settings(args.steps, args.every, args.images, ovr)
+    run_dir = root / f"s{seed}"
+    return Cell(cfg.scenario, arm, seed, cfg, run_dir, settings, cell_state(run_dir, settings))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def run_cell(cell: Cell, args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    """Train (or continue) one run, judge its snapshots, write its result.json."""
+    resumed = (cell.run_dir / CHECKPOINT).exists()
+    atomic_write_text(cell.run_dir / SETTINGS, json.dumps(cell.settings, indent=1))
     t0 = time.perf_counter()
-    result = train_local(cfg, console)
+    trained = train_local(cell.cfg, console)
     train_s = time.perf_counter() - t0
-    curve = evaluate_curve(result.run_dir, cfg, images_per_prompt=images)
-    plot_curve(result.run_dir, curve)
-    return {"arm": arm, "train_s": round(train_s, 1), "trajectories": result.trajectories,
-            "curve": curve, "run_dir": str(result.run_dir)}
+    curve = evaluate_curve(trained.run_dir, cell.cfg, images_per_prompt=args.images)
+    plot_curve(trained.run_dir, curve)
+    result = make_result(cell.arm, cell.scenario, cell.seed, cell.settings, train_s,
+                         trained.trajectories, curve, args.target, resumed,
+                         _read_json(cell.run_dir / CRITIC_INIT))
+    result["judge_s"] = curve.get("wall_s")
+    atomic_write_text(cell.run_dir / RESULT, json.dumps(result, indent=1))
+    return result
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--scenario", type=Path, default=ROOT / "configs" / "toy_forget_red.yaml")
-    p.add_argument("--steps", type=int, default=200, help="learner steps per arm")
-    p.add_argument("--every", type=int, default=10, help="snapshot (checkpoint) interval")
-    p.add_argument("--images", type=int, default=8, help="judged images per prompt per snapshot")
-    p.add_argument("--target", type=float, default=0.9, help="UA to reach")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
-    p.add_argument("--out", type=Path, default=Path("runs/sample_efficiency"))
-    p.add_argument("overrides", nargs="*", help="KEY=VALUE overrides for both arms")
-    args = p.parse_args()
+def run_grid(cells: list[Cell], args: argparse.Namespace, console: Console) -> list[str]:
+    """Run every cell not yet done; a failing cell is reported and skipped, so one bad run does
+    not cost the rest of a multi-hour grid. Returns the failed cells' names."""
+    failed = []
+    todo = [c for c in cells if c.state != "done"]
+    console.print(f"ablation: {len(cells)} runs, {len(cells) - len(todo)} already done")
+    for i, cell in enumerate(todo, 1):
+        tag = f"{cell.scenario}/{cell.arm}/s{cell.seed}"
+        console.print(f"[bold]({i}/{len(todo)}) {tag}[/bold] ({cell.state})")
+        try:
+            r = run_cell(cell, args, console)
+        except Exception as e:  # noqa: BLE001 - report, keep the grid going
+            console.print(f"[red]{tag} failed: {type(e).__name__}: {e}[/red]")
+            failed.append(tag)
+            continue
+        console.print(f"{tag}: {r['trajectories']} trajectories, final UA {r['final_ua']}, "
+                      f"IRA {r['final_ira']}, to target {r['trajectories_to_target']}, "
+                      f"{r['train_s']} s")
+    return failed
+
+
+def plot_grid(results: list[dict[str, Any]], scenarios: list[str], arms: list[str],
+              target: float, path: Path) -> Path | None:
+    """UA vs trajectories, one subplot per scenario: median over seeds, min-max band per arm."""
+    names = [s for s in scenarios if any(r["scenario"] == s for r in results)]
+    names += sorted({r["scenario"] for r in results} - set(names))
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4), dpi=100, squeeze=False)
+    for ax, sc in zip(axes[0], names, strict=True):
+        for k, arm in enumerate(dict.fromkeys([*arms, *(r["arm"] for r in results)])):
+            curves = [r["curve"] for r in results if r["scenario"] == sc and r["arm"] == arm]
+            xs, med, lo, hi = aligned_band(curves)
+            if not xs:
+                continue
+            ax.plot(xs, med, marker="o", ms=3, color=f"C{k}", label=f"{arm} (n={len(curves)})")
+            ax.fill_between(xs, lo, hi, color=f"C{k}", alpha=0.15, lw=0)
+        ax.axhline(target, ls="--", lw=1, color="grey", label=f"target {target}")
+        ax.set(title=sc, xlabel="trajectories sampled", ylabel="judged UA", ylim=(-0.02, 1.02))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def report(args: argparse.Namespace, scenarios: list[str], console: Console) -> None:
+    """Table, plot and the JSON last line from every result.json under OUT."""
+    out = Path(args.out)
+    results = load_results(out)
+    summary = summarize(results, args.target, scenarios, args.arms)
+    table = markdown_table(summary, args.target, len(args.seeds), settings_note(results))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "table.md", table + "\n")
+    png = plot_grid(results, scenarios, args.arms, args.target, out / "ua_vs_trajectories.png")
+    console.print(f"{len(results)} results; table {out / 'table.md'}; "
+                  f"plot {png if png else '(none: no results yet)'}")
+    print(table, flush=True)
+    print(json.dumps(summary_json(summary, args.target, str(out))), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     console = Console(stderr=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    reached = {}
-    for arm in args.arms:
-        r = run_arm(args.scenario, arm, args.steps, args.every, args.out / stamp,
-                    args.overrides, args.images, console)
-        c = r["curve"]
-        reached[arm] = trajectories_to(c, args.target)
-        best = max(c["points"], key=lambda q: q["ua"])
-        print(json.dumps({
-            "arm": arm, "train_s": r["train_s"], "trajectories": r["trajectories"],
-            "base_ua": c["base"]["ua"], "base_ira": c["base"]["ira"],
-            "final": c["points"][-1], "best_ua": best, "reached": reached[arm],
-            "run_dir": r["run_dir"],
-        }), flush=True)
-    ratio = None
-    if reached.get("critic") and reached.get("ddpo"):
-        ratio = round(reached["ddpo"] / reached["critic"], 3)
-    print(json.dumps({"target_ua": args.target, "trajectories_to_target": reached,
-                      "ratio_ddpo_over_critic": ratio}))
+    failed: list[str] = []
+    if args.table_only:
+        scenarios = [load_config(p).scenario for p in args.scenarios]
+    else:
+        cells = plan(args)
+        scenarios = list(dict.fromkeys(c.scenario for c in cells))
+        conflicts = [c.run_dir for c in cells if c.state == "conflict"]
+        if conflicts:
+            console.print("[red]these run folders hold runs of other settings (steps, every, "
+                          "images or overrides); use another --out or remove them:[/red]")
+            for d in conflicts:
+                console.print(f"  {d}")
+            return 2
+        failed = run_grid(cells, args, console)
+    report(args, scenarios, console)
+    if failed:
+        console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}[/red]")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

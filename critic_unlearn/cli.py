@@ -24,6 +24,8 @@ app = typer.Typer(
 )
 config_app = typer.Typer(no_args_is_help=True, help="Inspect run configurations.")
 app.add_typer(config_app, name="config")
+critic_app = typer.Typer(no_args_is_help=True, help="The critic: pretrain it before RL.")
+app.add_typer(critic_app, name="critic")
 console = Console(stderr=True)
 
 
@@ -44,6 +46,28 @@ def config_show(
     """Print the resolved configuration (file + overrides + defaults) as YAML."""
     cfg = load_config(file, overrides or [])
     sys.stdout.write(dump_config(cfg))
+
+
+@critic_app.command("pretrain")
+def critic_pretrain(
+    config: Annotated[Path, typer.Argument(help="scenario YAML in configs/")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: critic.cache_dir "
+                                             "entry that critic.init=auto would use)")] = None,
+) -> None:
+    """Pretrain the critic as a reward predictor on base-policy noisy states (Monte Carlo
+    targets); write critic.safetensors, pretrain.json (explained variance per timestep, cost)
+    and critic_ev.png. Start a run from it with critic.init=PATH (or critic.init=auto)."""
+    from critic_unlearn.device import resolve_device
+    from critic_unlearn.training.critic_pretrain import pretrain_critic, pretrain_key
+
+    cfg = load_config(config, overrides or [])
+    if not cfg.critic.enabled:
+        raise UserError("critic.enabled = false: there is no critic to pretrain")
+    folder = out or Path(cfg.critic.cache_dir) / pretrain_key(cfg)
+    r = pretrain_critic(cfg, folder, console, resolve_device(cfg.runtime.device))
+    print(json.dumps({"path": str(r.path), **{k: r.meta[k] for k in (
+        "trajectories", "states", "sample_s", "wall_s", "ev_held_out")}}))
 
 
 @app.command()

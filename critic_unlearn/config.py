@@ -126,7 +126,22 @@ class CriticConfig(Section):
     train_image_tower: bool = True  # False: only the head learns (saves memory at SD scale)
     lr: PositiveFloat = 1e-4
     loss: Literal["mse", "huber"] = "mse"
-    warmup_steps: Annotated[int, Field(ge=0)] = 50  # critic-only steps before any policy update
+    # stored states per trajectory in each critic update; None = all of them. Every stored
+    # state's value enters the advantages and targets, so every one is fitted (at random)
+    train_states: PositiveInt | None = None
+    # critic-only learner steps before the first policy update; they come on top of
+    # learner.max_steps (which counts policy updates)
+    warmup_steps: Annotated[int, Field(ge=0)] = 50
+    # start from a pretrained critic: None (random head), a checkpoint written by
+    # `critic-unlearn critic pretrain`, or "auto" (pretrain once, cached under cache_dir, keyed by
+    # model, reward, prompts, sampler, critic and pretrain settings)
+    init: str | None = None
+    cache_dir: Path = Path(".cache/critics")
+    pretrain_trajectories: PositiveInt = 512  # base-policy trajectories sampled for pretraining
+    pretrain_epochs: PositiveInt = 6  # passes over their stored states
+    pretrain_batch_size: PositiveInt = 64  # states per critic update while pretraining
+    pretrain_val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25  # held out for the EV
+    pretrain_seed: int = 7_777  # seeds of the pretraining trajectories (disjoint from runs)
 
 
 class LearnerConfig(Section):
@@ -150,7 +165,7 @@ class LearnerConfig(Section):
     value_target: Literal["mc", "td_lambda", "vtrace"] = "td_lambda"
     advantage_clip: PositiveFloat = 5.0
     esd_eta: float = 1.0  # ESD guidance strength (algorithm = esd)
-    max_steps: PositiveInt = 200  # learner budget: the run stops after this many steps
+    max_steps: PositiveInt = 200  # budget: the run stops after this many policy updates
     publish_every: PositiveInt = 1  # publish the adapter every N learner steps
     checkpoint_every: PositiveInt = 20
     gpus: float = Field(0.0, ge=0)

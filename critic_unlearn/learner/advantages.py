@@ -106,6 +106,7 @@ def vtrace(
     rho_bar: float = 1.0,
     c_bar: float = 1.0,
     pg_rho_bar: float | None = None,
+    weight_pg: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """V-trace targets and policy-gradient advantages (Espeholt et al. 2018, IMPALA), gamma = 1.
 
@@ -115,6 +116,8 @@ def vtrace(
     variant, as in ALGORITHM.md):
         vs_i - V_i = rho_i delta_i + c_i (vs_{i+1} - V_{i+1}),   vs_K - V_K = 0
         pg_adv_i = min(pg_rho_bar, pi/mu) (r_i + vs_{i+1} - V_i),  vs_K = 0, pg_rho_bar = rho_bar
+    With `weight_pg = False` the pg advantage omits its min(pg_rho_bar, pi/mu) factor: a PPO
+    surrogate multiplies by the ratio itself, so the importance weight must enter only once.
     On-policy (all ratios 1, rho_bar, c_bar >= 1) vs equals the TD(lambda) targets of `gae`;
     pg_adv equals GAE advantages only at lam = 1 (IMPALA bootstraps pg_adv on vs_{i+1}, i.e.
     pg_adv_i = delta_i + A^GAE_{i+1}, which puts weight 1, not lam, on the next step).
@@ -151,7 +154,9 @@ def vtrace(
 
     # What follows step i: vs_{i+1} inside the chain; r (then bootstrap 0) after the last step.
     next_targets = torch.cat([vs[:, 1:], rewards.detach().to(values.dtype)[:, None]], dim=1)
-    pg_advantages = ratios.clamp(max=pg_rho_bar) * (next_targets - values)
+    pg_advantages = next_targets - values
+    if weight_pg:
+        pg_advantages = ratios.clamp(max=pg_rho_bar) * pg_advantages
     return vs, pg_advantages
 
 
@@ -193,6 +198,8 @@ def step_advantages(
 ) -> Tensor:
     """Per-step advantages by name: "terminal" (critic off), "gae", or "vtrace" (pg advantages).
 
+    These feed the PPO surrogate, which multiplies by pi/mu itself: V-trace's pg advantages are
+    therefore returned without their importance weight (`vtrace(weight_pg=False)`).
     Not normalised; follow with `normalize_and_clip`. returns: Tensor  # (B, K)
     """
     if kind == "terminal":
@@ -204,18 +211,30 @@ def step_advantages(
     if kind == "vtrace":
         if log_rhos is None:
             raise ValueError("advantage kind 'vtrace' needs log_rhos = log pi_theta - log mu")
-        return vtrace(values, rewards, log_rhos, lam, rho_bar, c_bar)[1]
+        return vtrace(values, rewards, log_rhos, lam, rho_bar, c_bar, weight_pg=False)[1]
     raise ValueError(f"unknown advantage kind {kind!r}; choose 'terminal', 'gae' or 'vtrace'")
 
 
-def normalize_and_clip(adv: Tensor, clip: float | None, eps: float = 1e-8) -> Tensor:
-    """Normalise over all elements of the batch (mean 0, std 1), then clip to [-clip, clip].
+def normalize_and_clip(
+    adv: Tensor, clip: float | None, mask: Tensor | None = None, eps: float = 1e-8
+) -> Tensor:
+    """Normalise with the mean and std of the trained entries, then clip to [-clip, clip].
 
-    Population std (as DDPO's np.std), so a single-element batch gives 0, not NaN.
-    clip=None skips clipping.
+    mask: Tensor | None  # (B, K) bool, True where the transition is trained on; None = all.
+    Statistics over untrained entries would shift and scale the trained ones by numbers that
+    never enter the loss. Population std (as DDPO's np.std), so a single trained element
+    gives 0, not NaN. Entries outside the mask are transformed the same way. clip=None skips
+    clipping.
     """
     adv = adv.detach()
-    normed = (adv - adv.mean()) / (adv.std(correction=0) + eps)
+    if mask is None:
+        mask = torch.ones_like(adv, dtype=torch.bool)
+    if mask.shape != adv.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must match advantages {tuple(adv.shape)}")
+    if not mask.any():
+        raise ValueError("mask selects no entry: nothing is trained, nothing to normalise")
+    picked = adv[mask]
+    normed = (adv - picked.mean()) / (picked.std(correction=0) + eps)
     if clip is None:
         return normed
     if clip <= 0:

@@ -5,8 +5,12 @@ VAE, or with `input = "x0_pred"` the predicted clean latent decoded); a sinusoid
 embedding and the prompt's CLIP text embedding condition an MLP head, by concatenation or FiLM.
 
 Critic off (`critic.enabled = False`) builds no critic: the learner then broadcasts the terminal
-advantage r - mean to every step (DDPO). Train/eval mode is the caller's: CLIP ResNet towers have
-BatchNorm, so compute values for advantages under `critic.eval()`.
+advantage r - mean to every step (DDPO). CLIP ResNet towers have BatchNorm: its statistics stay
+frozen at the reward CLIP's (`train()` keeps BatchNorm layers in eval mode), so the values that
+enter advantages and the values the critic is trained on come from one and the same function.
+
+The learner decodes each stored state once per step (`inputs`) and reuses the preprocessed
+pixels for values and every critic update (`score`).
 """
 
 from __future__ import annotations
@@ -86,14 +90,29 @@ class Critic(nn.Module):
         visual = copy.deepcopy(clip.model.visual).train()
         return cls(visual, clip.preprocess_cfg, clip.embed_dim, clip.embed_dim, cfg)
 
+    def train(self, mode: bool = True) -> Critic:
+        """Train mode everywhere except BatchNorm, whose running statistics stay frozen."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+        return self
+
+    def preprocess(self, pixels: Tensor) -> Tensor:
+        """Pixels (B,3,H,W) in [-1, 1] -> the image tower's normalised input (B,3,S,S)."""
+        return clip_pixels((pixels.float() + 1.0) / 2.0, self.preprocess_cfg)
+
     def forward(self, pixels: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
-        b = pixels.shape[0]
+        return self.score(self.preprocess(pixels), timesteps, text_emb)
+
+    def score(self, x: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
+        """V from preprocessed pixels (see `preprocess`), timesteps (B,) and text (B, D)."""
+        b = x.shape[0]
         if timesteps.shape != (b,) or text_emb.ndim != 2 or text_emb.shape[0] != b:
             raise ValueError(
                 f"critic expects pixels (B,3,H,W), timesteps (B,), text_emb (B,D); got "
-                f"{tuple(pixels.shape)}, {tuple(timesteps.shape)}, {tuple(text_emb.shape)}"
+                f"{tuple(x.shape)}, {tuple(timesteps.shape)}, {tuple(text_emb.shape)}"
             )
-        x = clip_pixels((pixels.float() + 1.0) / 2.0, self.preprocess_cfg)
         img = self.image_proj(self.visual(x).float())  # (B, h)
         cond = [self.text_proj(text_emb.float())]
         if self.time_mlp is not None:
@@ -111,10 +130,14 @@ class Critic(nn.Module):
         decode: Decode,
         x0_pred: Tensor | None = None,
     ) -> Tensor:
-        """V from latents: decodes x_t (input "noisy") or `x0_pred` (input "x0_pred") first.
+        """V from latents: decodes x_t (input "noisy") or `x0_pred` (input "x0_pred") first."""
+        return self.score(self.inputs(latents, decode, x0_pred), timesteps, text_emb)
 
-        The decoder is frozen, so decoding runs without gradients; only the critic learns.
-        """
+    @torch.no_grad()
+    def inputs(self, latents: Tensor, decode: Decode, x0_pred: Tensor | None = None) -> Tensor:
+        """The image tower's input for these states: x_t (input "noisy") or `x0_pred` (input
+        "x0_pred") decoded and preprocessed. The decoder is frozen: no gradients, so the result
+        can be computed once and reused by every critic update of a learner step."""
         if self.input == "x0_pred":
             if x0_pred is None:
                 raise ValueError(
@@ -122,9 +145,7 @@ class Critic(nn.Module):
                     "(see predict_x0), or set critic.input = 'noisy'"
                 )
             latents = x0_pred
-        with torch.no_grad():
-            pixels = decode(latents)
-        return self(pixels, timesteps, text_emb)
+        return self.preprocess(decode(latents))
 
 
 def predict_x0(

@@ -1,11 +1,15 @@
 """The off-policy learner: critic regression, per-step advantages, PPO-clipped LoRA update.
 
-`step(batch) -> metrics` reads top to bottom as ALGORITHM.md does:
-  1. values V(s_k) of every stored state (critic), and the current policy's log-probs when
-     V-trace or the x0-prediction critic needs them;
-  2. per-step advantages (GAE / V-trace / terminal broadcast) and value targets;
-  3. per minibatch: a critic step, then (after warm-up) a PPO step on `train_steps` random
-     transitions of each trajectory, with an optional KL to the base policy (adapters off).
+`step(batch) -> metrics` reads top to bottom as docs/algorithm.md does:
+  1. the current policy's log-probs when V-trace or the x0-prediction critic needs them; every
+     stored state decoded once for the critic, and its value V(s_k);
+  2. per-step advantages (GAE / V-trace / terminal broadcast), normalised over the transitions
+     that are trained, and value targets;
+  3. per minibatch: a critic step on `critic.train_states` random stored states of each
+     trajectory (every state's value enters a target, so every state is fitted), then (after
+     warm-up) a PPO step on `train_steps` random trainable transitions of each trajectory, with
+     an optional KL to the base policy (adapters off).
+`learner.max_steps` counts policy updates (`version`); critic warm-up steps come on top.
 Only LoRA and critic parameters change. Pure of Ray and Redis.
 """
 
@@ -32,6 +36,7 @@ from critic_unlearn.diffusion.lora import (
 from critic_unlearn.diffusion.policy import encode_prompts, policy_step
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
 from critic_unlearn.learner.critic import Critic, make_vae_decode
+from critic_unlearn.learner.diagnostics import per_timestep_diagnostics
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
 from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards.normalization import PerPromptStatTracker
@@ -117,9 +122,17 @@ class Learner:
 
         log_rhos, x0 = self._current_policy(batch, lat, nxt, ts, old_lp, cond)
         text = self.critic_text(batch.prompts).to(dev) if self.critic is not None else None
-        values = self._values(lat, ts, text, x0)  # (B, K) or None
+        inputs = self._critic_inputs(lat, x0)  # (B, K, 3, S, S) or None: decoded once
+        values = self._values(inputs, ts, text)  # (B, K) or None
+        eligible = step_std(self.c.scheduler, ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
+        n = min(lc.train_steps or k, int(eligible.sum(1).min()))
+        if n == 0:
+            raise ValueError(
+                f"learner.min_train_std = {lc.min_train_std} leaves no transition to train on "
+                "in some trajectory; lower it"
+            )
         kind = lc.advantage if self.critic is not None else "terminal"
-        adv = step_advantages(
+        raw_adv = step_advantages(
             kind,
             rewards,
             k,
@@ -129,7 +142,7 @@ class Learner:
             rho_bar=lc.rho_bar,
             c_bar=lc.c_bar,
         )
-        adv = normalize_and_clip(adv, lc.advantage_clip)
+        adv = normalize_and_clip(raw_adv, lc.advantage_clip, mask=eligible)
         targets = None
         if self.critic is not None:
             targets = value_targets(
@@ -143,23 +156,20 @@ class Learner:
             )
 
         update_policy = self.critic is None or self.steps >= cfg.critic.warmup_steps
-        eligible = step_std(self.c.scheduler, ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
-        n = min(lc.train_steps or k, int(eligible.sum(1).min()))
-        if n == 0:
-            raise ValueError(
-                f"learner.min_train_std = {lc.min_train_std} leaves no transition to train on "
-                "in some trajectory; lower it"
-            )
+        all_states = torch.ones_like(eligible)
+        n_critic = min(cfg.critic.train_states or k, k)
         sums: dict[str, float] = {}
         count = 0
         for _ in range(lc.epochs):
             for mb in torch.randperm(b, generator=self.gen).split(lc.minibatch_size):
-                idx = torch.stack([self._pick(eligible[i], n) for i in mb.tolist()])
-                rows = mb[:, None].expand_as(idx)  # (mb, n) trajectory index of each pick
                 m = {}
                 if self.critic is not None:
-                    m.update(self._critic_update(lat, ts, text, x0, targets, rows, idx))
+                    cidx = torch.stack([self._pick(all_states[i], n_critic) for i in mb.tolist()])
+                    crows = mb[:, None].expand_as(cidx)
+                    m.update(self._critic_update(inputs, ts, text, targets, crows, cidx))
                 if update_policy:
+                    idx = torch.stack([self._pick(eligible[i], n) for i in mb.tolist()])
+                    rows = mb[:, None].expand_as(idx)  # (mb, n) trajectory index of each pick
                     m.update(self._policy_update(lat, nxt, ts, old_lp, cond, adv, rows, idx, batch))
                 for key, v in m.items():
                     sums[key] = sums.get(key, 0.0) + v
@@ -175,10 +185,11 @@ class Learner:
                 "learner/version": float(self.version),
                 "learner/steps": float(self.steps),
                 "learner/reward_mean": raw_rewards.mean().item(),
-                "learner/advantage_abs": adv.abs().mean().item(),
+                "learner/advantage_abs": adv[eligible].abs().mean().item(),
                 "learner/staleness_mean": staleness,
             }
         )
+        metrics.update(per_timestep_diagnostics(ts, rewards, values, raw_adv, eligible))
         if values is not None:
             metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
         return metrics
@@ -225,26 +236,35 @@ class Learner:
             )
 
     @torch.no_grad()
-    def _values(self, lat, ts, text, x0) -> Tensor | None:
+    def _critic_inputs(self, lat, x0) -> Tensor | None:
+        """Every stored state decoded and preprocessed for the critic, once per learner step."""
+        if self.critic is None:
+            return None
+        cols = []
+        for j in range(lat.shape[1]):
+            with self._autocast():
+                cols.append(
+                    self.critic.inputs(lat[:, j], self.decode, None if x0 is None else x0[:, j])
+                )
+        return torch.stack(cols, 1)
+
+    @torch.no_grad()
+    def _values(self, inputs, ts, text) -> Tensor | None:
         if self.critic is None:
             return None
         self.critic.eval()
         vals = []
-        for j in range(lat.shape[1]):
+        for j in range(inputs.shape[1]):
             with self._autocast():
-                v = self.critic.value(
-                    lat[:, j], ts[:, j], text, self.decode, None if x0 is None else x0[:, j]
-                )
+                v = self.critic.score(inputs[:, j], ts[:, j], text)
             vals.append(v.float())
         return torch.stack(vals, 1)
 
-    def _critic_update(self, lat, ts, text, x0, targets, rows, idx) -> dict[str, float]:
+    def _critic_update(self, inputs, ts, text, targets, rows, idx) -> dict[str, float]:
         self.critic.train()
         r, i = rows.reshape(-1), idx.reshape(-1)
         with self._autocast():
-            pred = self.critic.value(
-                lat[r, i], ts[r, i], text[r], self.decode, None if x0 is None else x0[r, i]
-            )
+            pred = self.critic.score(inputs[r, i], ts[r, i], text[r])
         loss = value_loss(pred.float(), targets[r, i], self.cfg.critic.loss)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,8 +1,17 @@
 """Per-prompt reward standardisation with running statistics, as DDPO does it.
 
-Semantics follow ddpo-pytorch's `PerPromptStatTracker` (kvablack/ddpo-pytorch, stat_tracking.py):
-each prompt keeps its last `buffer_size` rewards; once it has `min_count` of them, its rewards are
-standardised with that window's mean and std (ddof 0, + 1e-6), before that with the whole batch's.
+Like ddpo-pytorch's `PerPromptStatTracker` (kvablack/ddpo-pytorch, stat_tracking.py), each prompt
+keeps its last `buffer_size` rewards and is standardised with that window's mean and std (ddof 0,
++ 1e-6) once it has `min_count` of them. DDPO uses the batch's statistics before that and switches
+at once, so every target of a prompt jumps when it reaches `min_count` (the critic regresses on
+these targets and sees the jump as noise). Here a prompt's standardised reward moves there
+gradually: with n rewards remembered (this batch's included), w = min(1, n / min_count) and
+
+    z = w * (r - mean_prompt) / std_prompt + (1 - w) * (r - mean_all) / std_all,
+
+where "all" is every remembered reward of every prompt (a running pool, steadier than one
+batch). Both z-scores are bounded (a window of n holds no z-score above sqrt(n - 1)), so a batch
+moves z by at most about (new rewards / min_count) * 2 sqrt(buffer_size).
 The state is plain JSON-able data, so checkpoints need no pickle.
 """
 
@@ -41,18 +50,37 @@ class PerPromptStatTracker:
                 f"expected one reward per prompt, got rewards {tuple(rewards.shape)} for "
                 f"{len(prompts)} prompts"
             )
+        self.add(prompts, rewards)
+        return self.transform(prompts, rewards)
+
+    def add(self, prompts: Sequence[str], rewards: Tensor) -> None:
+        """Remember the rewards in each prompt's window (no standardisation)."""
+        for prompt, value in zip(prompts, rewards.detach().double().cpu().tolist(), strict=True):
+            self._stats.setdefault(prompt, deque(maxlen=self.buffer_size)).append(value)
+
+    def transform(self, prompts: Sequence[str], rewards: Tensor) -> Tensor:
+        """Standardise with the statistics remembered now, remembering nothing new."""
+        if rewards.ndim != 1 or rewards.shape[0] != len(prompts):
+            raise ValueError(
+                f"expected one reward per prompt, got rewards {tuple(rewards.shape)} for "
+                f"{len(prompts)} prompts"
+            )
         r = rewards.detach().to("cpu", torch.float64)
-        batch_mean, batch_std = _mean_std(r)
+        pool = torch.tensor([x for w in self._stats.values() for x in w], dtype=torch.float64)
+        if pool.numel() == 0:
+            raise ValueError("no rewards remembered yet: add() some before transform()")
+        all_mean, all_std = pool.mean(), pool.std(correction=0)
         out = torch.empty_like(r)
         for prompt in dict.fromkeys(prompts):
             mask = torch.tensor([p == prompt for p in prompts])
-            window = self._stats.setdefault(prompt, deque(maxlen=self.buffer_size))
-            window.extend(r[mask].tolist())
-            if len(window) < self.min_count:
-                mean, std = batch_mean, batch_std
-            else:
-                mean, std = _mean_std(torch.tensor(list(window), dtype=torch.float64))
-            out[mask] = (r[mask] - mean) / std
+            window = torch.tensor(list(self._stats.get(prompt, ())), dtype=torch.float64)
+            w = min(1.0, len(window) / self.min_count)
+            z_all = (r[mask] - all_mean) / (all_std + EPS)
+            if len(window) == 0:
+                out[mask] = z_all
+                continue
+            z_prompt = (r[mask] - window.mean()) / (window.std(correction=0) + EPS)
+            out[mask] = w * z_prompt + (1 - w) * z_all
         return out.to(rewards.dtype).to(rewards.device)
 
     def stats(self) -> dict[str, dict[str, float]]:

@@ -28,8 +28,10 @@ from critic_unlearn.runtime.errors import RuntimeFailure
 from critic_unlearn.runtime.learner_worker import LearnerWorker, StepReport
 from critic_unlearn.runtime.progress import ProgressView, RunStats
 from critic_unlearn.runtime.supervisor import ActorPool, resolve_num_actors, summarize_error
+from critic_unlearn.training.critic_pretrain import use_pretrained_critic
 from critic_unlearn.training.local import CHECKPOINT, export_adapter, replay_server
 from critic_unlearn.training.metrics import MetricsLogger
+from critic_unlearn.training.plots import plot_run
 from critic_unlearn.training.setup import TrainResult, prepare_run_dir
 from critic_unlearn.training.snapshots import save_snapshot
 from critic_unlearn.types import WeightsPacket
@@ -42,6 +44,7 @@ STATUS = "runtime.json"  # pids, restarts, versions: for operators (and the faul
 def train_ray(cfg: RunConfig, console: Console | None = None) -> TrainResult:
     console = console or Console(stderr=True)
     run_dir = prepare_run_dir(cfg)
+    cfg = use_pretrained_critic(cfg, run_dir, console)  # before Ray: the driver pretrains
     auto = cfg.replay.url == "auto"
     with ray_cluster(cfg):
         check_replay_reachable(cfg, auto)
@@ -81,6 +84,7 @@ class Driver:
             self.pool.stop()
             ray.kill(self.learner, no_restart=True)
             self.metrics.close()
+        plot_run(self.run_dir)
         wall = time.perf_counter() - t0
         return TrainResult(
             self.run_dir, self.trajectories, self.steps, self.version, wall, self.last
@@ -144,11 +148,11 @@ class Driver:
             ) from None
 
     def _loop(self) -> None:
-        max_steps = self.cfg.learner.max_steps
-        if self.steps < max_steps:
+        max_steps = self.cfg.learner.max_steps  # policy updates (version); warm-up on top
+        if self.version < max_steps:
             self.learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
         self.progress_at = time.monotonic()
-        while self.steps < max_steps:
+        while self.version < max_steps:
             self._check_stall()
             self.pool.restart_due()
             refs = [*self.pool.inflight, self.learner_ref]
@@ -159,7 +163,7 @@ class Driver:
                 if ref == self.learner_ref:
                     self.learner_ref = None
                     self._on_step(self._learner_call(ref))
-                    if self.steps < max_steps:
+                    if self.version < max_steps:
                         self.learner_ref = self.learner.try_step.remote(LEARNER_WAIT_S)
                 else:
                     self._on_actor(ref)

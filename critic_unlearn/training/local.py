@@ -22,7 +22,9 @@ from critic_unlearn.io_utils import atomic_write_bytes
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.publisher import CallbackPublisher
 from critic_unlearn.replay import RedisServer, ReplaySampler, ReplayTimeout, ReplayWriter
+from critic_unlearn.training.critic_pretrain import use_pretrained_critic
 from critic_unlearn.training.metrics import MetricsLogger
+from critic_unlearn.training.plots import plot_run
 from critic_unlearn.training.setup import (
     TrainResult,
     build_actor,
@@ -71,6 +73,7 @@ def replay_server(cfg: RunConfig):
 def train_local(cfg: RunConfig, console: Console | None = None) -> TrainResult:
     console = console or Console(stderr=True)
     run_dir = prepare_run_dir(cfg)
+    cfg = use_pretrained_critic(cfg, run_dir, console)
     with replay_server(cfg) as cfg:
         return _train(cfg, run_dir, console)
 
@@ -135,14 +138,14 @@ def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
         task = progress.add_task(
             "unlearning",
             total=lc.max_steps,
-            completed=learner.steps,
+            completed=learner.version,
             traj=trajectories,
             reward=float("nan"),
             ua=float("nan"),
             tps=0.0,
             version=learner.version,
         )
-        while learner.steps < lc.max_steps:
+        while learner.version < lc.max_steps:  # policy updates; critic warm-up on top
             try:
                 records = sampler.sample(
                     lc.batch_size,
@@ -180,10 +183,11 @@ def _train(cfg: RunConfig, run_dir: Path, console: Console) -> TrainResult:
             metrics.log(learner.steps, last)
             if learner.steps % lc.checkpoint_every == 0:
                 checkpoint()
-            progress.update(task, completed=learner.steps, version=learner.version)
+            progress.update(task, completed=learner.version, version=learner.version)
     checkpoint()
     export_adapter(run_dir, learner.weights())
     metrics.close()
+    plot_run(run_dir)
     writer.close()
     sampler.close()
     return TrainResult(

@@ -52,6 +52,9 @@ def plot_run(run_dir: Path) -> list[Path]:
             fig.savefig(path)
             written.append(path)
         plt.close(fig)
+    diag = plot_critic_diagnostics(run_dir)
+    if diag is not None:
+        written.append(diag)
     return written
 
 
@@ -77,3 +80,62 @@ def plot_curve(run_dir: Path, curve: dict) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def _by_timestep(rows: list[dict], prefix: str) -> dict[int, list[tuple[float, float]]]:
+    """{timestep: [(trajectories, value), ...]} for the metrics named `prefix` + tNNNN."""
+    series: dict[int, list[tuple[float, float]]] = {}
+    for r in rows:
+        x = r.get("actor/trajectories")
+        for key, v in r.items():
+            if key.startswith(prefix) and v is not None and x is not None:
+                series.setdefault(int(key[len(prefix):]), []).append((x, v))
+    return series
+
+
+def plot_critic_diagnostics(run_dir: Path) -> Path | None:
+    """plots/critic_timesteps.png: per timestep, the critic's explained variance of the final
+    reward and the share of advantage variance, over the run (None without a critic)."""
+    rows = read_metrics(Path(run_dir) / "metrics.jsonl")
+    ev = _by_timestep(rows, "critic/ev_t")
+    share = _by_timestep(rows, "advantage/var_share_t")
+    if not ev and not share:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), dpi=100)
+    cmap = plt.get_cmap("viridis")
+    for ax, series, title in ((axes[0], ev, "explained variance of r by V(x_t)"),
+                              (axes[1], share, "share of advantage variance")):
+        ts = sorted(series, reverse=True)
+        for n, t in enumerate(ts):
+            ax.plot(*zip(*series[t], strict=True), lw=1, color=cmap(n / max(1, len(ts) - 1)),
+                    label=f"t={t}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("trajectories sampled")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(-1.0, 1.0)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path = Path(run_dir) / "plots" / "critic_timesteps.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_ev_by_timestep(path: Path, held_out: dict[str, float], train: dict[str, float]) -> Path:
+    """A pretrained critic's explained variance per timestep (noisiest left), held out and train."""
+    ts = sorted((int(t) for t in held_out), reverse=True)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(range(len(ts)), [held_out[str(t)] for t in ts], marker="o", label="held out")
+    ax.plot(range(len(ts)), [train[str(t)] for t in ts], marker=".", ls="--", label="train")
+    ax.set_xticks(range(len(ts)), [str(t) for t in ts], fontsize=7)
+    ax.set_xlabel("timestep t (sampling order: noisy -> clean)")
+    ax.set_ylabel("explained variance of r")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)

@@ -20,6 +20,7 @@ from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards import build_reward, build_stat_tracker
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.rewards.prompts import load_prompts
+from critic_unlearn.training.critic_pretrain import load_pretrained
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -67,17 +68,20 @@ def build_learner(
     if cfg.learner.algorithm == "esd":
         return ESDLearner(cfg, _components(cfg, dev), publisher=publisher)
     critic = text = None
+    tracker = build_stat_tracker(cfg.reward)
     if cfg.critic.enabled:
         clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, dev)
         critic, text = build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic)
-    return Learner(
-        cfg,
-        _components(cfg, dev),
-        critic,
-        text,
-        publisher,
-        reward_tracker=build_stat_tracker(cfg.reward),
-    )
+        if cfg.critic.init is not None:
+            if cfg.critic.init == "auto":
+                raise ValueError(
+                    "critic.init = 'auto' must be resolved before the learner is built "
+                    "(training.critic_pretrain.resolve_critic_init)"
+                )
+            _, stats = load_pretrained(cfg.critic.init, critic, cfg.critic)
+            if tracker is not None and stats is not None:
+                tracker.load_state_dict(stats)  # the scale the critic was pretrained on
+    return Learner(cfg, _components(cfg, dev), critic, text, publisher, reward_tracker=tracker)
 
 
 @dataclass

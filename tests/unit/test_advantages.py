@@ -241,10 +241,6 @@ def test_step_advantages_dispatch() -> None:
     torch.testing.assert_close(
         step_advantages("gae", rewards, 7, values=values, lam=0.3), gae(values, rewards, 0.3)[0]
     )
-    torch.testing.assert_close(
-        step_advantages("vtrace", rewards, 7, values=values, log_rhos=log_rhos),
-        vtrace(values, rewards, log_rhos)[1],
-    )
     with pytest.raises(ValueError, match="values"):
         step_advantages("gae", rewards, 7)
 
@@ -260,3 +256,35 @@ def test_normalize_and_clip() -> None:
     torch.testing.assert_close(clipped, normed.clamp(-0.5, 0.5))
     # A constant batch (or a single element) gives zeros, not NaN.
     assert torch.equal(normalize_and_clip(torch.ones(1, 3), clip=5.0), torch.zeros(1, 3))
+
+
+def test_vtrace_advantage_for_ppo_carries_no_importance_weight() -> None:
+    """PPO multiplies by pi/mu itself: the advantage it gets is r_i + vs_{i+1} - V_i, unweighted.
+
+    Hand-computed on one trajectory of K = 2 (lam = 1, rho_bar = c_bar = 1): V = (0.2, 0.5),
+    r = 1, log ratios (log 0.5, 0): rho = (0.5, 1), delta = (0.3, 0.5),
+    vs_1 = 0.5 + 1 * 0.5 = 1.0, vs_0 = 0.2 + 0.5 * 0.3 + 0.5 * 0.5 = 0.6,
+    advantage_0 = vs_1 - V_0 = 0.8 (not 0.5 * 0.8 = 0.4), advantage_1 = r - V_1 = 0.5.
+    """
+    values = torch.tensor([[0.2, 0.5]], dtype=torch.float64)
+    rewards = torch.tensor([1.0], dtype=torch.float64)
+    log_rhos = torch.log(torch.tensor([[0.5, 1.0]], dtype=torch.float64))
+    adv = step_advantages("vtrace", rewards, 2, values=values, log_rhos=log_rhos)
+    torch.testing.assert_close(adv, torch.tensor([[0.8, 0.5]], dtype=torch.float64))
+    vs, weighted = vtrace(values, rewards, log_rhos)
+    torch.testing.assert_close(vs, torch.tensor([[0.6, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(weighted, torch.tensor([[0.4, 0.5]], dtype=torch.float64))
+
+
+def test_normalize_uses_only_trained_entries() -> None:
+    """Mean and std come from the masked (trained) entries: those come out mean 0, std 1."""
+    adv = torch.tensor([[1.0, 3.0, 100.0], [5.0, 7.0, -100.0]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False], [True, True, False]])
+    normed = normalize_and_clip(adv, clip=None, mask=mask)
+    trained = normed[mask]
+    torch.testing.assert_close(trained.mean(), torch.tensor(0.0, dtype=torch.float64))
+    torch.testing.assert_close(trained.std(correction=0), torch.tensor(1.0, dtype=torch.float64))
+    # by hand: mean 4, population std sqrt(5)
+    torch.testing.assert_close(normed[0, 0], torch.tensor(-3.0 / 5.0**0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="no entry"):
+        normalize_and_clip(adv, clip=None, mask=torch.zeros_like(mask))

@@ -172,3 +172,25 @@ def test_timestep_embedding_distinguishes_steps() -> None:
     emb = timestep_embedding(torch.tensor([0, 1, 999]), 15)
     assert emb.shape == (3, 15)
     assert not torch.allclose(emb[0], emb[1]) and not torch.allclose(emb[1], emb[2])
+
+
+def test_values_for_advantages_equal_values_in_training(tmp_path) -> None:
+    """ResNet towers have BatchNorm: in train mode batch statistics would make the value of a
+    state depend on its minibatch, and differ from the eval-mode values used for advantages.
+    The critic keeps BatchNorm's statistics frozen, so both modes give the same values."""
+    clip = tiny_clip(tmp_path, "resnet")
+    critic = Critic.from_clip(clip, CriticConfig(hidden=16, timestep_dim=16))
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.rand(6, 3, 32, 32, generator=g) * 2 - 1
+    t, text = torch.randint(0, 1000, (6,), generator=g), torch.randn(6, 32, generator=g)
+    critic.eval()
+    with torch.no_grad():
+        v_eval = critic(pixels, t, text)
+    critic.train()
+    assert critic.training and critic.image_proj.training  # the rest does train
+    with torch.no_grad():
+        v_train = critic(pixels, t, text)
+        v_alone = critic(pixels[:2], t[:2], text[:2])  # another minibatch, same states
+    torch.testing.assert_close(v_train, v_eval)
+    torch.testing.assert_close(v_alone, v_eval[:2])

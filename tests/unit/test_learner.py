@@ -186,3 +186,52 @@ def test_min_train_std_trains_only_noisy_enough_transitions(tiny_model_dir, clip
     assert eligible[picks].all()
     with pytest.raises(ValueError, match="learner.min_train_std = 5.0 leaves no transition"):
         make_learner(tiny_model_dir, clip, ["learner.min_train_std=5.0"])[0].step(batch)
+
+
+def _record_score_calls(critic):
+    """Wrap critic.score: record (training?, timesteps) of every call."""
+    calls, original = [], critic.score
+
+    def score(x, timesteps, text_emb):
+        calls.append((critic.training, timesteps.detach().clone()))
+        return original(x, timesteps, text_emb)
+
+    critic.score = score
+    return calls
+
+
+def test_critic_is_fitted_on_every_state_whose_value_enters_the_targets(tiny_model_dir, clip):
+    """min_train_std keeps the policy off the last transitions, but their values still enter the
+    TD(lambda) targets and advantages: the critic must be regressed on those states too."""
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, ["learner.min_train_std=0.3"])
+    batch = make_batch(comps, cfg)
+    comps.scheduler.set_timesteps(cfg.sampler.num_steps)
+    untrained = batch.timesteps[step_std(comps.scheduler, batch.timesteps, 1.0) < 0.3]
+    assert untrained.numel() > 0  # the policy never trains on these timesteps
+    calls = _record_score_calls(learner.critic)
+    m = learner.step(batch)
+    fitted = {int(t) for training, ts in calls if training for t in ts}
+    assert fitted == {int(t) for t in batch.timesteps.unique()}
+    # every critic call of a step sees the states decoded once (no second decode per update)
+    assert all(k in m for k in (f"critic/ev_t{int(t):04d}" for t in batch.timesteps.unique()))
+
+
+def test_advantages_are_normalised_over_the_trained_transitions(tiny_model_dir, clip):
+    """The trained entries' advantages have mean 0 and std 1 (before clipping)."""
+    learner, cfg, comps = make_learner(
+        tiny_model_dir, clip, ["learner.min_train_std=0.3", "learner.advantage_clip=100"]
+    )
+    batch = make_batch(comps, cfg)
+    seen = []
+    original = learner._policy_update
+
+    def spy(lat, nxt, ts, old_lp, cond, adv, rows, idx, b):
+        seen.append(adv)
+        return original(lat, nxt, ts, old_lp, cond, adv, rows, idx, b)
+
+    learner._policy_update = spy
+    learner.step(batch)
+    comps.scheduler.set_timesteps(cfg.sampler.num_steps)
+    trained = step_std(comps.scheduler, batch.timesteps, 1.0) >= 0.3
+    adv = seen[0][trained].double()
+    assert abs(adv.mean().item()) < 1e-5 and abs(adv.std(correction=0).item() - 1) < 1e-4

@@ -59,30 +59,34 @@ def config(model_dir, clip_dir, run_dir, *extra):
 def test_local_training_runs_logs_checkpoints_and_resumes(tiny_model_dir, clip_dir, tmp_path):
     cfg = config(tiny_model_dir, clip_dir, tmp_path)
     r = train_local(cfg)
-    assert r.learner_steps == 3 and r.version == 2  # one warm-up step, then two policy updates
-    assert r.trajectories >= 12  # spi 1: every learner batch of 4 needs 4 new inserts
+    # max_steps counts policy updates: the warm-up step comes on top, so the critic arm gets as
+    # many policy updates as a critic-off run with the same budget
+    assert r.learner_steps == 4 and r.version == 3
+    assert r.trajectories >= 16  # spi 1: every learner batch of 4 needs 4 new inserts
     rows = read_metrics(r.run_dir / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [1, 2, 3]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert any(k.startswith("critic/ev_t") for k in rows[-1])  # what the critic knows, per t
+    assert any(k.startswith("advantage/var_share_t") for k in rows[-1])
     assert all("critic/loss" in row and "replay/size" in row for row in rows)
     assert all(row["actor/forget_reward_mean"] == row["actor/forget_reward_mean"] for row in rows)
     assert list((r.run_dir / "tb").iterdir())  # TensorBoard event file
     assert (r.run_dir / "config.yaml").exists() and (r.run_dir / CHECKPOINT).exists()
     state, manifest = decode_state_dict((r.run_dir / "adapter/adapter.safetensors").read_bytes())
-    assert manifest["version"] == "2" and any(v.abs().sum() > 0 for v in state.values())
+    assert manifest["version"] == "3" and any(v.abs().sum() > 0 for v in state.values())
     snaps = list_snapshots(r.run_dir)  # checkpoint_every=2, and the final checkpoint
-    assert [s.step for s in snaps] == [2, 3]
+    assert [s.step for s in snaps] == [2, 4]
     assert snaps[-1].trajectories == r.trajectories
     assert all(torch.equal(snaps[-1].load()[k], v) for k, v in state.items())
 
     plots = plot_run(r.run_dir)
-    assert {p.name for p in plots} >= {"reward.png", "critic.png"}
+    assert {p.name for p in plots} >= {"reward.png", "critic.png", "critic_timesteps.png"}
     assert all(p.stat().st_size > 1000 for p in plots)
 
     more = train_local(config(tiny_model_dir, clip_dir, tmp_path, "learner.max_steps=4"))
-    assert more.learner_steps == 4 and more.version == 3  # resumed, version continues
+    assert more.learner_steps == 5 and more.version == 4  # resumed, version continues
     assert more.trajectories >= r.trajectories + 4
     rows = read_metrics(r.run_dir / "metrics.jsonl")
-    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4, 5]
 
 
 def test_critic_off_runs_ddpo_style(tiny_model_dir, clip_dir, tmp_path):

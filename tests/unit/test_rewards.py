@@ -308,16 +308,33 @@ def test_prompt_errors_name_the_field_and_file(tmp_path: Path) -> None:
 
 def test_stat_tracker_math_by_hand() -> None:
     tracker = PerPromptStatTracker(buffer_size=3, min_count=2)
-    # batch 1: "a" has 1 reward (< min_count) -> batch stats; "b" has 2 -> its own stats
+    # batch 1: pool [1, 2, 4] (mean 7/3, std sqrt(14/9)); "a" has 1 reward (w = 1/2, its own
+    # z-score is 0), "b" has 2 (w = 1: its own window only)
     r1 = tracker.update(["a", "b", "b"], torch.tensor([1.0, 2.0, 4.0]))
-    batch_mean, batch_std = 7 / 3, torch.tensor([1.0, 2.0, 4.0]).std(correction=0).item()
-    torch.testing.assert_close(r1, torch.tensor([
-        (1 - batch_mean) / (batch_std + 1e-6), -1 / (1 + 1e-6), 1 / (1 + 1e-6)]))
-    # batch 2: "a" window [1, 3] (mean 2, std 1); "b" window keeps the last 3: [2, 4, 6]
+    z_a = 0.5 * 0.0 + 0.5 * (1 - 7 / 3) / ((14 / 9) ** 0.5 + 1e-6)
+    torch.testing.assert_close(r1, torch.tensor([z_a, -1 / (1 + 1e-6), 1 / (1 + 1e-6)]))
+    # batch 2: "a" window [1, 3] (mean 2, std 1, w = 1); "b" keeps the last 3: [2, 4, 6]
     r2 = tracker.update(["a", "b"], torch.tensor([3.0, 6.0]))
     std_b = (8 / 3) ** 0.5
     torch.testing.assert_close(r2, torch.tensor([1 / (1 + 1e-6), 2 / (std_b + 1e-6)]))
     assert tracker.stats()["b"]["count"] == 3
+
+
+def test_stat_tracker_targets_do_not_jump_when_a_prompt_reaches_min_count() -> None:
+    """A prompt's standardised reward moves gradually from pooled to per-prompt statistics.
+
+    Two prompts with very different reward levels, the same rewards every batch: DDPO's tracker
+    maps 'a' = 3.1 to about +1 (batch statistics) and then, at min_count, to +1 of the per-prompt
+    window (mean 3, std 0.1) while 2.9 flips from ~+1 to -1: a jump of ~2 in one batch.
+    """
+    tracker = PerPromptStatTracker(buffer_size=16, min_count=16)
+    outs = []
+    for _ in range(12):
+        out = tracker.update(["a", "a", "b", "b"], torch.tensor([2.9, 3.1, -3.1, -2.9]))
+        outs.append(out[0].item())  # the standardised 2.9 of prompt "a"
+    steps = [abs(b - a) for a, b in zip(outs, outs[1:], strict=False)]
+    assert outs[0] > 0.5 and outs[-1] == pytest.approx(-1.0, abs=1e-3)  # it does get there
+    assert max(steps) < 0.5, steps  # ... in steps, not one jump
 
 
 def test_stat_tracker_state_is_json_and_resumes_exactly() -> None:

@@ -1,0 +1,293 @@
+"""Pure helpers of the ablation grid (bench/sample_efficiency.py): arms, run-folder state,
+per-seed result records and their aggregation into a table and JSON.
+
+Nothing here trains or judges, so the arithmetic the paper's numbers rest on (medians, ranges,
+'not reached', the DDPO / critic ratio) is unit-tested on hand-made results
+(tests/unit/test_bench_ablation.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from critic_unlearn.evaluation.curve import trajectories_to
+
+# Each arm: config overrides applied on top of the scenario YAML (before the user's own).
+ARMS: dict[str, list[str]] = {
+    "critic": ["critic.enabled=true", "critic.input=noisy", "critic.timestep_input=true"],
+    "x0_pred": ["critic.enabled=true", "critic.input=x0_pred"],
+    "no_timestep": ["critic.enabled=true", "critic.timestep_input=false"],
+    "ddpo": ["critic.enabled=false"],
+    # off-policy reuse: each trajectory is learned from ~4 times (same seeds, same staleness bound)
+    "critic_spi4": ["critic.enabled=true", "critic.input=noisy", "critic.timestep_input=true",
+                    "replay.samples_per_insert=4", "replay.error_buffer=64"],
+}
+DEFAULT_ARMS = ["critic", "x0_pred", "no_timestep", "ddpo"]
+RESULT = "result.json"
+SETTINGS = "ablation_settings.json"  # written before training: what the folder is a run of
+CRITIC_INIT = "critic_init.json"  # written by the trainer when a pretrained critic was used
+NOT_REACHED = math.inf  # a seed that never reaches the target sorts after every one that does
+
+
+# ---------------------------------------------------------------- run folders
+
+
+def run_overrides(arm: str, seed: int, steps: int, every: int, extra: list[str]) -> list[str]:
+    """The overrides that define one cell's run besides its folder (recorded, compared on
+    resume); the user's `extra` come last so they can refine an arm."""
+    return [
+        f"runtime.seed={seed}",
+        f"learner.seed={seed}",
+        f"learner.max_steps={steps}",
+        f"learner.checkpoint_every={every}",
+        *ARMS[arm],
+        *extra,
+    ]
+
+
+def cell_settings(steps: int, every: int, images: int, overrides: list[str]) -> dict[str, Any]:
+    """What must match for a finished run folder to be reused instead of rerun."""
+    return {"steps": steps, "every": every, "images": images, "overrides": list(overrides)}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def cell_state(run_dir: Path, settings: dict[str, Any]) -> str:
+    """Decide what to do with a run folder, from its files only:
+    "done" (result.json with these settings: reuse it), "resume" (a started run of these
+    settings: train_local continues from its checkpoint), "fresh" (nothing there yet), or
+    "conflict" (a run of other settings: neither reuse nor continue it, the curve would mix)."""
+    run_dir = Path(run_dir)
+    result = _read_json(run_dir / RESULT)
+    if result is not None:
+        return "done" if result.get("settings") == settings else "conflict"
+    started = _read_json(run_dir / SETTINGS)
+    if started is not None:
+        return "resume" if started == settings else "conflict"
+    return "fresh"
+
+
+# ---------------------------------------------------------------- one run's record
+
+
+def make_result(arm: str, scenario: str, seed: int, settings: dict[str, Any], train_s: float,
+                trajectories: int, curve: dict[str, Any], target: float, resumed: bool,
+                critic_init: dict[str, Any] | None) -> dict[str, Any]:
+    """result.json of one cell: everything the table needs, so the grid can be re-tabulated
+    (--table-only) without the run folders' checkpoints or the judge."""
+    final = curve["points"][-1]
+    out = {
+        "arm": arm,
+        "scenario": scenario,
+        "seed": seed,
+        "settings": settings,
+        "train_s": round(train_s, 1),
+        "resumed": resumed,  # True: train_s covers only this session's part of the run
+        "trajectories": trajectories,
+        "target_ua": target,
+        "trajectories_to_target": trajectories_to(curve, target),
+        "final_ua": final["ua"],
+        "final_ira": final["ira"],
+        "base_ua": curve["base"]["ua"],
+        "base_ira": curve["base"]["ira"],
+        "curve": {"base": curve["base"], "points": curve["points"]},
+    }
+    if critic_init is not None:
+        out["critic_init"] = critic_init
+    return out
+
+
+def load_results(out: Path) -> list[dict[str, Any]]:
+    """Every readable OUT/<scenario>/<arm>/s<seed>/result.json, in path order."""
+    return [r for p in sorted(Path(out).glob(f"*/*/s*/{RESULT}"))
+            if (r := _read_json(p)) is not None]
+
+
+# ---------------------------------------------------------------- aggregation
+
+
+def median_range(values: list[float]) -> tuple[float, float, float] | None:
+    """(median, min, max); None for no values. math.inf (not reached) is an ordinary large
+    value here, so a median over mostly-unreached seeds is itself 'not reached'."""
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, Any]:
+    """One scenario x arm over its seeds. Trajectories-to-target are recomputed from the stored
+    curves, so a table for another --target needs no rerun."""
+    reach = [trajectories_to(r["curve"], target) for r in results]
+    mr = median_range([NOT_REACHED if t is None else t for t in reach])
+    ira_pct = [100.0 * r["final_ira"] / r["base_ira"]
+               if r.get("final_ira") is not None and r.get("base_ira") else None for r in results]
+    inits = [r["critic_init"] for r in results if r.get("critic_init")]
+    return {
+        "seeds": len(results),
+        "seed_ids": sorted(r["seed"] for r in results),
+        "reached": sum(t is not None for t in reach),
+        "to_target": mr,  # (median, min, max) with math.inf = not reached; None: no seeds
+        "final_ua": _median([r.get("final_ua") for r in results]),
+        "final_ira": _median([r.get("final_ira") for r in results]),
+        "ira_pct_of_base": _median(ira_pct),
+        "train_s": _median([r.get("train_s") for r in results]),
+        "pretrain_trajectories": _median([i.get("trajectories") for i in inits]),
+        "pretrain_s": _median([i.get("wall_s") for i in inits]),
+        "pretrain_cached": any(i.get("cached") for i in inits),
+        "pretrain_seeds": len(inits),
+    }
+
+
+def median_to_target(cell: dict[str, Any]) -> int | None:
+    """The cell's median trajectories to target as an int; None when missing or not reached."""
+    mr = cell.get("to_target")
+    if mr is None or math.isinf(mr[0]):
+        return None
+    return round(mr[0])
+
+
+def ratio(numerator: int | None, denominator: int | None) -> float | None:
+    """median(ddpo) / median(critic): how many times more trajectories DDPO needed; None unless
+    both reached the target."""
+    if numerator is None or not denominator:
+        return None
+    return round(numerator / denominator, 3)
+
+
+def summarize(results: list[dict[str, Any]], target: float, scenarios: list[str],
+              arms: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{scenario: {arm: cell}} for the requested scenarios and arms (empty cells kept, so the
+    table shows what is missing) plus any other found in the results."""
+    names = list(dict.fromkeys([*scenarios, *(r["scenario"] for r in results)]))
+    arm_names = list(dict.fromkeys([*arms, *(r["arm"] for r in results)]))
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for sc in names:
+        out[sc] = {}
+        for arm in arm_names:
+            cell = [r for r in results if r["scenario"] == sc and r["arm"] == arm]
+            if cell or arm in arms:
+                out[sc][arm] = summarize_cell(cell, target)
+    return out
+
+
+def summary_json(summary: dict[str, dict[str, dict[str, Any]]], target: float,
+                 out: str) -> dict[str, Any]:
+    """The machine-readable last line of the bench."""
+    scenarios = {}
+    for sc, cells in summary.items():
+        arms = {arm: {"median_trajectories_to_target": median_to_target(c),
+                      "reached": c["reached"], "seeds": c["seeds"]} for arm, c in cells.items()}
+        r = ratio(arms.get("ddpo", {}).get("median_trajectories_to_target"),
+                  arms.get("critic", {}).get("median_trajectories_to_target"))
+        scenarios[sc] = {"arms": arms, "median_ratio_ddpo_over_critic": r}
+    return {"target_ua": target, "scenarios": scenarios, "out": out}
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _traj(v: float) -> str:
+    return "not reached" if math.isinf(v) else f"{round(v):,}"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "—" if v is None else format(v, fmt)
+
+
+def _to_target_text(c: dict[str, Any]) -> str:
+    if c["to_target"] is None:
+        return "missing"
+    med, lo, hi = c["to_target"]
+    reached = f"({c['reached']}/{c['seeds']} reached)"
+    if math.isinf(lo):
+        return f"not reached {reached}"
+    return f"{_traj(med)} [{_traj(lo)}, {_traj(hi)}] {reached}"
+
+
+def _pretrain_text(c: dict[str, Any]) -> str:
+    if not c["pretrain_seeds"]:
+        return "—"
+    cached = " (cached)" if c["pretrain_cached"] else ""
+    return (f"{_num(c['pretrain_trajectories'], ',.0f')} traj, "
+            f"{_num(c['pretrain_s'], '.0f')} s{cached}")
+
+
+def table_row(arm: str, c: dict[str, Any], expected_seeds: int) -> str:
+    """One Markdown row; a cell with fewer seeds than the grid asks for says so."""
+    seeds = f"{c['seeds']}/{expected_seeds}" if expected_seeds else str(c["seeds"])
+    ira = _num(c["final_ira"], ".3f")
+    if c["ira_pct_of_base"] is not None:
+        ira += f" ({c['ira_pct_of_base']:.1f}% of base)"
+    return (f"| {arm} | {seeds} | {_to_target_text(c)} | {_num(c['final_ua'], '.3f')} | {ira} "
+            f"| {_num(c['train_s'], '.0f')} | {_pretrain_text(c)} |")
+
+
+def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], target: float,
+                   expected_seeds: int, settings_note: str = "") -> str:
+    """The report: one table per scenario, one row per arm, medians over seeds."""
+    lines = [f"# Ablation: trajectories to judged UA >= {target}", ""]
+    if settings_note:
+        lines += [settings_note, ""]
+    lines += [
+        "Medians over seeds; [min, max] over seeds; a seed that never reached the target counts "
+        "as 'not reached' (after every seed that did). Final UA/IRA: last snapshot. "
+        "Pretraining: the critic's pretraining cost, not included in the trajectories.",
+        "",
+    ]
+    head = ("| arm | seeds | trajectories to target | final UA | final IRA | train s "
+            "| critic pretraining |")
+    for sc, cells in summary.items():
+        lines += [f"## {sc}", "", head, "|" + "---|" * 7]
+        lines += [table_row(arm, c, expected_seeds) for arm, c in cells.items()]
+        r = ratio(median_to_target(cells.get("ddpo", {})),
+                  median_to_target(cells.get("critic", {})))
+        lines += ["", f"DDPO / critic (median trajectories to target): "
+                      f"{'—' if r is None else f'{r:.2f}x'}", ""]
+    return "\n".join(lines)
+
+
+def settings_note(results: list[dict[str, Any]]) -> str:
+    """Which learner steps / snapshot interval / judged images the results were made with;
+    flags a mix (results of different settings are not comparable)."""
+    seen = sorted({(r["settings"]["steps"], r["settings"]["every"], r["settings"]["images"])
+                   for r in results if "settings" in r})
+    if not seen:
+        return ""
+    text = "; ".join(f"steps={s}, every={e}, images/prompt={i}" for s, e, i in seen)
+    return ("Settings: " if len(seen) == 1 else "WARNING, mixed settings: ") + text
+
+
+# ---------------------------------------------------------------- curves for the plot
+
+
+def aligned_band(curves: list[dict[str, Any]], key: str = "ua"
+                 ) -> tuple[list[float], list[float], list[float], list[float]]:
+    """Seeds aligned on snapshot index (index 0: the base model at 0 trajectories), cut to the
+    shortest: x = median trajectories, then median, min and max of `key` over seeds."""
+    series = [[(0, c["base"][key])] + [(p["trajectories"], p[key]) for p in c["points"]]
+              for c in curves]
+    n = min((len(s) for s in series), default=0)
+    xs, med, lo, hi = [], [], [], []
+    for i in range(n):
+        ys = [s[i][1] for s in series if s[i][1] is not None]
+        if not ys:
+            continue
+        xs.append(statistics.median(s[i][0] for s in series))
+        med.append(statistics.median(ys))
+        lo.append(min(ys))
+        hi.append(max(ys))
+    return xs, med, lo, hi

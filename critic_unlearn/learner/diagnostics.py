@@ -1,0 +1,56 @@
+"""What the critic knows, per denoising timestep: explained variance and advantage variance.
+
+The critic only helps where V(x_t, t, c) predicts the final reward better than its mean; where
+the explained variance is ~0 its advantages are noise. Both numbers are grouped by timestep value
+(with `sampler.keep_steps` a batch position holds different timesteps in different rows).
+
+    critic/ev_tNNNN          1 - Var(r - V(x_t)) / Var(r) over the batch's states at timestep t
+    advantage/var_share_tNNNN  share of the trained advantages' sum of squares (about their mean)
+                             that sits at timestep t: where the policy gradient's signal lives
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def explained_variance(pred: Tensor, target: Tensor) -> float:
+    """1 - Var(target - pred) / Var(target) (population variances); nan for a constant target."""
+    var = target.double().var(correction=0)
+    if var <= 0:
+        return float("nan")
+    return float(1.0 - (target.double() - pred.double()).var(correction=0) / var)
+
+
+def per_timestep_diagnostics(
+    timesteps: Tensor,
+    rewards: Tensor,
+    values: Tensor | None,
+    advantages: Tensor,
+    trained: Tensor,
+) -> dict[str, float]:
+    """Metrics keyed by timestep (see the module docstring).
+
+    timesteps: Tensor  # (B, K) int
+    rewards: Tensor    # (B,)    the rewards the critic regresses on (standardised if so set)
+    values: Tensor | None  # (B, K) V of each stored state, None without a critic
+    advantages: Tensor  # (B, K)  before normalisation
+    trained: Tensor    # (B, K) bool, transitions the policy may train on
+    """
+    out: dict[str, float] = {}
+    ts = timesteps.cpu()
+    adv = advantages.detach().double().cpu()
+    mask = trained.cpu()
+    centred = adv - adv[mask].mean() if mask.any() else adv
+    total = float((centred[mask] ** 2).sum()) if mask.any() else 0.0
+    r = rewards.detach().cpu()
+    for t in sorted({int(x) for x in ts.unique()}, reverse=True):
+        at = ts == t
+        if values is not None:
+            rows = at.any(1)
+            v = torch.stack([values[i][at[i]].mean() for i in rows.nonzero().squeeze(1).tolist()])
+            out[f"critic/ev_t{t:04d}"] = explained_variance(v.cpu(), r[rows])
+        if total > 0:
+            out[f"advantage/var_share_t{t:04d}"] = float((centred[at & mask] ** 2).sum()) / total
+    return out

@@ -1,0 +1,317 @@
+"""Pretrain the critic as a reward predictor on noisy states, before any RL (the paper's recipe).
+
+Base-policy trajectories are sampled by the run's own `Actor` (same prompts, sampler, reward) and
+pass through the replay's codec (`encode_trajectory` / `decode_trajectory`, the bytes Redis would
+hold); the critic then regresses V(x_t, t, c) on the trajectory's final reward at every stored
+state (Monte Carlo targets: unbiased whatever the critic knows). They are kept in memory rather
+than drawn from the Redis buffer, because a regression with a held-out split needs a fixed set,
+which the buffer's with-replacement draws do not give.
+
+Targets are the rewards as the learner will see them: standardised by the run's per-prompt
+tracker, filled with all pretraining rewards; the tracker's state ships with the checkpoint and
+seeds the run's, so the critic's scale and the run's targets agree from the first step.
+
+Output (a folder): `critic.safetensors` (checkpoint format, no pickle: critic weights, reward
+statistics, meta with the per-timestep explained variance on held-out trajectories and the cost),
+`pretrain.json` (the same meta) and `critic_ev.png`. `critic.init = "auto"` keeps one such folder
+per key under `critic.cache_dir`, so a second run with the same world and settings pays nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from critic_unlearn.codec import decode_trajectory, encode_trajectory
+from critic_unlearn.config import RunConfig
+from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
+from critic_unlearn.learner.critic import Critic, build_critic, make_vae_decode, text_embedder
+from critic_unlearn.learner.diagnostics import explained_variance
+from critic_unlearn.learner.losses import value_loss
+from critic_unlearn.rewards import build_stat_tracker
+from critic_unlearn.rewards.normalization import PerPromptStatTracker
+from critic_unlearn.rewards.openclip_loading import load_open_clip
+from critic_unlearn.types import Batch
+
+CHECKPOINT = "critic.safetensors"
+KIND = "critic-pretrain/1"
+# critic settings that change the network: a checkpoint loads only into the same architecture
+ARCH_FIELDS = ("input", "timestep_input", "fusion", "hidden", "timestep_dim", "train_image_tower")
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    path: Path  # the critic checkpoint
+    meta: dict  # trajectories, wall_s, ev per timestep (held out and train), key
+    cached: bool  # True: found under critic.cache_dir, nothing was trained
+
+
+def _folder_fingerprint(name: str) -> str:
+    """Names, sizes and JSON contents of a local model folder (a hub id hashes as itself)."""
+    from critic_unlearn.toyworld import TOYWORLD, pipeline_dir, reward_clip_dir
+
+    if name == TOYWORLD:
+        return _folder_fingerprint(str(pipeline_dir())) + _folder_fingerprint(
+            str(reward_clip_dir())
+        )
+    root = Path(name)
+    if not root.is_dir():
+        return name
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
+        if f.suffix == ".json":
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def pretrain_key(cfg: RunConfig) -> str:
+    """What the pretrained critic depends on: model, reward, prompts, sampler, critic, pretrain."""
+    critic = cfg.critic.model_dump(mode="json", exclude={"init", "cache_dir", "warmup_steps",
+                                                          "train_states", "text_cache_size"})
+    parts = {
+        "model": _folder_fingerprint(cfg.model.pretrained),
+        "model_cfg": cfg.model.model_dump(mode="json"),
+        "clip": _folder_fingerprint(cfg.reward.clip_model),
+        "reward": cfg.reward.model_dump(mode="json"),
+        "sampler": cfg.sampler.model_dump(mode="json"),
+        "critic": critic,
+        "lora": cfg.lora.model_dump(mode="json"),
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sample_dataset(cfg: RunConfig, console: Console) -> list:
+    """`critic.pretrain_trajectories` base-policy trajectories, round-tripped through the codec."""
+    from critic_unlearn.training.setup import build_actor
+
+    seeded = cfg.model_copy(
+        update={"runtime": cfg.runtime.model_copy(update={"seed": cfg.critic.pretrain_seed})}
+    )
+    actor = build_actor(seeded, actor_id=0)
+    trajs: list = []
+    n = cfg.critic.pretrain_trajectories
+    while len(trajs) < n:
+        batch = actor.sample_batch(min(cfg.sampler.batch_size, n - len(trajs)))
+        trajs += [decode_trajectory(encode_trajectory(t)) for t in batch]
+        console.print(f"critic pretrain: sampled {len(trajs)}/{n} trajectories", highlight=False)
+    del actor
+    return trajs
+
+
+def _targets(cfg: RunConfig, batch: Batch) -> tuple[torch.Tensor, PerPromptStatTracker | None]:
+    """Rewards as the learner will regress on them, and the tracker that produced them."""
+    tracker = build_stat_tracker(cfg.reward)
+    if tracker is None:
+        return batch.rewards.float(), None
+    tracker.add(batch.prompts, batch.rewards)
+    return tracker.transform(batch.prompts, batch.rewards).float(), tracker
+
+
+def ev_by_timestep(values: torch.Tensor, rewards: torch.Tensor, ts: torch.Tensor) -> dict:
+    """{timestep: explained variance of V against the final reward} over (N, K) states."""
+    out = {}
+    for t in sorted({int(x) for x in ts.unique()}, reverse=True):
+        at = ts == t
+        rows = at.any(1)
+        v = torch.stack([values[i][at[i]].mean() for i in rows.nonzero().squeeze(1).tolist()])
+        out[str(t)] = round(explained_variance(v, rewards[rows]), 4)
+    return out
+
+
+@torch.no_grad()
+def _values(critic: Critic, x: torch.Tensor, ts: torch.Tensor, text: torch.Tensor,
+            chunk: int) -> torch.Tensor:
+    critic.eval()
+    n, k = ts.shape
+    xs, tf, txt = x.flatten(0, 1), ts.flatten(), text.repeat_interleave(k, 0)
+    flat = torch.cat([critic.score(xs[i:i + chunk], tf[i:i + chunk], txt[i:i + chunk])
+                      for i in range(0, n * k, chunk)])
+    return flat.view(n, k).float()
+
+
+def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
+                    device: str | torch.device = "cpu") -> PretrainResult:
+    """Sample, fit, measure, write `out_dir/critic.safetensors` (+ pretrain.json, critic_ev.png)."""
+    from critic_unlearn.diffusion.loading import load_components
+    from critic_unlearn.training.plots import plot_ev_by_timestep
+
+    console = console or Console(stderr=True)
+    if not cfg.critic.enabled:
+        raise ValueError("critic.enabled = false: there is no critic to pretrain")
+    cc = cfg.critic
+    t0 = time.perf_counter()
+    trajs = sample_dataset(cfg, console)
+    sample_s = time.perf_counter() - t0
+    device = torch.device(device)
+    batch = Batch.from_trajectories(trajs)
+    targets, tracker = _targets(cfg, batch)
+
+    torch.manual_seed(cc.pretrain_seed)
+    clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, device)
+    critic = build_critic(cc, clip).to(device)
+    text = text_embedder(clip, cc)(batch.prompts).to(device)
+    m = cfg.model
+    comps = load_components(m.pretrained, revision=m.revision, dtype=m.dtype, device=device,
+                            local_files_only=m.local_files_only)
+    decode = make_vae_decode(comps.vae)
+    x0 = None
+    if cc.input == "x0_pred":
+        x0 = _predicted_x0(cfg, comps, batch, device)
+    lat, ts = batch.latents.to(device), batch.timesteps.to(device)
+    chunk = cfg.sampler.batch_size
+    inputs = torch.cat([
+        torch.stack([
+            critic.inputs(lat[rows, j], decode, None if x0 is None else x0[rows, j])
+            for j in range(lat.shape[1])
+        ], 1)
+        for rows in torch.arange(lat.shape[0]).split(chunk)
+    ])  # (N, K, 3, S, S): every state decoded once
+    del comps
+
+    n, k = ts.shape
+    g = torch.Generator().manual_seed(cc.pretrain_seed)
+    order = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(n * cc.pretrain_val_fraction)))
+    val, train = order[:n_val], order[n_val:]
+    opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cc.lr)
+    tgt = targets.to(device)
+    states = torch.stack(torch.meshgrid(train, torch.arange(k), indexing="ij"), -1).view(-1, 2)
+    losses = []
+    for epoch in range(cc.pretrain_epochs):
+        critic.train()
+        for sel in states[torch.randperm(len(states), generator=g)].split(cc.pretrain_batch_size):
+            r, i = sel[:, 0], sel[:, 1]
+            pred = critic.score(inputs[r, i], ts[r, i], text[r])
+            loss = value_loss(pred.float(), tgt[r], cc.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.learner.max_grad_norm)
+            opt.step()
+            losses.append(loss.item())
+        console.print(
+            f"critic pretrain: epoch {epoch + 1}/{cc.pretrain_epochs}, loss "
+            f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", highlight=False)
+    values = _values(critic, inputs, ts, text, cc.pretrain_batch_size).cpu()
+    meta = {
+        "kind": KIND,
+        "key": pretrain_key(cfg),
+        "trajectories": n,
+        "held_out": n_val,
+        "states": n * k,
+        "epochs": cc.pretrain_epochs,
+        "sample_s": round(sample_s, 1),
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "critic": {f: getattr(cc, f) for f in ARCH_FIELDS},
+        "ev_held_out": ev_by_timestep(values[val], targets[val], batch.timesteps[val]),
+        "ev_train": ev_by_timestep(values[train], targets[train], batch.timesteps[train]),
+        "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5),
+    }
+    out_dir = Path(out_dir)
+    state = {"critic": critic.state_dict(), "meta": json.dumps(meta),
+             "reward_stats": None if tracker is None else tracker.state_dict()}
+    save_checkpoint(out_dir / CHECKPOINT, state)
+    atomic_write_text(out_dir / "pretrain.json", json.dumps(meta, indent=1))
+    plot_ev_by_timestep(out_dir / "critic_ev.png", meta["ev_held_out"], meta["ev_train"])
+    return PretrainResult(out_dir / CHECKPOINT, meta, cached=False)
+
+
+@torch.no_grad()
+def _predicted_x0(cfg: RunConfig, comps, batch: Batch, device) -> torch.Tensor:
+    """x0_hat of every stored state under the base policy (critic.input = "x0_pred")."""
+    from critic_unlearn.diffusion.lora import attach_lora
+    from critic_unlearn.diffusion.policy import encode_prompts, policy_step
+
+    attach_lora(comps.unet, cfg.lora)  # zero-initialised: the base policy
+    comps.scheduler.set_timesteps(batch.sampler.num_steps, device=device)
+    uncond = encode_prompts(comps.tokenizer, comps.text_encoder, [""])
+    out = []
+    for rows in torch.arange(len(batch.prompts)).split(cfg.sampler.batch_size):
+        cond = encode_prompts(comps.tokenizer, comps.text_encoder, [batch.prompts[i] for i in rows])
+        cols = []
+        for j in range(batch.latents.shape[1]):
+            step = policy_step(
+                comps.unet, comps.scheduler, batch.latents[rows, j].to(device),
+                batch.timesteps[rows, j].to(device), cond, uncond.expand_as(cond),
+                guidance_scale=batch.sampler.guidance_scale, eta=batch.sampler.eta,
+                prev_sample=batch.next_latents[rows, j].to(device),
+                reduction=batch.sampler.log_prob_reduction,
+            )
+            cols.append(step.pred_original_sample)
+        out.append(torch.stack(cols, 1))
+    return torch.cat(out)
+
+
+def load_pretrained(path: str | Path, critic: Critic, cc) -> tuple[dict, dict | None]:
+    """Load a pretrained critic into `critic` (same architecture, else a clear error).
+
+    Returns (meta, reward_stats)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"critic.init = {str(path)!r} does not exist; write one with `critic-unlearn critic "
+            "pretrain CONFIG`, or set critic.init = auto"
+        )
+    state = load_checkpoint(path)
+    meta = json.loads(state.get("meta", "{}"))
+    if meta.get("kind") != KIND:
+        raise ValueError(f"critic.init = {str(path)!r} is not a pretrained critic checkpoint")
+    want = {f: getattr(cc, f) for f in ARCH_FIELDS}
+    if meta.get("critic") != want:
+        raise ValueError(
+            f"critic.init = {str(path)!r} was pretrained with critic settings {meta.get('critic')}"
+            f", this run has {want}; pretrain for these settings or set critic.init = auto"
+        )
+    critic.load_state_dict(state["critic"])
+    return meta, state.get("reward_stats")
+
+
+def resolve_critic_init(cfg: RunConfig, console: Console | None = None) -> tuple[RunConfig, dict]:
+    """`critic.init = "auto"` -> the cached checkpoint for this config (pretrained on a miss).
+
+    Returns the config with an absolute `critic.init` path, and what it cost
+    ({path, trajectories, wall_s, cached}); ({}) when the run uses no pretrained critic."""
+    cc = cfg.critic
+    if not cc.enabled or cc.init is None or cfg.learner.algorithm != "ppo":
+        return cfg, {}
+    if cc.init != "auto":
+        path = Path(cc.init).expanduser().resolve()
+        meta = json.loads(load_checkpoint(path).get("meta", "{}")) if path.is_file() else {}
+        info = {"path": str(path), "trajectories": meta.get("trajectories"),
+                "wall_s": meta.get("wall_s"), "cached": True}
+        return _with_init(cfg, path), info
+    folder = Path(cc.cache_dir).expanduser().resolve() / pretrain_key(cfg)
+    path = folder / CHECKPOINT
+    cached = path.is_file()
+    if cached:
+        meta = json.loads((folder / "pretrain.json").read_text())
+    else:
+        from critic_unlearn.device import resolve_device
+
+        console = console or Console(stderr=True)
+        console.print(f"critic.init = auto: pretraining the critic once, cached in {folder}")
+        meta = pretrain_critic(cfg, folder, console, resolve_device(cfg.runtime.device)).meta
+    info = {"path": str(path), "trajectories": meta["trajectories"], "wall_s": meta["wall_s"],
+            "cached": cached}
+    return _with_init(cfg, path), info
+
+
+def _with_init(cfg: RunConfig, path: Path) -> RunConfig:
+    return cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"init": str(path)})})
+
+
+def use_pretrained_critic(cfg: RunConfig, run_dir: Path, console: Console | None = None
+                          ) -> RunConfig:
+    """Resolve `critic.init` for a run; record where it came from and its cost in
+    `run_dir/critic_init.json` (so ablations can count pretraining's trajectories)."""
+    cfg, info = resolve_critic_init(cfg, console)
+    if info:
+        atomic_write_text(Path(run_dir) / "critic_init.json", json.dumps(info, indent=1))
+    return cfg

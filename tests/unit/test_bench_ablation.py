@@ -1,0 +1,211 @@
+"""The ablation grid's pure aggregation (bench/_ablation.py) on hand-made results: no training."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pytest` needs this
+    sys.path.insert(0, str(ROOT))
+
+from bench._ablation import (  # noqa: E402
+    ARMS,
+    RESULT,
+    SETTINGS,
+    aligned_band,
+    cell_settings,
+    cell_state,
+    load_results,
+    make_result,
+    markdown_table,
+    median_range,
+    median_to_target,
+    ratio,
+    run_overrides,
+    settings_note,
+    summarize,
+    summary_json,
+)
+
+SETTINGS_A = cell_settings(100, 10, 8, run_overrides("critic", 0, 100, 10, []))
+
+
+def curve(uas: list[float], per_snapshot: int = 320, base_ua: float = 0.1,
+          ira: float = 0.9, base_ira: float = 0.95) -> dict:
+    """A judged curve: one point per snapshot, `per_snapshot` trajectories apart."""
+    pts = [{"step": 10 * (i + 1), "trajectories": per_snapshot * (i + 1), "ua": u, "ira": ira,
+            "forget_attribute_accuracy": 1.0} for i, u in enumerate(uas)]
+    return {"base": {"ua": base_ua, "ira": base_ira, "forget_attribute_accuracy": 1.0},
+            "points": pts}
+
+
+def result(arm: str, seed: int, uas: list[float], scenario: str = "toy_forget_red",
+           critic_init: dict | None = None, **kw) -> dict:
+    return make_result(arm, scenario, seed, SETTINGS_A, train_s=100.0 + seed,
+                       trajectories=320 * len(uas), curve=curve(uas, **kw), target=0.9,
+                       resumed=False, critic_init=critic_init)
+
+
+def test_make_result_records_curve_target_and_final_numbers() -> None:
+    init = {"path": "c.safetensors", "trajectories": 2048, "wall_s": 60.0, "cached": False}
+    r = result("critic", 1, [0.2, 0.95, 0.97], ira=0.85, critic_init=init)
+    assert r["trajectories_to_target"] == 640
+    assert (r["final_ua"], r["final_ira"], r["base_ira"]) == (0.97, 0.85, 0.95)
+    assert r["critic_init"] == init
+    assert len(r["curve"]["points"]) == 3
+    assert "critic_init" not in result("ddpo", 1, [0.2])
+    json.dumps(r)  # result.json must serialize
+
+
+def test_median_range_and_not_reached() -> None:
+    assert median_range([640.0, 960.0, 320.0]) == (640.0, 320.0, 960.0)
+    assert median_range([]) is None
+    med, lo, hi = median_range([640.0, math.inf, math.inf])
+    assert math.isinf(med) and lo == 640.0 and math.isinf(hi)
+
+
+def test_summary_counts_reached_seeds_and_takes_medians() -> None:
+    results = [
+        result("critic", 0, [0.5, 0.92]),        # reaches at 640
+        result("critic", 1, [0.95, 0.96]),       # reaches at 320
+        result("critic", 2, [0.3, 0.5, 0.91]),   # reaches at 960
+        result("ddpo", 0, [0.2, 0.4, 0.6]),      # never
+        result("ddpo", 1, [0.2, 0.4, 0.93]),     # 960
+    ]
+    s = summarize(results, 0.9, ["toy_forget_red"], ["critic", "ddpo"])["toy_forget_red"]
+    c, d = s["critic"], s["ddpo"]
+    assert (c["seeds"], c["reached"]) == (3, 3)
+    assert c["to_target"] == (640, 320, 960)
+    assert median_to_target(c) == 640
+    assert c["final_ua"] == pytest.approx(0.92)
+    assert c["ira_pct_of_base"] == pytest.approx(100 * 0.9 / 0.95)
+    assert c["train_s"] == 101.0
+    # two seeds, one never reached: the median is the mean of 960 and +inf, i.e. not reached
+    assert (d["seeds"], d["reached"]) == (2, 1)
+    assert median_to_target(d) is None
+    assert math.isinf(d["to_target"][2]) and d["to_target"][1] == 960
+
+
+def test_another_target_is_recomputed_from_the_curves() -> None:
+    results = [result("critic", 0, [0.5, 0.92]), result("critic", 1, [0.55, 0.6])]
+    s = summarize(results, 0.5, ["toy_forget_red"], ["critic"])["toy_forget_red"]["critic"]
+    assert s["reached"] == 2 and median_to_target(s) == 320
+
+
+def test_ratio_needs_both_medians() -> None:
+    assert ratio(1280, 640) == 2.0
+    assert ratio(1000, 3000) == pytest.approx(0.333)
+    assert ratio(None, 640) is None
+    assert ratio(1280, None) is None
+
+
+def test_summary_json_and_missing_cells() -> None:
+    results = [result("critic", s, [0.95]) for s in (0, 1)]
+    results += [result("ddpo", s, [0.5, 0.5, 0.95]) for s in (0, 1)]
+    results += [result("critic", 0, [0.1], scenario="toy_forget_red_circle")]
+    summary = summarize(results, 0.9, ["toy_forget_red", "toy_forget_red_circle"],
+                        ["critic", "x0_pred", "ddpo"])
+    out = summary_json(summary, 0.9, "runs/x")
+    red = out["scenarios"]["toy_forget_red"]
+    assert red["arms"]["critic"] == {"median_trajectories_to_target": 320, "reached": 2,
+                                     "seeds": 2}
+    assert red["arms"]["x0_pred"] == {"median_trajectories_to_target": None, "reached": 0,
+                                      "seeds": 0}
+    assert red["median_ratio_ddpo_over_critic"] == 3.0
+    circle = out["scenarios"]["toy_forget_red_circle"]
+    assert circle["median_ratio_ddpo_over_critic"] is None  # ddpo missing, critic not reached
+    assert circle["arms"]["ddpo"]["seeds"] == 0
+    assert out["target_ua"] == 0.9 and out["out"] == "runs/x"
+    json.dumps(out)
+
+
+def test_markdown_table_shows_the_numbers() -> None:
+    init = {"path": "c", "trajectories": 2048, "wall_s": 61.0, "cached": True}
+    results = [result("critic", 0, [0.5, 0.92], critic_init=init),
+               result("critic", 1, [0.95]),
+               result("ddpo", 0, [0.2, 0.3, 0.4, 0.91]), result("ddpo", 1, [0.2]),
+               result("no_timestep", 0, [0.5])]
+    arms = ["critic", "x0_pred", "no_timestep", "ddpo"]
+    summary = summarize(results, 0.9, ["toy_forget_red"], arms)
+    md = markdown_table(summary, 0.9, 3, settings_note(results))
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "480 [320, 640] (2/2 reached)" in rows["critic"]
+    assert "| 2/3 |" in rows["critic"]
+    assert "2,048 traj, 61 s (cached)" in rows["critic"]
+    assert "not reached [1,280, not reached] (1/2 reached)" in rows["ddpo"]
+    assert "| not reached (0/1 reached) |" in rows["no_timestep"]
+    assert "missing" in rows["x0_pred"] and "| 0/3 |" in rows["x0_pred"]
+    assert "94.7% of base" in rows["critic"]
+    assert "## toy_forget_red" in md and "steps=100, every=10, images/prompt=8" in md
+    assert "DDPO / critic" in md and "—" in md.split("DDPO / critic")[1].splitlines()[0]
+
+
+def test_settings_note_flags_mixed_settings() -> None:
+    other = dict(result("critic", 1, [0.9]), settings=cell_settings(40, 10, 4, []))
+    assert settings_note([result("critic", 0, [0.9])]).startswith("Settings:")
+    assert settings_note([result("critic", 0, [0.9]), other]).startswith("WARNING")
+
+
+def test_cell_state_decides_from_result_json(tmp_path: Path) -> None:
+    run = tmp_path / "toy_forget_red" / "critic" / "s0"
+    assert cell_state(run, SETTINGS_A) == "fresh"
+    run.mkdir(parents=True)
+    (run / SETTINGS).write_text(json.dumps(SETTINGS_A))
+    assert cell_state(run, SETTINGS_A) == "resume"
+    assert cell_state(run, cell_settings(40, 10, 4, SETTINGS_A["overrides"])) == "conflict"
+    (run / RESULT).write_text(json.dumps(result("critic", 0, [0.95])))
+    assert cell_state(run, SETTINGS_A) == "done"
+    assert cell_state(run, cell_settings(100, 10, 4, SETTINGS_A["overrides"])) == "conflict"
+    more = cell_settings(100, 10, 8, [*SETTINGS_A["overrides"], "learner.lr=2e-3"])
+    assert cell_state(run, more) == "conflict"
+    (run / RESULT).write_text("{half a fi")  # unreadable: not done, the started run continues
+    assert cell_state(run, SETTINGS_A) == "resume"
+    assert [r["seed"] for r in load_results(tmp_path)] == []
+
+
+def test_load_results_finds_the_grid_layout(tmp_path: Path) -> None:
+    for arm, seed in (("critic", 0), ("ddpo", 1)):
+        d = tmp_path / "toy_forget_red" / arm / f"s{seed}"
+        d.mkdir(parents=True)
+        (d / RESULT).write_text(json.dumps(result(arm, seed, [0.95])))
+    (tmp_path / "table.md").write_text("not a result")
+    assert sorted((r["arm"], r["seed"]) for r in load_results(tmp_path)) == [
+        ("critic", 0), ("ddpo", 1)]
+
+
+def test_aligned_band_cuts_to_shortest_and_spans_seeds() -> None:
+    a = curve([0.5, 0.9, 1.0], base_ua=0.1)
+    b = curve([0.3, 0.7], per_snapshot=300, base_ua=0.2)
+    xs, med, lo, hi = aligned_band([a, b])
+    assert xs == [0, 310, 620]
+    assert med == pytest.approx([0.15, 0.4, 0.8])
+    assert lo == pytest.approx([0.1, 0.3, 0.7]) and hi == pytest.approx([0.2, 0.5, 0.9])
+    assert aligned_band([]) == ([], [], [], [])
+
+
+def test_run_overrides_set_both_seeds_and_put_user_overrides_last() -> None:
+    ovr = run_overrides("critic_spi4", 2, 40, 10, ["replay.samples_per_insert=2"])
+    assert "runtime.seed=2" in ovr and "learner.seed=2" in ovr
+    assert "learner.max_steps=40" in ovr and "learner.checkpoint_every=10" in ovr
+    assert ovr.index("replay.samples_per_insert=4") < ovr.index("replay.samples_per_insert=2")
+    assert "critic.enabled=false" in ARMS["ddpo"]
+
+
+@pytest.mark.parametrize("scenario", ["toy_forget_red", "toy_forget_red_circle"])
+def test_every_arm_is_a_valid_config(scenario: str) -> None:
+    from critic_unlearn.config import load_config
+
+    for arm in ARMS:
+        cfg = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides(arm, 1, 40, 10, []))
+        assert cfg.learner.seed == 1 and cfg.runtime.seed == 1
+        assert cfg.critic.enabled == (arm != "ddpo")
+    spi = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides("critic_spi4", 0, 40,
+                                                                            10, []))
+    assert spi.replay.samples_per_insert == 4 and spi.replay.error_buffer == 64
+    assert load_config(ROOT / "configs" / f"{scenario}.yaml",
+                       ARMS["x0_pred"]).critic.input == "x0_pred"
