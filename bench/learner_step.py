@@ -2,7 +2,9 @@
 
 The plain step is what a diffusers LoRA fine-tuning script does: noise a clean latent at a
 random t, predict the noise with a CFG-doubled batch, MSE, backward, AdamW. Same model, batch
-and LoRA, alternating runs in one process. Last line: JSON with `ratio` = ours / plain.
+and LoRA, alternating runs in one process. Last line: JSON with `ratio` = ours / plain and
+`critic_ratio` = ours / the same learner step with the critic off (DDPO), on the same batch:
+what the critic costs (decoding every stored state once, its values, its regression).
 
     python -m bench.learner_step            # tiny random model, CPU
     python -m bench.learner_step --sd15     # SD-1.5 shapes, random weights, GPU (peak memory)
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=None, help="K transitions per trajectory")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, e.g. "
+                    "critic.train_image_tower=false (the toy scenarios' critic)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch_size = args.batch or (16 if args.sd15 else 8)
@@ -68,10 +72,13 @@ def main() -> None:
             "critic.warmup_steps=0",
             "lora.rank=4",
             f"learner.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
+            *args.overrides,
         ],
     )
     clip = random_clip(args.sd15, device)
     learner = Learner(cfg, comps, build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic))
+    off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
+    ddpo = Learner(off_cfg, comps)  # same UNet and LoRA parameters, no critic
     specs = [PromptSpec(f"p{i}", f"a photo of object {i}", "forget") for i in range(batch_size)]
     s = SamplerSettings(num_steps, 1.0, 5.0)
     with torch.no_grad():
@@ -102,11 +109,14 @@ def main() -> None:
     def ours() -> None:
         learner.step(batch)
 
-    times: dict[str, list[float]] = {"plain": [], "ours": []}
+    def critic_off() -> None:
+        ddpo.step(batch)
+
+    times: dict[str, list[float]] = {"plain": [], "ours": [], "critic_off": []}
     peaks: dict[str, float] = {}
-    plain(), ours()  # warm-up
+    plain(), ours(), critic_off()  # warm-up
     for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("ours", ours)):
+        for name, fn in (("plain", plain), ("ours", ours), ("critic_off", critic_off)):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             sync(device)
@@ -122,11 +132,13 @@ def main() -> None:
         f"K={k} of S={num_steps} (each a CFG-doubled UNet pass)"
     )
     for n, v in times.items():
-        print(f"{n:>6}: median {med[n]:.3f} s  runs {[round(x, 3) for x in v]}")
+        print(f"{n:>10}: median {med[n]:.3f} s  runs {[round(x, 3) for x in v]}")
     print(
         json.dumps(
             {
                 "ratio": round(med["ours"] / med["plain"], 3),
+                "critic_ratio": round(med["ours"] / med["critic_off"], 3),
+                "critic_off_s": round(med["critic_off"], 4),
                 "ours_s": round(med["ours"], 4),
                 "plain_s": round(med["plain"], 4),
                 "ratio_per_transition": round(med["ours"] / med["plain"] / k, 3),

@@ -123,6 +123,7 @@ class CriticConfig(Section):
     hidden: PositiveInt = 256  # width of the MLP head
     timestep_dim: PositiveInt = 128  # width of the sinusoidal timestep embedding
     text_cache_size: PositiveInt = 4096  # prompts whose CLIP text embedding is kept
+    decode_batch_size: PositiveInt = 64  # stored states per VAE decode for the critic
     train_image_tower: bool = True  # False: only the head learns (saves memory at SD scale)
     lr: PositiveFloat = 1e-4
     loss: Literal["mse", "huber"] = "mse"

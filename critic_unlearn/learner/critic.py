@@ -63,6 +63,7 @@ class Critic(nn.Module):
         super().__init__()
         self.visual = visual  # open_clip image tower: (B, 3, S, S) -> (B, image_dim)
         self.visual.requires_grad_(cfg.train_image_tower)
+        self.train_image_tower = cfg.train_image_tower
         self.preprocess_cfg = dict(preprocess_cfg)
         self.input, self.fusion = cfg.input, cfg.fusion
         self.timestep_input, self.timestep_dim = cfg.timestep_input, cfg.timestep_dim
@@ -103,17 +104,26 @@ class Critic(nn.Module):
         return clip_pixels((pixels.float() + 1.0) / 2.0, self.preprocess_cfg)
 
     def forward(self, pixels: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
-        return self.score(self.preprocess(pixels), timesteps, text_emb)
+        return self.score(self._frozen_part(self.preprocess(pixels)), timesteps, text_emb)
+
+    def _frozen_part(self, x: Tensor) -> Tensor:
+        """With a frozen image tower its features are an input like the pixels: computed once."""
+        if self.train_image_tower:
+            return x
+        with torch.no_grad():
+            return self.visual(x).float()
 
     def score(self, x: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
-        """V from preprocessed pixels (see `preprocess`), timesteps (B,) and text (B, D)."""
+        """V from `inputs(...)`: preprocessed pixels (B,3,S,S), or with a frozen image tower its
+        features (B, image_dim); timesteps (B,) and text (B, D)."""
         b = x.shape[0]
         if timesteps.shape != (b,) or text_emb.ndim != 2 or text_emb.shape[0] != b:
             raise ValueError(
                 f"critic expects pixels (B,3,H,W), timesteps (B,), text_emb (B,D); got "
                 f"{tuple(x.shape)}, {tuple(timesteps.shape)}, {tuple(text_emb.shape)}"
             )
-        img = self.image_proj(self.visual(x).float())  # (B, h)
+        feats = self.visual(x).float() if self.train_image_tower else x.float()
+        img = self.image_proj(feats)  # (B, h)
         cond = [self.text_proj(text_emb.float())]
         if self.time_mlp is not None:
             cond.append(self.time_mlp(timestep_embedding(timesteps, self.timestep_dim)))
@@ -135,9 +145,10 @@ class Critic(nn.Module):
 
     @torch.no_grad()
     def inputs(self, latents: Tensor, decode: Decode, x0_pred: Tensor | None = None) -> Tensor:
-        """The image tower's input for these states: x_t (input "noisy") or `x0_pred` (input
-        "x0_pred") decoded and preprocessed. The decoder is frozen: no gradients, so the result
-        can be computed once and reused by every critic update of a learner step."""
+        """What `score` reads for these states: x_t (input "noisy") or `x0_pred` (input
+        "x0_pred") decoded and preprocessed, and through the image tower when it is frozen.
+        Only frozen parts run here (no gradients), so the result is computed once and reused by
+        every critic update of a learner step."""
         if self.input == "x0_pred":
             if x0_pred is None:
                 raise ValueError(
@@ -145,7 +156,7 @@ class Critic(nn.Module):
                     "(see predict_x0), or set critic.input = 'noisy'"
                 )
             latents = x0_pred
-        return self.preprocess(decode(latents))
+        return self._frozen_part(self.preprocess(decode(latents)))
 
 
 def predict_x0(

@@ -237,16 +237,18 @@ class Learner:
 
     @torch.no_grad()
     def _critic_inputs(self, lat, x0) -> Tensor | None:
-        """Every stored state decoded and preprocessed for the critic, once per learner step."""
+        """Every stored state decoded and preprocessed for the critic, once per learner step
+        (all B x K states in one batched call: the VAE decode is most of the critic's cost)."""
         if self.critic is None:
             return None
-        cols = []
-        for j in range(lat.shape[1]):
-            with self._autocast():
-                cols.append(
-                    self.critic.inputs(lat[:, j], self.decode, None if x0 is None else x0[:, j])
-                )
-        return torch.stack(cols, 1)
+        b, k = lat.shape[:2]
+        states = (lat if x0 is None else x0).flatten(0, 1)
+        chunks = []
+        for part in states.split(self.cfg.critic.decode_batch_size):
+            with self._autocast():  # x0_pred input: the predicted latents are what is decoded
+                chunks.append(self.critic.inputs(part, self.decode, part))
+        flat = torch.cat(chunks)
+        return flat.view(b, k, *flat.shape[1:])
 
     @torch.no_grad()
     def _values(self, inputs, ts, text) -> Tensor | None:

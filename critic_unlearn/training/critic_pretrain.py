@@ -75,7 +75,8 @@ def _folder_fingerprint(name: str) -> str:
 def pretrain_key(cfg: RunConfig) -> str:
     """What the pretrained critic depends on: model, reward, prompts, sampler, critic, pretrain."""
     critic = cfg.critic.model_dump(mode="json", exclude={"init", "cache_dir", "warmup_steps",
-                                                          "train_states", "text_cache_size"})
+                                                          "train_states", "text_cache_size",
+                                                          "decode_batch_size"})
     parts = {
         "model": _folder_fingerprint(cfg.model.pretrained),
         "model_cfg": cfg.model.model_dump(mode="json"),
@@ -184,7 +185,7 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
     opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cc.lr)
     tgt = targets.to(device)
     states = torch.stack(torch.meshgrid(train, torch.arange(k), indexing="ij"), -1).view(-1, 2)
-    losses = []
+    losses, best = [], (float("inf"), -1, None)
     for epoch in range(cc.pretrain_epochs):
         critic.train()
         for sel in states[torch.randperm(len(states), generator=g)].split(cc.pretrain_batch_size):
@@ -196,9 +197,15 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.learner.max_grad_norm)
             opt.step()
             losses.append(loss.item())
+        held = _values(critic, inputs[val], ts[val], text[val], cc.pretrain_batch_size)
+        held_loss = float(((held - tgt[val, None]) ** 2).mean())
+        if held_loss < best[0]:  # early stopping: keep the epoch that predicts held-out best
+            best = (held_loss, epoch, {k: v.clone() for k, v in critic.state_dict().items()})
         console.print(
-            f"critic pretrain: epoch {epoch + 1}/{cc.pretrain_epochs}, loss "
-            f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", highlight=False)
+            f"critic pretrain: epoch {epoch + 1}/{cc.pretrain_epochs}, train loss "
+            f"{sum(losses[-50:]) / len(losses[-50:]):.4f}, held-out loss {held_loss:.4f}",
+            highlight=False)
+    critic.load_state_dict(best[2])
     values = _values(critic, inputs, ts, text, cc.pretrain_batch_size).cpu()
     meta = {
         "kind": KIND,
@@ -207,6 +214,8 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
         "held_out": n_val,
         "states": n * k,
         "epochs": cc.pretrain_epochs,
+        "best_epoch": best[1] + 1,  # kept: lowest held-out loss
+        "held_out_loss": round(best[0], 5),
         "sample_s": round(sample_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
         "critic": {f: getattr(cc, f) for f in ARCH_FIELDS},

@@ -194,3 +194,21 @@ def test_values_for_advantages_equal_values_in_training(tmp_path) -> None:
         v_alone = critic(pixels[:2], t[:2], text[:2])  # another minibatch, same states
     torch.testing.assert_close(v_train, v_eval)
     torch.testing.assert_close(v_alone, v_eval[:2])
+
+
+def test_frozen_tower_features_are_computed_once_as_inputs(clip: LoadedClip, vae) -> None:
+    """With train_image_tower = false the tower's features are what `inputs` returns (frozen,
+    reusable across minibatches and epochs), and values from them equal the full forward."""
+    critic = Critic.from_clip(clip, CriticConfig(hidden=16, timestep_dim=16,
+                                                 train_image_tower=False)).eval()
+    g = torch.Generator().manual_seed(1)
+    lat = torch.randn(3, 4, 16, 16, generator=g)
+    t, text = torch.tensor([900, 500, 1]), torch.randn(3, 32, generator=g)
+    decode = make_vae_decode(vae)
+    x = critic.inputs(lat, decode)
+    assert x.shape == (3, clip.embed_dim) and not x.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(critic.score(x, t, text), critic(decode(lat), t, text))
+    critic.score(x, t, text).sum().backward()
+    assert all(p.grad is None for p in critic.visual.parameters())
+    assert critic.image_proj[1].weight.grad is not None
