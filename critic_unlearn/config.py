@@ -51,7 +51,7 @@ class SamplerConfig(Section):
     batch_size: PositiveInt = 8  # trajectories per sampling call on one actor
     height: PositiveInt | None = None  # pixels; None = the model's default
     width: PositiveInt | None = None
-    log_prob_reduction: Literal["sum", "mean"] = "sum"  # over latent dims; see ALGORITHM.md
+    log_prob_reduction: Literal["sum", "mean"] = "sum"  # over latent dims; see docs/algorithm.md
 
     @model_validator(mode="after")
     def _check(self) -> SamplerConfig:

@@ -4,9 +4,10 @@ Pure functions on tensors; no Ray, no I/O. A batch holds B trajectories of K den
 the time order of sampling: index 0 is the first step (noisiest timestep t_S), index K-1 the last
 step, which produces x_0. The reward r arrives only after the last step, then the episode ends.
 
-ALGORITHM.md counts the other way (its k = 1 is the last step, its delta_1 = r - V_1). Here
-step i corresponds to its k = K - i, so its "V_{k-1}" (the next state's value) is our
-values[:, i + 1], and the terminal reward plays the role of the value after the last step.
+docs/algorithm.md (section 4) counts the same way. The paper counts the other way (its k = 1 is
+the last step, its delta_1 = r - V_1): here step i corresponds to its k = K - i, so its
+"V_{k-1}" (the next state's value) is our values[:, i + 1], and the terminal reward plays the
+role of the value after the last step.
 
 All outputs are detached: advantages and value targets are regression and policy-gradient
 targets, never something to differentiate through.
@@ -113,7 +114,7 @@ def vtrace(
     Per-step rewards are 0 except r at the last step, after which the episode ends (bootstrap 0);
     equivalently the last step's TD error is r - V_{K-1}, exactly as in `gae`. With truncated
     weights rho_i = min(rho_bar, pi/mu) and traces c_i = lam * min(c_bar, pi/mu) (IMPALA's lambda
-    variant, as in ALGORITHM.md):
+    variant):
         vs_i - V_i = rho_i delta_i + c_i (vs_{i+1} - V_{i+1}),   vs_K - V_K = 0
         pg_adv_i = min(pg_rho_bar, pi/mu) (r_i + vs_{i+1} - V_i),  vs_K = 0, pg_rho_bar = rho_bar
     With `weight_pg = False` the pg advantage omits its min(pg_rho_bar, pi/mu) factor: a PPO

@@ -1,4 +1,4 @@
-"""The timestep-aware critic V(x_t, t, c) ~ E[r | x_t, c] (ALGORITHM.md, "Critic").
+"""The timestep-aware critic V(x_t, t, c) ~ E[r | x_t, c] (docs/algorithm.md, section 3).
 
 A copy of the reward CLIP's image tower reads the state as pixels (the noisy latent decoded by the
 VAE, or with `input = "x0_pred"` the predicted clean latent decoded); a sinusoidal timestep

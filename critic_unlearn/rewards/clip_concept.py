@@ -1,7 +1,7 @@
 """The CLIP concept reward: push forget images away from the concept, keep retain images faithful.
 
 forget: r = -s(x0, concept) + alpha * s(x0, anchor);  retain: r = s(x0, prompt)
-with s the cosine similarity of open_clip image and text embeddings (ALGORITHM.md, "Reward").
+with s the cosine similarity of open_clip image and text embeddings (docs/algorithm.md, section 2).
 """
 
 from __future__ import annotations

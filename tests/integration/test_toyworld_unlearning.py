@@ -1,7 +1,8 @@
 """End to end on the committed toy world: RL unlearning of "red" moves what the judge sees.
 
 The real thing, shortened: the packaged pipeline, reward CLIP and judge; the toy_forget_red
-scenario's settings with fewer learner steps; the local runtime (the Ray runtime runs the same
+scenario's settings (a critic pretrained first, as `critic.init = auto` does) with fewer learner
+steps; the local runtime (the Ray runtime runs the same
 objects and has its own tests). Asserts that the forget-prompt reward rises and that the judge's
 UA on held-out seeds and templates rises by at least 20 points over the base model.
 """
@@ -33,6 +34,7 @@ def test_unlearning_red_raises_forget_reward_and_judged_ua(tmp_path, monkeypatch
             f"learner.max_steps={STEPS}",
             f"learner.checkpoint_every={STEPS}",
             "eval.images_per_prompt=8",
+            f"critic.cache_dir={tmp_path / 'critics'}",  # pretrains its critic (~30 s), hermetic
         ],
     )
     result = train_local(cfg)
@@ -41,6 +43,8 @@ def test_unlearning_red_raises_forget_reward_and_judged_ua(tmp_path, monkeypatch
     quarter = len(forget) // 4
     first, last = sum(forget[:quarter]) / quarter, sum(forget[-quarter:]) / quarter
     assert last > first + 0.02, f"forget reward {first:.3f} -> {last:.3f}"
+    init = result.run_dir / "critic_init.json"
+    assert init.is_file() and '"cached": false' in init.read_text()
     ev = evaluate_run(result.run_dir, cfg, grids=False)
     assert ev["ua"] >= ev["base_ua"] + 0.20, ev
     assert ev["ira"] >= 0.9 * ev["base_ira"], ev
