@@ -40,6 +40,10 @@ def ensure_world(console: Console) -> Path:
         return world_dir()
 
 
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def best_runtime() -> str:
     return "ray" if importlib.util.find_spec("critic_unlearn.runtime") else "local"
 
@@ -52,6 +56,17 @@ def train(cfg: RunConfig, console: Console):
     from critic_unlearn.training.local import train_local
 
     return train_local(cfg, console)
+
+
+def worst_retain_drop(per_prompt: list[dict]) -> dict | None:
+    """The retain prompt whose judged accuracy fell most below the base model's (the neighbour
+    over-erasure users of erasure methods complain about); None without a judge."""
+    rows = [r for r in per_prompt if r["role"] == "retain" and r["rate"] is not None]
+    if not rows:
+        return None
+    worst = max(rows, key=lambda r: r["base_rate"] - r["rate"])
+    return {"prompt": worst["prompt"], "base": worst["base_rate"], "after": worst["rate"],
+            "drop": round(worst["base_rate"] - worst["rate"], 4)}
 
 
 def run_demo(
@@ -82,6 +97,11 @@ def run_demo(
     plot_curve(result.run_dir, curve)
     ev = evaluate_run(result.run_dir, cfg)
     console.print((Path(ev["out_dir"]) / "eval.md").read_text(), highlight=False, markup=False)
+    worst = worst_retain_drop(ev["per_prompt"])
+    if worst is not None:
+        console.print(
+            f"largest retain drop: {worst['prompt']!r} {worst['base']:.1%} -> {worst['after']:.1%}"
+        )
     console.print(
         f"peak memory of the training run (driver, Ray, actors, learner, Redis; RSS summed): "
         f"{memory.peak_gb:.2f} GB"
@@ -100,6 +120,8 @@ def run_demo(
         "forget_attribute_accuracy": ev["forget_attribute_accuracy"],
         "base_forget_attribute_accuracy": ev["base_forget_attribute_accuracy"],
         "ua_curve": [(p["trajectories"], p["ua"]) for p in curve["points"]],
+        "worst_retain_drop": worst,
+        "critic_init": _read_json(Path(result.run_dir) / "critic_init.json"),
     }
     (Path(result.run_dir) / "demo.json").write_text(json.dumps({**summary, **extra}, indent=2))
     return summary

@@ -8,7 +8,7 @@ than drawn from the Redis buffer, because a regression with a held-out split nee
 which the buffer's with-replacement draws do not give.
 
 Targets are the rewards as the learner will see them: standardised by the run's per-prompt
-tracker, filled with all pretraining rewards; the tracker's state ships with the checkpoint and
+tracker, batch by batch in sampling order; the tracker's state ships with the checkpoint and
 seeds the run's, so the critic's scale and the run's targets agree from the first step.
 
 Output (a folder): `critic.safetensors` (checkpoint format, no pickle: critic weights, reward
@@ -108,12 +108,19 @@ def sample_dataset(cfg: RunConfig, console: Console) -> list:
 
 
 def _targets(cfg: RunConfig, batch: Batch) -> tuple[torch.Tensor, PerPromptStatTracker | None]:
-    """Rewards as the learner will regress on them, and the tracker that produced them."""
+    """Rewards as the learner will regress on them, and the tracker that produced them.
+
+    Standardised batch by batch in sampling order, as a run standardises each batch on arrival:
+    every reward is then standardised by a window that holds it, so its z-score stays bounded
+    (a later window of a nearly constant prompt would map an early reward to a huge z)."""
     tracker = build_stat_tracker(cfg.reward)
     if tracker is None:
         return batch.rewards.float(), None
-    tracker.add(batch.prompts, batch.rewards)
-    return tracker.transform(batch.prompts, batch.rewards).float(), tracker
+    parts = []
+    for rows in torch.arange(len(batch.prompts)).split(cfg.learner.batch_size):
+        prompts = [batch.prompts[i] for i in rows.tolist()]
+        parts.append(tracker.update(prompts, batch.rewards[rows]))
+    return torch.cat(parts).float(), tracker
 
 
 def ev_by_timestep(values: torch.Tensor, rewards: torch.Tensor, ts: torch.Tensor) -> dict:

@@ -127,7 +127,7 @@ def test_compose_services_run_as_local_processes(tiny_model_dir, tmp_path):
     assert rc == 0, f"submit exited {rc}:\n{out}\n--- head:\n{compose.tail('ray-head')}"
     assert "succeeded" in out
     summary = json.loads([line for line in out.splitlines() if line.startswith('{"run_dir"')][-1])
-    assert summary["learner_steps"] == 3 and summary["version"] == 2
+    assert summary["learner_steps"] == 4 and summary["version"] == 3  # + 1 warm-up step
     run_dir = compose.volumes["runs"] / "compose"
     assert Path(summary["run_dir"]) == run_dir  # the driver wrote into the head's `runs` volume
     assert (run_dir / "metrics.jsonl").exists() and (run_dir / "adapter").is_dir()

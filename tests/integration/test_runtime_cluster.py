@@ -224,9 +224,9 @@ def test_ray_job_submit_runs_train_and_logs_progress(
     ).stdout
     assert "progress: step" in logs and "staleness" in logs, logs[-3000:]
     summary = json.loads([ln for ln in logs.splitlines() if ln.startswith('{"run_dir"')][-1])
-    assert summary["learner_steps"] == 4 and summary["version"] == 3
+    assert summary["learner_steps"] == 5 and summary["version"] == 4  # + 1 warm-up step
     run_dir = Path(summary["run_dir"])
-    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
     assert (run_dir / "adapter/adapter.safetensors").exists()
 
 
@@ -272,12 +272,12 @@ def test_sigkilled_driver_rerun_resumes_from_last_checkpoint(
         f"{saved_traj} trajectories" in second.stderr.replace("\n", " ")
     ), second.stderr[-3000:]
     summary = json.loads(second.stdout.strip().splitlines()[-1])
-    assert summary["learner_steps"] == 60 and summary["version"] == 59  # version continued
+    assert summary["learner_steps"] == 61 and summary["version"] == 60  # version continued
     rows = read_metrics(run_dir / "metrics.jsonl")
     resumed = [r for r in rows if r["step"] > saved_steps]
     # the rerun logged every step after the checkpoint once more; counting resumed from the
     # checkpoint's number, not from zero and not from what the killed driver had reached
-    assert [r["step"] for r in resumed][-(60 - saved_steps) :] == list(range(saved_steps + 1, 61))
+    assert [r["step"] for r in resumed][-(61 - saved_steps) :] == list(range(saved_steps + 1, 62))
     rerun_rows = resumed[-(60 - saved_steps) :]
     # before its first step the rerun can insert at most the limiter's window (2 * error_buffer
     # / samples_per_insert = 16) plus one batch per actor (2 x 4)

@@ -22,6 +22,7 @@ from critic_unlearn.learner.learner import adapter_manifest
 from critic_unlearn.replay import RedisServer, ReplaySampler
 from critic_unlearn.runtime import train_ray
 from critic_unlearn.runtime.actor_worker import ActorWorker
+from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.runtime.driver import STATUS
 from critic_unlearn.runtime.weights import RayPublisher, WeightStore, encode_packet
 from critic_unlearn.training.local import CHECKPOINT
@@ -91,9 +92,7 @@ def local_ray() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RAY_AUTH_MODE", "disabled")
         mp.delenv("RAY_ADDRESS", raising=False)
-        ray.init(
-            num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
-        )
+        ray.init(**local_cluster_kwargs(2), log_to_driver=False)  # fresh, never a recorded one
         try:
             yield
         finally:
@@ -146,14 +145,14 @@ def steps_logged(run_dir: Path) -> int:
 def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, make_cfg, redis):
     cfg = make_cfg()
     r = train_ray(cfg)
-    assert r.learner_steps == 6 and r.version == 5  # one critic warm-up step, then 5 updates
+    assert r.learner_steps == 7 and r.version == 6  # one critic warm-up step on top of 6 updates
     # samples_per_insert 1: 24 samples need 24 inserts, less the limiter's slack
     # (error_buffer - min_size * spi = 8 - 4): samples may run 4 ahead of inserts
     rp = cfg.replay
     slack = rp.error_buffer - rp.min_size_to_sample * rp.samples_per_insert
     assert r.trajectories >= 6 * 4 - slack
     rows = read_metrics(r.run_dir / "metrics.jsonl")
-    assert [row["step"] for row in rows] == list(range(1, 7))
+    assert [row["step"] for row in rows] == list(range(1, 8))
     # the buffer filled, and only fresh enough records were ever trained on
     assert max(row["replay/size"] for row in rows) >= cfg.replay.min_size_to_sample
     assert max(row["learner/staleness_max"] for row in rows) <= MAX_STALENESS
@@ -202,7 +201,7 @@ def test_sigkilled_actor_is_restarted_and_the_run_completes(local_ray, make_cfg,
     fired = when(actor_1_is_sampling, kill_actor_1)
     r = train_ray(cfg)
     assert fired and killed
-    assert r.learner_steps == 100
+    assert r.version == 100 and r.learner_steps == 101  # + one warm-up step
     status = json.loads((run_dir / STATUS).read_text())
     a1 = status["actors"]["1"]
     assert a1["restarts"] == 1 and a1["failures"] == 1 and "ActorDiedError" in a1["last_error"]
@@ -239,14 +238,14 @@ def test_redis_restart_mid_run_reconnects_and_completes(local_ray, make_cfg, red
     fired = when(lambda: steps_logged(run_dir) >= 3, restart_redis)
     r = train_ray(cfg)
     assert fired and restarted
-    assert r.learner_steps == 8 and r.version == 7
+    assert r.learner_steps == 9 and r.version == 8
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert [row["step"] for row in rows] == list(range(1, 9))
+    assert [row["step"] for row in rows] == list(range(1, 10))
     with ReplaySampler(cfg.replay, namespace="rt") as s:  # the new server got new records
         st = s.stats()
         assert 0 < st["replay/server_inserted"] < r.trajectories
     store = WeightStore(cfg.replay, "rt")  # and the durable weights were written again
-    assert store.latest_version() == 7
+    assert store.latest_version() == 8
     store.close()
 
 

@@ -92,3 +92,24 @@ def test_auto_init_pretrains_once_then_uses_the_cache(tiny_model_dir, clip_dir, 
     assert not info3["cached"] and other.critic.init != first.critic.init
     # critic off or no init: nothing to resolve
     assert resolve_critic_init(config(tiny_model_dir, clip_dir, tmp_path))[1] == {}
+
+
+def test_pretraining_targets_are_standardised_batch_by_batch(tiny_model_dir, clip_dir, tmp_path):
+    """Each reward is standardised by a window that holds it, so no target explodes when a
+    prompt's later rewards are nearly constant (the final window would map the early ones to
+    |z| ~ 1e5)."""
+    from critic_unlearn.training.critic_pretrain import _targets
+    from critic_unlearn.types import Batch
+
+    cfg = config(tiny_model_dir, clip_dir, tmp_path, "learner.batch_size=4",
+                 "learner.minibatch_size=4", "reward.standardize_buffer=4",
+                 "reward.standardize_min_count=4")
+    rewards = torch.tensor([0.0, 1.0, 0.0, 1.0] + [0.5] * 4 + [0.5 + 1e-6, 0.5, 0.5, 0.5])
+    batch = Batch(latents=torch.zeros(12, 1), next_latents=torch.zeros(12, 1),
+                  timesteps=torch.zeros(12, 1), steps=torch.zeros(12, 1),
+                  log_probs=torch.zeros(12, 1), rewards=rewards,
+                  versions=torch.zeros(12, dtype=torch.int64), prompts=["p"] * 12,
+                  roles=["forget"] * 12, sampler=None)
+    targets, tracker = _targets(cfg, batch)
+    assert targets.abs().max() <= 3**0.5 + 1e-4  # sqrt(n - 1) for a window of n = 4
+    assert tracker is not None and len(tracker.state_dict()["rewards"]["p"]) == 4
