@@ -154,6 +154,8 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
     console = console or Console(stderr=True)
     if not cfg.critic.enabled:
         raise ValueError("critic.enabled = false: there is no critic to pretrain")
+    if cfg.runtime.num_threads:  # as the run itself: tiny models lose to thread oversubscription
+        torch.set_num_threads(cfg.runtime.num_threads)
     cc = cfg.critic
     t0 = time.perf_counter()
     trajs = sample_dataset(cfg, console)
