@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -11,12 +12,15 @@ import torch
 
 from critic_unlearn.codec import (
     CodecError,
+    checksum,
     decode_state_dict,
     decode_trajectory,
     encode_state_dict,
     encode_trajectory,
 )
 from critic_unlearn.types import SamplerSettings, Trajectory
+
+DATA = Path(__file__).parent / "data"  # blobs written by the sha256 codec (before xxh3)
 
 
 def make_traj(reward: float = 0.25, image: bool = True) -> Trajectory:
@@ -110,3 +114,93 @@ def test_state_dict_round_trip_with_manifest():
     tensors, meta = decode_state_dict(encode_state_dict(sd, {"version": "3", "base": "m"}))
     assert meta == {"version": "3", "base": "m"}
     assert all(torch.equal(tensors[k], sd[k]) and tensors[k].dtype == sd[k].dtype for k in sd)
+
+
+def _metadata(blob: bytes) -> dict[str, str]:
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + n])["__metadata__"]
+
+
+def test_header_names_the_checksum_algorithm():
+    meta = _metadata(encode_trajectory(make_traj()))
+    assert meta["checksum"].startswith("xxh3-128:") and len(meta["checksum"]) == 9 + 32
+    assert "sha256" not in meta
+
+
+def test_unknown_checksum_algorithm_is_refused_by_name():
+    data = encode_trajectory(make_traj())
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    header["__metadata__"]["checksum"] = "md5:" + "0" * 32
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    with pytest.raises(CodecError, match="algorithm 'md5' is unknown"):
+        decode_trajectory(struct.pack("<Q", len(new)) + new + data[8 + n :])
+
+
+def test_blobs_written_with_sha256_still_decode():
+    data = (DATA / "codec_sha256_trajectory.safetensors").read_bytes()
+    assert "sha256" in _metadata(data) and "checksum" not in _metadata(data)
+    old = decode_trajectory(data)
+    want = make_traj()
+    for f in ("latents", "positions", "steps", "timesteps", "log_probs"):
+        assert getattr(old, f).dtype == getattr(want, f).dtype
+        assert torch.equal(getattr(old, f), getattr(want, f)), f
+    assert old.image.shape == (16, 16, 3) and old.image.dtype == torch.uint8
+    assert (old.prompt, old.version, old.reward, old.sampler) == (
+        want.prompt, want.version, want.reward, want.sampler
+    )
+    assert_same(old, decode_trajectory(encode_trajectory(old)))  # rewritten with xxh3
+
+    tensors, meta = decode_state_dict((DATA / "codec_sha256_state_dict.safetensors").read_bytes())
+    assert meta == {"version": "3", "base": "m"}
+    expect = {
+        "a.lora_A.weight": torch.arange(32, dtype=torch.float32).reshape(4, 8),
+        "a.lora_B.weight": torch.zeros(8, 4).bfloat16(),
+        "scalar": torch.tensor(3),
+        "flag": torch.tensor([True, False]),
+    }
+    assert tensors.keys() == expect.keys()
+    assert all(torch.equal(tensors[k], v) and tensors[k].dtype == v.dtype
+               for k, v in expect.items())
+
+
+def test_tampered_sha256_blob_is_rejected():
+    data = bytearray((DATA / "codec_sha256_trajectory.safetensors").read_bytes())
+    data[-10] ^= 0x01
+    with pytest.raises(CodecError, match="checksum"):
+        decode_trajectory(bytes(data))
+
+
+def test_decoded_tensors_are_writable_and_independent_of_the_bytes():
+    orig = make_traj()
+    data = encode_trajectory(orig)
+    t = decode_trajectory(data)
+    t.latents.add_(1)  # a writable copy: neither the blob nor a second decode sees it
+    assert_same(decode_trajectory(data), orig)
+
+
+def test_checksum_names_algorithm_and_sees_every_bit():
+    sd = {"w": torch.randn(8, 8), "b": torch.zeros(8).bfloat16()}
+    c = checksum("adapter", "3", sd)
+    assert c.startswith("xxh3-128:")
+    assert c == checksum("adapter", "3", {k: v.clone() for k, v in sd.items()})
+    assert c == checksum("adapter", "3", {"w": sd["w"].t().contiguous().t(), "b": sd["b"]})
+    assert c != checksum("adapter", "4", sd)
+    flipped = sd["w"].clone()
+    flipped.view(torch.int32)[3, 5] ^= 1
+    assert c != checksum("adapter", "3", {**sd, "w": flipped})
+    assert c != checksum("adapter", "3", {"w": sd["w"], "b": sd["b"].half()})
+    assert c != checksum("adapter", "3", {"w": sd["w"].reshape(4, 16), "b": sd["b"]})
+
+
+def test_bytearray_and_memoryview_inputs_decode():
+    orig = make_traj()
+    data = encode_trajectory(orig)
+    assert_same(decode_trajectory(bytearray(data)), orig)
+    assert_same(decode_trajectory(memoryview(data)), orig)
+
+
+def test_unsupported_dtype_is_a_clear_error():
+    with pytest.raises(TypeError, match="dtype"):
+        encode_state_dict({"q": torch.zeros(2, dtype=torch.complex128)})
