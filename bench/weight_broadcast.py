@@ -2,7 +2,7 @@
 
 The adapter is SD-1.5's: rank 4 LoRA on to_q/to_k/to_v/to_out.0 of every attention layer, 256
 tensors, 3.19 MB in float32. The path is the runtime's own: a publisher actor runs
-`RayPublisher.publish` (encode + sha256, one `ray.put`, the durable copy to a private Redis),
+`RayPublisher.publish` (encode + checksum, one `ray.put`, the durable copy to a private Redis),
 the driver calls `ActorPool.broadcast` (one `set_weights` per actor), and each `ActorWorker`
 fetches the blob, checks codec checksum and manifest, and loads the tensors into its LoRA layers
 through the real `Actor.apply_weights`. The actors hold only the LoRA-carrying attention layers
@@ -30,6 +30,7 @@ from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.lora import ADAPTER, get_adapter_state, lora_config_hash, peft_config
 from critic_unlearn.learner.learner import adapter_manifest
 from critic_unlearn.replay import RedisServer
+from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.runtime.supervisor import ActorPool
 from critic_unlearn.runtime.weights import RayPublisher, WeightStore
 from critic_unlearn.types import WeightsPacket
@@ -132,9 +133,7 @@ def main() -> None:
                 "replay.namespace=bench",
             ],
         )
-        ray.init(
-            num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
-        )
+        ray.init(**local_cluster_kwargs(2), log_to_driver=False)  # fresh, never a recorded one
         try:
             publisher = ray.remote(Publisher).options(num_cpus=0.25).remote(cfg, "bench-pub")
             mb = ray.get(publisher.megabytes.remote())
@@ -151,7 +150,7 @@ def main() -> None:
                 }
                 print(
                     f"{n} actor(s): p50 {p50[str(n)]} ms, p90 {detail[str(n)]['p90_ms']} ms over "
-                    f"{len(times)} versions of {mb:.2f} MB; medians: publisher encode+sha256 "
+                    f"{len(times)} versions of {mb:.2f} MB; medians: publisher encode+checksum "
                     f"{med[0]} ms, ray.put {med[1]} ms, Redis copy {med[2]} ms; slowest actor "
                     f"fetch {med[3]} ms, decode {med[4]} ms, check+apply {med[5]} ms",
                     flush=True,

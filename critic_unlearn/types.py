@@ -111,4 +111,4 @@ class WeightsPacket:
 
     version: int
     state_dict: dict[str, Tensor]
-    manifest: dict[str, str]  # base_model, lora_config_hash, sha256
+    manifest: dict[str, str]  # base_model, lora_config_hash, checksum

@@ -77,9 +77,9 @@ class Actor:
         else:
             expected = adapter_manifest(
                 self.c.model_id, self.lora_hash, packet.state_dict, packet.version
-            )["sha256"]
-            if m.get("sha256") != expected:
-                problem = "adapter bytes do not match the manifest's sha256"
+            )["checksum"]
+            if m.get("checksum") != expected:
+                problem = "adapter bytes do not match the manifest's checksum"
         if problem:
             self.stats.refused_weights += 1
             raise WeightsRefused(

@@ -1,6 +1,6 @@
 """Nested training state (tensors, optimiser states, counters) <-> one file, atomically, no pickle.
 
-Tensors go to a safetensors blob (via `codec.encode_state_dict`, with sha256); everything else is
+Tensors go to a safetensors blob (`codec.encode_state_dict`, with a checksum); everything else is
 a JSON tree in which each tensor is replaced by a reference and dicts keep their key types
 (optimiser states use int keys). The file is written under a temporary name and renamed, so a
 crash leaves the previous checkpoint intact, never half of a new one.

@@ -50,7 +50,7 @@ def adapter_manifest(model_id: str, lora_hash: str, state: dict[str, Tensor], ve
     return {
         "base_model": model_id,
         "lora_config_hash": lora_hash,
-        "sha256": checksum("adapter", str(version), state),
+        "checksum": checksum("adapter", str(version), state),
         "version": str(version),
     }
 

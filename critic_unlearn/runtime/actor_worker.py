@@ -138,8 +138,8 @@ class ActorWorker:
             "received": packet is not None,
             "time": time.time(),
             "fetch_ms": (t1 - t0) * 1e3,  # ray.get of the blob
-            "decode_ms": (t2 - t1) * 1e3,  # safetensors + codec sha256
-            "apply_ms": (t3 - t2) * 1e3,  # manifest checks (sha256 again) + load into LoRA
+            "decode_ms": (t2 - t1) * 1e3,  # safetensors + codec checksum
+            "apply_ms": (t3 - t2) * 1e3,  # manifest checks (checksum again) + load into LoRA
         }
 
     def _newest_known(self) -> int:

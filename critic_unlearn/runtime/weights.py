@@ -1,13 +1,13 @@
 """Weight broadcast: one object-store put per version, plus a durable copy in Redis.
 
 A published adapter travels as one safetensors blob (`codec.encode_state_dict`, with the manifest
-as its header and a sha256 over everything), so the object store and Redis carry the very same
+as its header and a checksum over everything), so the object store and Redis carry the very same
 bytes and every receiver checks them the same way. The learner puts the blob once per version
 (`RayPublisher`); the driver hands the reference to each actor in one call. The durable copy
 lives under the run namespace,
 
     w:{<namespace>}:blob       the latest blob
-    w:{<namespace>}:manifest   hash: version, sha256, base_model, lora_config_hash, bytes
+    w:{<namespace>}:manifest   hash: version, checksum, base_model, lora_config_hash, bytes
 
 written together in one MULTI, so a restarted or new actor (or one whose object-store fetch
 failed) starts from the latest weights. Nothing read from Redis is unpickled.
