@@ -29,6 +29,7 @@ from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
 from critic_unlearn.replay import RedisServer, ReplayWriter
 from critic_unlearn.rewards.openclip_loading import save_open_clip
 from critic_unlearn.runtime.actor_worker import ActorWorker
+from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.training.setup import build_actor
 
 
@@ -71,9 +72,7 @@ def main() -> None:
         cfg = bench_config(Path(tmp), redis.url, args.batch, args.steps)
         local_actor = build_actor(cfg, 0)
         writer = ReplayWriter(cfg.replay, namespace="bench-local")
-        ray.init(
-            num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False
-        )
+        ray.init(**local_cluster_kwargs(2), log_to_driver=False)  # fresh, never a recorded one
         try:
             remote = ray.remote(ActorWorker).options(num_cpus=1, max_concurrency=2)
             worker = remote.remote(cfg, 0, "bench-ray")

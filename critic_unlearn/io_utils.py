@@ -27,6 +27,25 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def run_folder_line(run_dir: str | Path) -> str:
+    """"run folder: /absolute/path", and a warning when that is inside Ray's copy of a submitted
+    job's working directory (`ray job submit --working-dir`, a relative runtime.run_dir)."""
+    path = Path(run_dir).absolute()
+    line = f"run folder: {path}"
+    if "runtime_resources" in path.parts:
+        line += (
+            " (inside Ray's temporary copy of the job's working directory, which Ray may delete:"
+            " to keep the run, set runtime.run_dir to an absolute path on storage that outlives"
+            " the job)"
+        )
+    return line
+
+
+def announce_run_folder(run_dir: str | Path) -> None:
+    """First line of a run's stdout (a submitted job's log): where its folder is, absolute."""
+    print(run_folder_line(run_dir), flush=True)
+
+
 def image_grid(images: Tensor, cols: int | None = None, scale: int = 1) -> Image.Image:
     """(N, H, W, 3) uint8 -> one PIL image, `cols` wide, nearest-neighbour upscaled by `scale`."""
     n, h, w, _ = images.shape

@@ -50,6 +50,32 @@ def _looks_local(model: str) -> bool:
     return model.startswith((".", "/", "~")) or Path(model).exists()
 
 
+def check_model_source(model: str) -> str:
+    """`model` as `load_components` will read it: "toyworld" -> the world's pipeline folder, a
+    local folder -> its expanded path (checked: it exists, with every part), a hub id unchanged.
+    Cheap (no weights read): the Ray driver calls it before starting anything."""
+    if model == "toyworld":  # the embedded world's pipeline folder (a clear error if unbuilt)
+        from critic_unlearn.toyworld import pipeline_dir
+
+        model = str(pipeline_dir())
+    if not _looks_local(model):
+        return model
+    root = Path(model).expanduser()
+    if not root.is_dir():
+        raise ModelLoadError(
+            f"model.pretrained: model folder {str(root)!r} does not exist; point model.pretrained "
+            "at a folder in diffusers layout (with unet/, vae/, text_encoder/, tokenizer/, "
+            "scheduler/) or a hub id"
+        )
+    missing = [p for p in PARTS if not (root / p).is_dir()]
+    if missing:
+        raise ModelLoadError(
+            f"model.pretrained: model folder {str(root)!r} lacks {', '.join(missing)}; it must be "
+            "in diffusers layout (save it with StableDiffusionPipeline.save_pretrained)"
+        )
+    return str(root)
+
+
 def load_components(
     model: str,
     *,
@@ -59,24 +85,7 @@ def load_components(
     local_files_only: bool = False,
 ) -> SDComponents:
     """Load all parts of `model` (hub id, local folder, or "toyworld") onto `device`."""
-    if model == "toyworld":  # the embedded world's pipeline folder (a clear error if unbuilt)
-        from critic_unlearn.toyworld import pipeline_dir
-
-        model = str(pipeline_dir())
-    if _looks_local(model):
-        root = Path(model).expanduser()
-        if not root.is_dir():
-            raise ModelLoadError(
-                f"model folder {str(root)!r} does not exist; point model.pretrained at a folder "
-                "in diffusers layout (with unet/, vae/, text_encoder/, tokenizer/, scheduler/)"
-            )
-        missing = [p for p in PARTS if not (root / p).is_dir()]
-        if missing:
-            raise ModelLoadError(
-                f"model folder {str(root)!r} lacks {', '.join(missing)}; it must be in diffusers "
-                "layout (save it with StableDiffusionPipeline.save_pretrained)"
-            )
-        model = str(root)
+    model = check_model_source(model)
     kw = {"revision": revision, "local_files_only": local_files_only}
     torch_dtype = DTYPES[dtype]
     try:

@@ -1,10 +1,12 @@
 """Connections to Redis from a URL, with retries that end in one clear error.
 
-redis-py's own retries are switched off: every call goes through `Connection.call`, which retries
-connection failures (and a server still loading its data after a restart) with exponential
-back-off and full jitter until `retry_deadline_s`, then raises `ReplayConnectionError` naming the
-URL with its password redacted. Wrong credentials fail at once (`ReplayAuthError`); a refused
-write because Redis is full raises `ReplayFullError`.
+redis-py's own retries are switched off: every call goes through `Connection.call`. First contact
+(the ping when a `Connection` is made) is not retried: a server that nothing answers for at start
+is a wrong `replay.url` or a server not started, and `ReplayConnectionError` says so at once.
+After a first success, connection failures (and a server still loading its data after a restart)
+are retried with exponential back-off and full jitter until `retry_deadline_s`, then raise
+`ReplayConnectionError` naming the URL with its password redacted. Wrong credentials fail at once
+(`ReplayAuthError`); a refused write because Redis is full raises `ReplayFullError`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _TRANSIENT = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 _URL_HELP = (
     "use redis://[user:password@]host:port/db, rediss://... for TLS, or unix:///path/redis.sock"
 )
+CONNECT_TIMEOUT_S = 5.0  # seconds one TCP connect may take (a host that drops packets)
 
 
 def redact(url: str) -> str:
@@ -83,12 +86,13 @@ class Connection:
         self.url = url
         self.safe_url = redact(url)
         self.retry_deadline_s = retry_deadline_s
+        self.reached = False  # a call has succeeded: from then on, connection loss is retried
         try:
             self.redis = redis.Redis.from_url(
                 url,
                 password=password,
                 socket_timeout=socket_timeout_s,
-                socket_connect_timeout=min(socket_timeout_s, retry_deadline_s),
+                socket_connect_timeout=min(socket_timeout_s, retry_deadline_s, CONNECT_TIMEOUT_S),
                 retry=Retry(NoBackoff(), 0),
             )
         except (ValueError, TypeError) as e:
@@ -99,12 +103,15 @@ class Connection:
         self._warn_eviction_policy()
 
     def call(self, fn: Callable[[], T], what: str = "") -> T:
-        """Run `fn` (one Redis round trip), retrying connection loss until the deadline."""
+        """Run `fn` (one Redis round trip), retrying connection loss until the deadline once a
+        call has succeeded; before that, an unreachable server fails at once."""
         start = time.monotonic()
         attempt = 0
         while True:
             try:
-                return fn()
+                result = fn()
+                self.reached = True
+                return result
             except redis.AuthenticationError as e:
                 raise ReplayAuthError(
                     f"Redis at {self.safe_url} refused the credentials ({e}); fix the user and "
@@ -113,6 +120,13 @@ class Connection:
             except redis.ResponseError as e:
                 raise self._response_error(e, what) from None
             except _TRANSIENT as e:
+                if not self.reached and not isinstance(e, redis.BusyLoadingError):
+                    raise ReplayConnectionError(
+                        f"cannot reach Redis at replay.url = {self.safe_url!r} "
+                        f"({type(e).__name__}: {e}); start the server there or fix replay.url "
+                        "(retries with back-off are only for a server that was reached and "
+                        "then lost, up to replay.retry_deadline_s)"
+                    ) from None
                 attempt += 1
                 elapsed = time.monotonic() - start
                 if elapsed >= self.retry_deadline_s:

@@ -8,7 +8,8 @@ class ReplayError(RuntimeError):
 
 
 class ReplayConnectionError(ReplayError):
-    """The server could not be reached (or was lost) for longer than the retry deadline."""
+    """The server did not answer at first contact, or was lost for longer than the retry
+    deadline after a first success."""
 
 
 class ReplayAuthError(ReplayError):

@@ -21,9 +21,13 @@ import ray
 from rich.console import Console
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.io_utils import announce_run_folder, atomic_write_text
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
-from critic_unlearn.runtime.cluster import check_replay_reachable, ray_cluster
+from critic_unlearn.runtime.cluster import (
+    check_first_contact,
+    check_replay_reachable,
+    ray_cluster,
+)
 from critic_unlearn.runtime.errors import RuntimeFailure
 from critic_unlearn.runtime.learner_worker import LearnerWorker, StepReport
 from critic_unlearn.runtime.progress import ProgressView, RunStats
@@ -43,7 +47,9 @@ STATUS = "runtime.json"  # pids, restarts, versions: for operators (and the faul
 
 def train_ray(cfg: RunConfig, console: Console | None = None) -> TrainResult:
     console = console or Console(stderr=True)
+    check_first_contact(cfg)  # model, Redis, Ray address: one line in seconds, before anything
     run_dir = prepare_run_dir(cfg)
+    announce_run_folder(run_dir)  # first line of the job's log; the CLI's JSON is the last
     cfg = use_pretrained_critic(cfg, run_dir, console)  # before Ray: the driver pretrains
     auto = cfg.replay.url == "auto"
     with ray_cluster(cfg):
@@ -86,8 +92,8 @@ class Driver:
             self.metrics.close()
         plot_run(self.run_dir)
         wall = time.perf_counter() - t0
-        return TrainResult(
-            self.run_dir, self.trajectories, self.steps, self.version, wall, self.last
+        return TrainResult(  # absolute: the CLI's last line says where the run is
+            self.run_dir.absolute(), self.trajectories, self.steps, self.version, wall, self.last
         )
 
     def _launch(self) -> None:
@@ -138,13 +144,17 @@ class Driver:
             self.view.print("interrupted: finishing the learner step, writing a checkpoint")
             self._drain_learner(timeout_s=120)
             self._checkpoint(timeout_s=120)
-            self.view.print(f"checkpoint at step {self.checkpointed_at}; rerun to resume")
+            self.view.print(
+                f"checkpoint at step {self.checkpointed_at}; rerun to resume "
+                f"(run folder {self.run_dir.absolute()})"
+            )
             raise
         except RuntimeFailure as e:
             self._drain_learner(timeout_s=120)
             self._checkpoint(timeout_s=120)
             raise type(e)(
-                f"{e}; checkpoint at step {self.checkpointed_at}, rerun the same command to resume"
+                f"{e}; checkpoint at step {self.checkpointed_at} in {self.run_dir.absolute()}, "
+                "rerun the same command to resume"
             ) from None
 
     def _loop(self) -> None:

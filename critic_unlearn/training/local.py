@@ -18,7 +18,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from critic_unlearn.codec import encode_state_dict
 from critic_unlearn.config import RunConfig
-from critic_unlearn.io_utils import atomic_write_bytes
+from critic_unlearn.io_utils import announce_run_folder, atomic_write_bytes
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.publisher import CallbackPublisher
 from critic_unlearn.replay import RedisServer, ReplaySampler, ReplayTimeout, ReplayWriter
@@ -72,7 +72,8 @@ def replay_server(cfg: RunConfig):
 
 def train_local(cfg: RunConfig, console: Console | None = None) -> TrainResult:
     console = console or Console(stderr=True)
-    run_dir = prepare_run_dir(cfg)
+    run_dir = prepare_run_dir(cfg).absolute()
+    announce_run_folder(run_dir)
     cfg = use_pretrained_critic(cfg, run_dir, console)
     with replay_server(cfg) as cfg:
         return _train(cfg, run_dir, console)

@@ -16,6 +16,7 @@ from critic_unlearn.replay import (
     ReplaySampler,
     ReplayWriter,
 )
+from critic_unlearn.replay.client import Connection
 from critic_unlearn.replay.server import free_port
 
 
@@ -116,16 +117,38 @@ def test_wrong_password_is_one_clear_error(private_server):
         assert s.size() == 0
 
 
-def test_server_down_at_start_is_one_clear_error():
+def test_server_down_at_start_is_one_clear_error(caplog):
+    """First contact is not retried: nothing listens on the port, so the error comes at once
+    (a long retry deadline notwithstanding), without retry warnings before it."""
     port = free_port()
     url = f"redis://user:pw@127.0.0.1:{port}/0"
     t0 = time.monotonic()
     with pytest.raises(ReplayConnectionError) as err:
-        ReplayWriter(_cfg(url, retry_deadline_s=0.5))
-    assert 0.4 < time.monotonic() - t0 < 3.0
+        ReplayWriter(_cfg(url, retry_deadline_s=30.0))
+    assert time.monotonic() - t0 < 2.0
     msg = str(err.value)
-    assert f"cannot reach Redis at redis://user:***@127.0.0.1:{port}/0" in msg
-    assert "pw@" not in msg and "retry_deadline_s" in msg
+    assert f"cannot reach Redis at replay.url = 'redis://user:***@127.0.0.1:{port}/0'" in msg
+    assert "pw@" not in msg and "fix replay.url" in msg and "\n" not in msg
+    assert not [r for r in caplog.records if "retry" in r.getMessage()]
+
+
+def test_connection_lost_after_first_contact_is_retried(private_server):
+    """A server that answered once and then went away is waited for (back-off, up to
+    replay.retry_deadline_s); only a server that stays away is an error."""
+    server = private_server()
+    conn = Connection(server.url, socket_timeout_s=2.0, retry_deadline_s=20.0)
+    server.kill()
+    restart = threading.Timer(1.0, server.start)
+    restart.start()
+    t0 = time.monotonic()
+    assert conn.call(conn.redis.ping) is True  # reconnected once the server was back
+    restart.join()
+    assert 0.8 < time.monotonic() - t0 < 15.0
+    conn.retry_deadline_s = 1.0
+    server.kill()
+    with pytest.raises(ReplayConnectionError, match=r"after \d+ attempts.*retry_deadline_s"):
+        conn.call(conn.redis.ping)
+    conn.close()
 
 
 def test_password_from_an_environment_variable_stays_out_of_the_config(private_server,

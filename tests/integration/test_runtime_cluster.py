@@ -109,6 +109,15 @@ class Head:
             time.sleep(1)
         raise RuntimeError(f"the Ray head did not answer in {timeout_s} s: {self.tail()}")
 
+    def job_log(self, job_id: str) -> str:
+        """The job's log as the Jobs API stores it: the entrypoint's stdout and stderr."""
+        req = urllib.request.Request(
+            f"{self.dashboard}/api/jobs/{job_id}/logs",
+            headers={"Authorization": f"Bearer {self.env['RAY_AUTH_TOKEN']}"},
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())["logs"]
+
     def tail(self) -> str:
         self.log.flush()
         return (Path(self.temp_dir) / "ray-start.log").read_text()[-3000:]
@@ -223,7 +232,16 @@ def test_ray_job_submit_runs_train_and_logs_progress(
         timeout=60,
     ).stdout
     assert "progress: step" in logs and "staleness" in logs, logs[-3000:]
-    summary = json.loads([ln for ln in logs.splitlines() if ln.startswith('{"run_dir"')][-1])
+    # the job's own log (without `ray job logs`' client lines): after the two lines Ray's job
+    # manager writes first ("Runtime env is setting up.", "Running entrypoint for job ..."),
+    # the driver's output starts and ends with where the run is, as an absolute path
+    log = head.job_log(job_id).strip().splitlines()
+    start = next(i for i, ln in enumerate(log) if ln.startswith("Running entrypoint for job"))
+    assert start <= 1, log[:4]
+    lines = log[start + 1 :]
+    assert lines[0] == f"run folder: {tmp_path / 'job'}", log[:4]
+    summary = json.loads(lines[-1])
+    assert summary["run_dir"] == str(tmp_path / "job")
     assert summary["learner_steps"] == 5 and summary["version"] == 4  # + 1 warm-up step
     run_dir = Path(summary["run_dir"])
     assert [r["step"] for r in read_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4, 5]
@@ -271,7 +289,10 @@ def test_sigkilled_driver_rerun_resumes_from_last_checkpoint(
         f"resumed from {ckpt} at learner step {saved_steps}, version {saved_version}, "
         f"{saved_traj} trajectories" in second.stderr.replace("\n", " ")
     ), second.stderr[-3000:]
-    summary = json.loads(second.stdout.strip().splitlines()[-1])
+    out = second.stdout.strip().splitlines()
+    assert out[0] == f"run folder: {run_dir}"  # first and last lines: the run folder
+    summary = json.loads(out[-1])
+    assert summary["run_dir"] == str(run_dir)
     assert summary["learner_steps"] == 61 and summary["version"] == 60  # version continued
     rows = read_metrics(run_dir / "metrics.jsonl")
     resumed = [r for r in rows if r["step"] > saved_steps]

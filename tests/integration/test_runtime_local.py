@@ -170,7 +170,7 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     assert list((r.run_dir / "tb").iterdir())
     # a snapshot per checkpoint, the last one at the final step (curves are judged from them)
     snaps = list_snapshots(r.run_dir)
-    assert snaps and snaps[-1].step == 6 and snaps[-1].trajectories == r.trajectories
+    assert snaps and snaps[-1].step == 7 and snaps[-1].trajectories == r.trajectories
     assert any(row["actor/forget_reward_mean"] == row["actor/forget_reward_mean"] for row in rows)
     # the durable copy in Redis is the final version, with its manifest
     store = WeightStore(cfg.replay, "rt")
