@@ -124,6 +124,7 @@ class CriticConfig(Section):
     timestep_dim: PositiveInt = 128  # width of the sinusoidal timestep embedding
     text_cache_size: PositiveInt = 4096  # prompts whose CLIP text embedding is kept
     decode_batch_size: PositiveInt = 64  # stored states per VAE decode for the critic
+    diagnostics_window: PositiveInt = 8  # learner steps pooled for the per-timestep EV metrics
     train_image_tower: bool = True  # False: only the head learns (saves memory at SD scale)
     lr: PositiveFloat = 1e-4
     loss: Literal["mse", "huber"] = "mse"

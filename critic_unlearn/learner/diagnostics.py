@@ -2,7 +2,9 @@
 
 The critic only helps where V(x_t, t, c) predicts the final reward better than its mean; where
 the explained variance is ~0 its advantages are noise. Both numbers are grouped by timestep value
-(with `sampler.keep_steps` a batch position holds different timesteps in different rows).
+(with `sampler.keep_steps` a batch position holds different timesteps in different rows), and
+pooled over the last `critic.diagnostics_window` learner steps (`WindowedDiagnostics`): one batch
+of 32 trajectories, whose reward variance a few outliers decide, gives estimates too noisy to read.
 
     critic/ev_tNNNN          1 - Var(r - V(x_t)) / Var(r) over the batch's states at timestep t
     advantage/var_share_tNNNN  share of the trained advantages' sum of squares (about their mean)
@@ -10,6 +12,8 @@ the explained variance is ~0 its advantages are noise. Both numbers are grouped 
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import torch
 from torch import Tensor
@@ -54,3 +58,20 @@ def per_timestep_diagnostics(
         if total > 0:
             out[f"advantage/var_share_t{t:04d}"] = float((centred[at & mask] ** 2).sum()) / total
     return out
+
+
+class WindowedDiagnostics:
+    """`per_timestep_diagnostics` over the last `window` learner steps' batches, pooled."""
+
+    def __init__(self, window: int) -> None:
+        self.batches: deque[tuple[Tensor, ...]] = deque(maxlen=window)
+
+    def update(self, timesteps: Tensor, rewards: Tensor, values: Tensor | None,
+               advantages: Tensor, trained: Tensor) -> dict[str, float]:
+        keep = (timesteps, rewards, values, advantages, trained)
+        self.batches.append(tuple(None if x is None else x.detach().cpu() for x in keep))
+        if len({b[0].shape[1] for b in self.batches}) > 1:  # K changed: start the window anew
+            self.batches = deque([self.batches[-1]], maxlen=self.batches.maxlen)
+        cols = list(zip(*self.batches, strict=True))
+        cat = [None if any(x is None for x in col) else torch.cat(col) for col in cols]
+        return per_timestep_diagnostics(*cat)

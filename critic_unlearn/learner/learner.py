@@ -36,7 +36,7 @@ from critic_unlearn.diffusion.lora import (
 from critic_unlearn.diffusion.policy import encode_prompts, policy_step
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
 from critic_unlearn.learner.critic import Critic, make_vae_decode
-from critic_unlearn.learner.diagnostics import per_timestep_diagnostics
+from critic_unlearn.learner.diagnostics import WindowedDiagnostics
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
 from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards.normalization import PerPromptStatTracker
@@ -97,6 +97,7 @@ class Learner:
         self.uncond = encode_prompts(components.tokenizer, components.text_encoder, [""])
         self.gen = torch.Generator().manual_seed(lc.seed)
         self.lora_hash = lora_config_hash(cfg.lora)
+        self.diagnostics = WindowedDiagnostics(cfg.critic.diagnostics_window)
         self.version = 0  # policy version: bumped by every policy update
         self.steps = 0  # learner steps, warm-up included
 
@@ -189,7 +190,7 @@ class Learner:
                 "learner/staleness_mean": staleness,
             }
         )
-        metrics.update(per_timestep_diagnostics(ts, rewards, values, raw_adv, eligible))
+        metrics.update(self.diagnostics.update(ts, rewards, values, raw_adv, eligible))
         if values is not None:
             metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
         return metrics

@@ -76,7 +76,8 @@ def pretrain_key(cfg: RunConfig) -> str:
     """What the pretrained critic depends on: model, reward, prompts, sampler, critic, pretrain."""
     critic = cfg.critic.model_dump(mode="json", exclude={"init", "cache_dir", "warmup_steps",
                                                           "train_states", "text_cache_size",
-                                                          "decode_batch_size"})
+                                                          "decode_batch_size",
+                                                          "diagnostics_window"})
     parts = {
         "model": _folder_fingerprint(cfg.model.pretrained),
         "model_cfg": cfg.model.model_dump(mode="json"),

@@ -235,3 +235,22 @@ def test_advantages_are_normalised_over_the_trained_transitions(tiny_model_dir, 
     trained = step_std(comps.scheduler, batch.timesteps, 1.0) >= 0.3
     adv = seen[0][trained].double()
     assert abs(adv.mean().item()) < 1e-5 and abs(adv.std(correction=0).item() - 1) < 1e-4
+
+
+def test_diagnostics_pool_the_last_window_of_batches() -> None:
+    """EV per timestep over the last `window` batches: a critic that is exact on one batch and
+    knows nothing on the other scores in between, and the oldest batch drops out."""
+    from critic_unlearn.learner.diagnostics import WindowedDiagnostics
+
+    d = WindowedDiagnostics(window=2)
+    ts = torch.tensor([[500], [500], [500], [500]])
+    r = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    trained = torch.ones(4, 1, dtype=torch.bool)
+    exact = d.update(ts, r, r[:, None].clone(), r[:, None], trained)
+    assert exact["critic/ev_t0500"] == pytest.approx(1.0)
+    mixed = d.update(ts, r, torch.full((4, 1), 1.5), r[:, None], trained)
+    assert 0.0 < mixed["critic/ev_t0500"] < 1.0
+    blind = d.update(ts, r, torch.full((4, 1), 1.5), r[:, None], trained)
+    assert blind["critic/ev_t0500"] == pytest.approx(0.0)  # the exact batch left the window
+    off = WindowedDiagnostics(window=2).update(ts, r, None, r[:, None], trained)
+    assert "critic/ev_t0500" not in off and off["advantage/var_share_t0500"] == pytest.approx(1.0)
