@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)  ## create .venv and install (quick no-op when nothing changed)
 
@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 demo: setup  ## run the main job on the embedded default
 	$(VENV)/bin/critic-unlearn demo
 
-test: setup  ## the whole test suite (pytest exit 5, "no tests collected", fails too)
+test: setup  ## the whole test suite, what CI runs (pytest exit 5, "no tests collected", fails too)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-lint: setup
+test-fast: setup  ## the unit tests without the slow ones: under 2 minutes, for every edit
+	$(PY) -m pytest tests/unit -m "not slow" $(PYTEST_ARGS)
+
+lint: setup  ## ruff, then the layer contracts in pyproject.toml ([tool.importlinter])
 	$(VENV)/bin/ruff check critic_unlearn tests bench
+	$(VENV)/bin/lint-imports
 
 bench: setup
 	$(PY) -m bench.sampler_overhead

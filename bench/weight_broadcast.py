@@ -27,8 +27,13 @@ from torch import nn
 from critic_unlearn.actors.actor import Actor
 from critic_unlearn.config import RunConfig, load_config
 from critic_unlearn.diffusion.loading import SDComponents
-from critic_unlearn.diffusion.lora import ADAPTER, get_adapter_state, lora_config_hash, peft_config
-from critic_unlearn.learner.learner import adapter_manifest
+from critic_unlearn.diffusion.lora import (
+    ADAPTER,
+    adapter_manifest,
+    get_adapter_state,
+    lora_config_hash,
+    peft_config,
+)
 from critic_unlearn.replay import RedisServer
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.runtime.supervisor import ActorPool

@@ -130,6 +130,35 @@ def demo(
     print(json.dumps(summary))
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder (what `train` printed first)")],
+    merged: Annotated[Path | None, typer.Option(
+        help="also write a whole diffusers pipeline with the LoRA fused, and a model card, here"
+    )] = None,
+    snapshot: Annotated[int | None, typer.Option(
+        help="export the snapshot of this learner step (adapter/snapshots/) instead of the final "
+        "adapter"
+    )] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="folder for the adapter files (default RUN_DIR/adapter; for a snapshot "
+        "RUN_DIR/export/step_NNNNNN)"
+    )] = None,
+    base: Annotated[str | None, typer.Option(
+        help="base model for --merged (default: the run's; a hub id or a diffusers folder)"
+    )] = None,
+) -> None:
+    """Write the run's adapter in diffusers' LoRA format (pipe.load_lora_weights(DIR)) and peft's
+    (adapter_config.json + adapter_model.safetensors); with --merged, a fused pipeline too."""
+    from critic_unlearn.export import ExportError, export_run
+
+    try:
+        summary = export_run(run_dir, snapshot=snapshot, out=out, merged=merged, base=base)
+    except ExportError as e:
+        raise UserError(str(e)) from None
+    print(json.dumps(summary))
+
+
 def _mount_subcommands() -> None:
     from critic_unlearn.evaluation.cli import eval_command
     from critic_unlearn.toyworld.cli import app as toyworld_app

@@ -27,7 +27,9 @@ class ModelConfig(Section):
 
     pretrained: str = "toyworld"  # hub id, local folder, or "toyworld" (the embedded default)
     revision: str | None = None
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # weights on the actors
+    # base weights on actors and learner, and the policy's compute precision (autocast to it
+    # when fp16/bf16; DDIM step and log-probs in fp32; LoRA and optimiser state always fp32)
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     local_files_only: bool = False  # True: never touch the network
 
 

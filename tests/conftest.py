@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a model hub
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -27,3 +28,14 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
 def tiny_components(tiny_model_dir) -> SDComponents:
     torch.manual_seed(0)
     return load_components(str(tiny_model_dir), device="cpu")
+
+
+GPU_TESTS = Path(__file__).resolve().parent / "gpu"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` live in tests/gpu/, whose conftest skips them without CUDA."""
+    misplaced = [item.nodeid for item in items
+                 if item.get_closest_marker("gpu") and GPU_TESTS not in item.path.resolve().parents]
+    if misplaced:
+        raise pytest.UsageError(f"tests marked gpu must live in tests/gpu/: {misplaced}")

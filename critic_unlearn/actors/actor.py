@@ -15,9 +15,13 @@ import torch
 
 from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.loading import SDComponents
-from critic_unlearn.diffusion.lora import attach_lora, lora_config_hash, set_adapter_state
+from critic_unlearn.diffusion.lora import (
+    adapter_manifest,
+    attach_lora,
+    lora_config_hash,
+    set_adapter_state,
+)
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
-from critic_unlearn.learner.learner import adapter_manifest
 from critic_unlearn.rewards import RewardModel
 from critic_unlearn.rewards.prompts import PromptSet
 from critic_unlearn.types import SamplerSettings, Trajectory, WeightsPacket

@@ -2,17 +2,24 @@
 
 Every part goes through its library's own `from_pretrained`, from a hub id or a local folder in
 diffusers layout. The scheduler is always DDIM (built from the model's scheduler config), because
-the policy's log-probabilities are defined for DDIM with eta > 0.
+the policy's log-probabilities are defined for DDIM with eta > 0. diffusers and transformers are
+imported when a model is loaded, not with this module: the CLI imports `ModelLoadError` for
+`--help` and config errors, which then take a second, not five.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+
+from critic_unlearn import sources
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -51,13 +58,11 @@ def _looks_local(model: str) -> bool:
 
 
 def check_model_source(model: str) -> str:
-    """`model` as `load_components` will read it: "toyworld" -> the world's pipeline folder, a
-    local folder -> its expanded path (checked: it exists, with every part), a hub id unchanged.
-    Cheap (no weights read): the Ray driver calls it before starting anything."""
-    if model == "toyworld":  # the embedded world's pipeline folder (a clear error if unbuilt)
-        from critic_unlearn.toyworld import pipeline_dir
-
-        model = str(pipeline_dir())
+    """`model` as `load_components` will read it: a source name (`critic_unlearn.sources`, e.g.
+    the embedded "toyworld") -> its folder, a local folder -> its expanded path (checked: it
+    exists, with every part), a hub id unchanged. Cheap (no weights read): the Ray driver calls it
+    before starting anything."""
+    model = sources.resolve("model", model)  # an unbuilt world raises its own how-to-build error
     if not _looks_local(model):
         return model
     root = Path(model).expanduser()
@@ -84,7 +89,10 @@ def load_components(
     device: str | torch.device = "cpu",
     local_files_only: bool = False,
 ) -> SDComponents:
-    """Load all parts of `model` (hub id, local folder, or "toyworld") onto `device`."""
+    """Load all parts of `model` (hub id, local folder, or source name) onto `device`."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
     model = check_model_source(model)
     kw = {"revision": revision, "local_files_only": local_files_only}
     torch_dtype = DTYPES[dtype]

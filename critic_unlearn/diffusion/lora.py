@@ -17,6 +17,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model_state_dict
 from torch import Tensor
 
+from critic_unlearn.codec import checksum
 from critic_unlearn.config import LoraConfig
 
 ADAPTER = "unlearn"
@@ -39,8 +40,23 @@ def lora_config_hash(cfg: LoraConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def adapter_manifest(model_id: str, lora_hash: str, state: dict[str, Tensor], version: int) -> dict:
+    """What an actor checks before applying weights: same base model, same LoRA shape, intact."""
+    return {
+        "base_model": model_id,
+        "lora_config_hash": lora_hash,
+        "checksum": checksum("adapter", str(version), state),
+        "version": str(version),
+    }
+
+
 def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[str]:
-    """Add the adapter to `unet` in place; returns the names of the trainable parameters."""
+    """Add the adapter to `unet` in place; returns the names of the trainable parameters.
+
+    The LoRA weights are fp32 whatever the base weights' dtype (peft would give them the base's
+    fp16/bf16): the learner trains them in fp32, and an actor must hold exactly the values the
+    learner published, or the importance ratio at equal versions is not 1.
+    """
     try:
         unet.add_adapter(peft_config(cfg), adapter_name=ADAPTER)
     except ValueError as e:
@@ -51,6 +67,8 @@ def attach_lora(unet: UNet2DConditionModel, cfg: LoraConfig) -> list[str]:
     names = [n for n, p in unet.named_parameters() if "lora_" in n]
     for n, p in unet.named_parameters():
         p.requires_grad_("lora_" in n)
+        if "lora_" in n and p.dtype != torch.float32:
+            p.data = p.data.float()
     return names
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from critic_unlearn.diffusion.loading import SDComponents
-from critic_unlearn.diffusion.policy import encode_prompts, policy_step
+from critic_unlearn.diffusion.policy import compute_dtype, encode_prompts, policy_step
 from critic_unlearn.types import Role, SamplerSettings, Trajectory
 
 
@@ -59,7 +59,7 @@ def sample_trajectories(
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     c = components
-    device, dtype = c.device, c.unet.dtype
+    device, dtype = c.device, compute_dtype(c.unet)  # latents are stored in this dtype
     h = (height or c.default_size) // c.vae_scale_factor
     w = (width or c.default_size) // c.vae_scale_factor
     shape = (c.unet.config.in_channels, h, w)

@@ -4,6 +4,11 @@ UA (unlearning accuracy): share of forget-prompt images the judge does NOT see a
 IRA (in-domain retain accuracy): share of retain-prompt images judged right on every attribute
 the prompt names (colour and shape in the toy world). A judge output "none" (no shape drawn)
 counts as "not the concept" for UA and as wrong for IRA.
+
+Which attributes a prompt asks for is read with the judge's own vocabulary: its classifier.json
+lists, per head and class, the words that name the class ("words"; without it each class is named
+by its class name). So any judge folder carries what its prompts mean, and this module knows
+nothing of the toy world.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from torch import Tensor, nn
 
 from critic_unlearn.rewards.classifier import JSON_NAME, load_classifier
 from critic_unlearn.rewards.preprocess import uint8_to_unit
-from critic_unlearn.toyworld.data import parse_prompt
+from critic_unlearn.vocabulary import Vocabulary
 
-ATTRIBUTES = ("colour", "shape")  # what parse_prompt returns, in order: the judge's heads
+ATTRIBUTES = ("colour", "shape")  # the judge's heads that UA/IRA use
+NO_SHAPE = "none"  # a judge class meaning "nothing drawn": no prompt asks for it
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,7 @@ class Judge:
 
     model: nn.Module
     heads: dict[str, list[str]]  # head name -> class names (index = class id)
+    vocabulary: Vocabulary  # how prompts name the classes (classifier.json "words")
 
     @torch.no_grad()
     def labels(self, images: Tensor, batch_size: int = 256) -> dict[str, list[str]]:
@@ -45,42 +52,71 @@ class EvaluationError(ValueError):
     """The evaluation cannot be set up as configured; the message says what to change."""
 
 
-def load_judge(path: str | Path, device: str | torch.device = "cpu") -> Judge:
-    """A classifier folder whose classifier.json lists its heads' class names."""
+def _read_spec(path: str | Path) -> dict:
     p = Path(path)
     spec_path = p / JSON_NAME if p.is_dir() else p
     try:
-        heads = json.loads(spec_path.read_text())["heads"]
+        spec = json.loads(spec_path.read_text())
+        heads = spec["heads"]
     except (OSError, ValueError, KeyError):
         raise EvaluationError(
             f"eval.judge = {str(path)!r} has no {JSON_NAME} listing its heads' class names "
-            '({"heads": {"colour": [...], "shape": [...]}}); use "toyworld" or a judge like it'
+            '({"heads": {"colour": [...], "shape": [...]}}); use a judge source name (e.g. the '
+            "embedded world's) or a judge folder like it"
         ) from None
     missing = [a for a in ATTRIBUTES if a not in heads]
     if missing:
         raise EvaluationError(
             f"judge {str(path)!r} lacks heads {missing}; UA/IRA need {list(ATTRIBUTES)}"
         )
-    return Judge(load_classifier(p, device), {h: list(heads[h]) for h in ATTRIBUTES})
+    return spec
 
 
-def concept_attributes(concept: str) -> dict[str, str]:
+def judge_vocabulary(path: str | Path) -> Vocabulary:
+    """How the judge at `path` reads prompts: its classifier.json "words" (head -> class ->
+    words), else each class named by its class name. No weights are read."""
+    spec = _read_spec(path)
+    words = spec.get("words")
+    if words is None:
+        return Vocabulary.from_classes({a: spec["heads"][a] for a in ATTRIBUTES}, skip=[NO_SHAPE])
+    unknown = {a: sorted(set(words.get(a, {})) - set(spec["heads"][a])) for a in ATTRIBUTES}
+    if any(unknown.values()) or any(a not in words for a in ATTRIBUTES):
+        raise EvaluationError(
+            f"judge {str(path)!r}: {JSON_NAME} 'words' must name classes of the heads "
+            f"{list(ATTRIBUTES)} (unknown: {unknown})"
+        )
+    return Vocabulary({a: words[a] for a in ATTRIBUTES})
+
+
+def load_judge(path: str | Path, device: str | torch.device = "cpu") -> Judge:
+    """A classifier folder whose classifier.json lists its heads' class names (and words)."""
+    spec, vocabulary = _read_spec(path), judge_vocabulary(path)
+    heads = {h: list(spec["heads"][h]) for h in ATTRIBUTES}
+    return Judge(load_classifier(Path(path), device), heads, vocabulary)
+
+
+def _read(vocabulary: Vocabulary, text: str) -> dict[str, str]:
+    try:
+        named = vocabulary.read(text)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
+    return {a: v for a, v in named.items() if v is not None}
+
+
+def concept_attributes(concept: str, vocabulary: Vocabulary) -> dict[str, str]:
     """'red circle' -> {'colour': 'red', 'shape': 'circle'}; 'red' -> {'colour': 'red'}."""
-    parsed = dict(zip(ATTRIBUTES, parse_prompt(concept), strict=True))
-    named = {k: v for k, v in parsed.items() if v is not None}
+    named = _read(vocabulary, concept)
     if not named:
         raise EvaluationError(
-            f"reward.prompts.concept = {concept!r} names no colour or shape the judge knows; the "
-            "toy-world judge scores colours (red, green, blue, yellow) and shapes (circle, "
-            "square, triangle, cross), synonyms included"
+            f"reward.prompts.concept = {concept!r} names no {' or '.join(vocabulary.attributes)} "
+            f"the judge knows; it scores {vocabulary.describe()}"
         )
     return named
 
 
-def prompt_attributes(prompt: str) -> dict[str, str]:
-    """The colour and shape a prompt asks for ({} if it names neither)."""
-    parsed = dict(zip(ATTRIBUTES, parse_prompt(prompt), strict=True))
-    return {k: v for k, v in parsed.items() if v is not None}
+def prompt_attributes(prompt: str, vocabulary: Vocabulary) -> dict[str, str]:
+    """The attributes (colour, shape) a prompt asks for ({} if it names none)."""
+    return _read(vocabulary, prompt)
 
 
 def shows(labels: dict[str, list[str]], target: dict[str, str]) -> Tensor:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from critic_unlearn import sources
 from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.loading import SDComponents, load_components
@@ -35,7 +36,6 @@ from critic_unlearn.evaluation.judging import (
 from critic_unlearn.evaluation.report import grid_name, save_grid, write_report
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.rewards.prompts import PromptSet, load_prompts
-from critic_unlearn.toyworld import TOYWORLD, judge_dir, resolve_pretrained
 
 BASE_CACHE = "base_images.safetensors"
 
@@ -51,13 +51,13 @@ def load_eval_judge(cfg: RunConfig, device: torch.device) -> tuple[Judge | None,
     """The judge named by eval.judge (None: no UA/IRA) and the concept's attributes."""
     if cfg.eval.judge is None:
         return None, {}
-    path = judge_dir() if cfg.eval.judge == TOYWORLD else Path(cfg.eval.judge)
-    return load_judge(path, device), concept_attributes(cfg.reward.prompts.concept)
+    judge = load_judge(sources.resolve("judge", cfg.eval.judge), device)
+    return judge, concept_attributes(cfg.reward.prompts.concept, judge.vocabulary)
 
 
 def load_eval_model(cfg: RunConfig, device: torch.device) -> SDComponents:
     m = cfg.model
-    return load_components(resolve_pretrained(m.pretrained), revision=m.revision, dtype=m.dtype,
+    return load_components(m.pretrained, revision=m.revision, dtype=m.dtype,
                            device=device, local_files_only=m.local_files_only)
 
 
@@ -93,14 +93,15 @@ def score(
                              for k, v in labels.items()}, concept)
         for i in (~forget).nonzero().flatten().tolist():
             one = {k: [v[i]] for k, v in labels.items()}
-            hit[i] = bool(shows(one, prompt_attributes(texts[i]))[0])
+            hit[i] = bool(shows(one, prompt_attributes(texts[i], judge.vocabulary))[0])
         out["ua"] = 1.0 - _mean(hit[forget]) if forget.any() else None
         out["ira"] = _mean(hit[~forget])
         kept = [a for a in ATTRIBUTES if a not in concept]  # what forgetting must not change
         fidx = forget.nonzero().flatten().tolist()
         acc: dict[str, list[float]] = {a: [] for a in kept}
         for i in fidx:
-            target = {a: v for a, v in prompt_attributes(texts[i]).items() if a in kept}
+            named = prompt_attributes(texts[i], judge.vocabulary)
+            target = {a: v for a, v in named.items() if a in kept}
             for a, v in attribute_accuracy({k: [labels[k][i]] for k in labels}, target).items():
                 acc[a].append(v)
         out["forget_attribute_accuracy"] = {a: sum(v) / len(v) for a, v in acc.items() if v}

@@ -22,18 +22,23 @@ import torch
 from diffusers.training_utils import cast_training_params
 from torch import Tensor
 
-from critic_unlearn.codec import checksum
 from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.ddim_logprob import step_std
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.lora import (
+    adapter_manifest,
     attach_lora,
     base_policy,
     get_adapter_state,
     lora_config_hash,
     set_adapter_state,
 )
-from critic_unlearn.diffusion.policy import encode_prompts, policy_step
+from critic_unlearn.diffusion.policy import (
+    compute_dtype,
+    encode_prompts,
+    policy_step,
+    precision_context,
+)
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
 from critic_unlearn.learner.critic import Critic, make_vae_decode
 from critic_unlearn.learner.diagnostics import WindowedDiagnostics
@@ -43,16 +48,6 @@ from critic_unlearn.rewards.normalization import PerPromptStatTracker
 from critic_unlearn.types import Batch, WeightsPacket
 
 TextEmbed = Callable[[list[str]], Tensor]  # prompts -> (B, D) CLIP text embeddings
-
-
-def adapter_manifest(model_id: str, lora_hash: str, state: dict[str, Tensor], version: int) -> dict:
-    """What an actor checks before applying weights: same base model, same LoRA shape, intact."""
-    return {
-        "base_model": model_id,
-        "lora_config_hash": lora_hash,
-        "checksum": checksum("adapter", str(version), state),
-        "version": str(version),
-    }
 
 
 class Learner:
@@ -201,9 +196,9 @@ class Learner:
         return pool[torch.randperm(len(pool), generator=self.gen)[:n]].to(eligible.device)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        """The run's one precision policy (model.dtype), for the critic and ESD's UNet calls; the
+        policy's own log-probs get it inside `policy_step`, as the actors' do."""
+        return precision_context(self.device, compute_dtype(self.c.unet))
 
     @torch.no_grad()
     def _current_policy(self, batch, lat, nxt, ts, old_lp, cond):
@@ -221,20 +216,21 @@ class Learner:
         return torch.stack(rhos, 1), torch.stack(x0s, 1)
 
     def _score(self, x, x_prev, t, cond, batch: Batch):
+        """log pi_theta of stored transitions: `policy_step` exactly as the actor ran it (same
+        autocast state and dtype, fp32 step arithmetic; see diffusion/policy.py)."""
         s = batch.sampler
-        with self._autocast():
-            return policy_step(
-                self.c.unet,
-                self.c.scheduler,
-                x,
-                t,
-                cond,
-                self.uncond.expand_as(cond),
-                guidance_scale=s.guidance_scale,
-                eta=s.eta,
-                prev_sample=x_prev,
-                reduction=s.log_prob_reduction,  # as the behaviour log-probs were
-            )
+        return policy_step(
+            self.c.unet,
+            self.c.scheduler,
+            x,
+            t,
+            cond,
+            self.uncond.expand_as(cond),
+            guidance_scale=s.guidance_scale,
+            eta=s.eta,
+            prev_sample=x_prev,
+            reduction=s.log_prob_reduction,  # as the behaviour log-probs were
+        )
 
     @torch.no_grad()
     def _critic_inputs(self, lat, x0) -> Tensor | None:

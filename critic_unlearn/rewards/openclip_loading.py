@@ -2,12 +2,14 @@
 
 A local folder holds `open_clip_config.json` ({"model_cfg": ..., "preprocess_cfg": ...}, the
 layout open_clip itself reads) and one `.safetensors` file, so nothing is unpickled. Offline
-machines point `reward.clip_model` at such a folder; `save_open_clip` writes one.
+machines point `reward.clip_model` at such a folder; `save_open_clip` writes one. A source name
+registered in `critic_unlearn.sources` (e.g. the embedded "toyworld") stands for such a folder.
+open_clip is imported when a model is loaded, not with this module (the CLI imports
+`ClipLoadError` for every command, `--help` included).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from dataclasses import dataclass
@@ -15,14 +17,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from critic_unlearn import sources
+
 CONFIG_NAME = "open_clip_config.json"
 WEIGHTS_NAME = "open_clip_model.safetensors"
-TOYWORLD = "toyworld"
 
 
 class ClipLoadError(RuntimeError):
@@ -70,24 +72,9 @@ def _how_to_fix() -> str:
     )
 
 
-def _toyworld_folder() -> Path:
-    """The toy world's reward CLIP folder, if the toyworld package provides one."""
-    try:
-        toyworld = importlib.import_module("critic_unlearn.toyworld")
-    except ImportError:
-        toyworld = None
-    locate = getattr(toyworld, "reward_clip_dir", None)
-    if locate is None:
-        raise ClipLoadError(
-            "reward.clip_model = 'toyworld' needs the toy world's reward CLIP, which this install "
-            "does not provide (critic_unlearn.toyworld.reward_clip_dir is missing); set "
-            "reward.clip_model to an open_clip model name with reward.clip_pretrained, or to a "
-            f"local folder holding {CONFIG_NAME} and {WEIGHTS_NAME}"
-        )
-    return Path(locate())
-
-
 def _load_folder(root: Path, device: str | torch.device) -> LoadedClip:
+    import open_clip
+
     if not root.is_dir():
         raise ClipLoadError(
             f"CLIP folder {str(root)!r} does not exist; point reward.clip_model at a folder "
@@ -133,6 +120,8 @@ def _load_folder(root: Path, device: str | torch.device) -> LoadedClip:
 def _finish(
     model: nn.Module, tokenizer: Any, name: str, model_cfg: dict | None, device: str | torch.device
 ) -> LoadedClip:
+    import open_clip
+
     model.eval().requires_grad_(False).to(device)
     preprocess = dict(open_clip.get_model_preprocess_cfg(model))
     return LoadedClip(model, tokenizer, preprocess, name, model_cfg)
@@ -141,9 +130,11 @@ def _finish(
 def load_open_clip(
     name: str, pretrained: str | None = None, device: str | torch.device = "cpu"
 ) -> LoadedClip:
-    """Load `name` (built-in + `pretrained` tag, `hf-hub:ID`, local folder, or "toyworld")."""
-    if name == TOYWORLD:
-        return _load_folder(_toyworld_folder(), device)
+    """Load `name` (built-in + `pretrained` tag, `hf-hub:ID`, local folder, or source name)."""
+    import open_clip
+
+    if sources.is_source("reward_clip", name):
+        return _load_folder(Path(sources.resolve("reward_clip", name)), device)
     if name.startswith("local-dir:"):
         name = name[len("local-dir:") :]
     if _looks_local(name):

@@ -1,15 +1,21 @@
 """The embedded toy world: synthetic shapes, a tiny text-to-image pipeline, a reward CLIP, a judge.
 
-The world is built by `critic-unlearn toyworld build` (or `python -m critic_unlearn.toyworld.build`)
+The world is built by `critic-unlearn toyworld build` (or `python -m critic_unlearn.toyworld build`)
 and a built copy ships inside the package (`world/`), so a fresh install can unlearn at once.
-Set CRITIC_UNLEARN_TOYWORLD_DIR to use a world built elsewhere. This module imports no torch:
-`reward.clip_model = "toyworld"` and `model.pretrained = "toyworld"` resolve through it cheaply.
+Set CRITIC_UNLEARN_TOYWORLD_DIR to use a world built elsewhere.
+
+Importing this module registers the world as the source "toyworld" of each kind in
+`critic_unlearn.sources` (which imports it by name on first lookup): `model.pretrained`,
+`reward.clip_model` and `eval.judge` = "toyworld" resolve to the world's folders, and the loaders
+never import this package. This module imports no torch, so resolving is cheap.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from critic_unlearn import sources
 
 ENV_VAR = "CRITIC_UNLEARN_TOYWORLD_DIR"
 PACKAGED_WORLD = Path(__file__).resolve().parent / "world"
@@ -39,11 +45,6 @@ def pipeline_dir() -> Path:
     return world_dir() / "pipeline"
 
 
-def resolve_pretrained(name: str) -> str:
-    """`model.pretrained`: "toyworld" -> the world's pipeline folder; anything else unchanged."""
-    return str(pipeline_dir()) if name == TOYWORLD else name
-
-
 def reward_clip_dir() -> Path:
     """The reward CLIP folder that `reward.clip_model = "toyworld"` loads."""
     return world_dir() / "reward_clip"
@@ -54,5 +55,9 @@ def judge_dir() -> Path:
     return world_dir() / "judge"
 
 
+sources.register("model", TOYWORLD, pipeline_dir)
+sources.register("reward_clip", TOYWORLD, reward_clip_dir)
+sources.register("judge", TOYWORLD, judge_dir)
+
 __all__ = ["ENV_VAR", "TOYWORLD", "WorldMissingError", "judge_dir", "pipeline_dir",
-           "resolve_pretrained", "reward_clip_dir", "world_dir"]
+           "reward_clip_dir", "world_dir"]

@@ -2,8 +2,8 @@
 
 Every stage is seeded, so a build is reproducible on the same machine and library versions.
 Everything is written under `<out>.building` and renamed into place at the end, so an interrupted
-build never leaves half a world under the final name. Run: `python -m critic_unlearn.toyworld.build
---out DIR [--reduced]` or `critic-unlearn toyworld build`.
+build never leaves half a world under the final name. Run: `critic-unlearn toyworld build --out DIR
+[--reduced]` or `python -m critic_unlearn.toyworld build ...` (the command line is in `cli.py`).
 """
 
 from __future__ import annotations
@@ -224,11 +224,3 @@ def _build(out: Path, cfg: BuildConfig) -> dict[str, Any]:
         console.print(f"  {name}: {g['value']:.3f} (>= {g['threshold']}) "
                       f"{'ok' if g['passed'] else 'FAILED'}", highlight=False)
     return card
-
-
-if __name__ == "__main__":
-    import typer
-
-    from critic_unlearn.toyworld.cli import build
-
-    typer.run(build)

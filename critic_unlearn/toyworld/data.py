@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from critic_unlearn.vocabulary import Vocabulary
+
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle", "cross")
 NONE = "none"  # the judge's extra class: a background without any shape
@@ -89,18 +91,9 @@ def phrase_templates(templates: tuple[str, ...]) -> list[str]:
     return [t.replace("{c} {s}", "{}") for t in templates if "{c} {s}" in t]
 
 
-def _word_pattern(words: dict[str, tuple[str, ...]]) -> list[tuple[re.Pattern[str], str]]:
-    pairs = [(w, name) for name, ws in words.items() for w in ws]
-    pairs.sort(key=lambda p: -len(p[0]))  # longest first: "round shape" before "shape"
-    return [(re.compile(rf"\b{re.escape(w)}\b", re.IGNORECASE), name) for w, name in pairs]
-
-
-_COLOUR_RE = _word_pattern(COLOUR_SYNONYMS)
-_SHAPE_RE = _word_pattern(SHAPE_SYNONYMS)
-
-
-def _find(text: str, patterns: list[tuple[re.Pattern[str], str]]) -> set[str]:
-    return {name for pat, name in patterns if pat.search(text)}
+# The words that name each colour and shape; the judge's classifier.json carries them ("words"),
+# so the evaluation reads prompts with the judge's vocabulary (judge.save_judge writes it).
+VOCABULARY = Vocabulary({"colour": COLOUR_SYNONYMS, "shape": SHAPE_SYNONYMS})
 
 
 def parse_prompt(text: str) -> tuple[str | None, str | None]:
@@ -108,13 +101,8 @@ def parse_prompt(text: str) -> tuple[str | None, str | None]:
 
     A prompt naming two colours or two shapes is ambiguous for the judge and is refused.
     """
-    colours, shapes = _find(text, _COLOUR_RE), _find(text, _SHAPE_RE)
-    if len(colours) > 1 or len(shapes) > 1:
-        raise ValueError(
-            f"prompt {text!r} names several colours {sorted(colours)} or shapes {sorted(shapes)}; "
-            "a toy-world prompt names at most one of each"
-        )
-    return (next(iter(colours), None), next(iter(shapes), None))
+    named = VOCABULARY.read(text)
+    return named["colour"], named["shape"]
 
 
 @dataclass(frozen=True)

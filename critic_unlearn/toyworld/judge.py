@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-from critic_unlearn.toyworld.data import COLOURS, SHAPES, ShapeData
+from critic_unlearn.toyworld.data import COLOURS, SHAPES, VOCABULARY, ShapeData
 from critic_unlearn.toyworld.progress import stage
 from critic_unlearn.toyworld.training import batch_indices, set_lr, warmup_cosine
 
@@ -127,6 +127,11 @@ def judge_accuracy(judge: nn.Module, data: ShapeData) -> dict[str, float]:
     }
 
 
+def judge_words() -> dict[str, dict[str, list[str]]]:
+    """The "words" entry of the judge's classifier.json: head -> class -> words naming it."""
+    return {h: {c: list(ws) for c, ws in VOCABULARY.words[h].items()} for h in HEADS}
+
+
 def save_judge(model: Judge, folder: Path, widths: tuple[int, ...]) -> Path:
     """classifier.json + fp16 safetensors, readable by rewards.classifier.load_classifier."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -142,6 +147,8 @@ def save_judge(model: Judge, folder: Path, widths: tuple[int, ...]) -> Path:
         "input": "(B, 3, H, W) float32 RGB in [0, 1]",
         "heads": {"colour": list(COLOUR_CLASSES), "shape": list(SHAPE_CLASSES)},
         "output": "logits",
+        # how prompts name each class: the evaluation reads prompts with these (UA/IRA targets)
+        "words": judge_words(),
     }
     (folder / "classifier.json").write_text(json.dumps(spec, indent=2) + "\n")
     return folder

@@ -28,22 +28,22 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from critic_unlearn import sources
 from critic_unlearn.codec import decode_trajectory, encode_trajectory
 from critic_unlearn.config import RunConfig
 from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.critic import Critic, build_critic, make_vae_decode, text_embedder
+from critic_unlearn.learner.critic_checkpoint import ARCH_FIELDS, KIND
 from critic_unlearn.learner.diagnostics import explained_variance
 from critic_unlearn.learner.losses import value_loss
 from critic_unlearn.rewards import build_stat_tracker
 from critic_unlearn.rewards.normalization import PerPromptStatTracker
 from critic_unlearn.rewards.openclip_loading import load_open_clip
+from critic_unlearn.training.setup import build_actor
 from critic_unlearn.types import Batch
 
 CHECKPOINT = "critic.safetensors"
-KIND = "critic-pretrain/1"
-# critic settings that change the network: a checkpoint loads only into the same architecture
-ARCH_FIELDS = ("input", "timestep_input", "fusion", "hidden", "timestep_dim", "train_image_tower")
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,10 @@ class PretrainResult:
     cached: bool  # True: found under critic.cache_dir, nothing was trained
 
 
-def _folder_fingerprint(name: str) -> str:
-    """Names, sizes and JSON contents of a local model folder (a hub id hashes as itself)."""
-    from critic_unlearn.toyworld import TOYWORLD, pipeline_dir, reward_clip_dir
-
-    if name == TOYWORLD:
-        return _folder_fingerprint(str(pipeline_dir())) + _folder_fingerprint(
-            str(reward_clip_dir())
-        )
-    root = Path(name)
+def _folder_fingerprint(kind: str, name: str) -> str:
+    """Names, sizes and JSON contents of a local folder (a named source such as "toyworld" is
+    resolved to its folder first; a hub id hashes as itself)."""
+    root = Path(sources.resolve(kind, name))
     if not root.is_dir():
         return name
     h = hashlib.sha256()
@@ -79,9 +74,9 @@ def pretrain_key(cfg: RunConfig) -> str:
                                                           "decode_batch_size",
                                                           "diagnostics_window"})
     parts = {
-        "model": _folder_fingerprint(cfg.model.pretrained),
+        "model": _folder_fingerprint("model", cfg.model.pretrained),
         "model_cfg": cfg.model.model_dump(mode="json"),
-        "clip": _folder_fingerprint(cfg.reward.clip_model),
+        "clip": _folder_fingerprint("reward_clip", cfg.reward.clip_model),
         "reward": cfg.reward.model_dump(mode="json"),
         "sampler": cfg.sampler.model_dump(mode="json"),
         "critic": critic,
@@ -92,8 +87,6 @@ def pretrain_key(cfg: RunConfig) -> str:
 
 def sample_dataset(cfg: RunConfig, console: Console) -> list:
     """`critic.pretrain_trajectories` base-policy trajectories, round-tripped through the codec."""
-    from critic_unlearn.training.setup import build_actor
-
     seeded = cfg.model_copy(
         update={"runtime": cfg.runtime.model_copy(update={"seed": cfg.critic.pretrain_seed})}
     )
@@ -266,30 +259,6 @@ def _predicted_x0(cfg: RunConfig, comps, batch: Batch, device) -> torch.Tensor:
             cols.append(step.pred_original_sample)
         out.append(torch.stack(cols, 1))
     return torch.cat(out)
-
-
-def load_pretrained(path: str | Path, critic: Critic, cc) -> tuple[dict, dict | None]:
-    """Load a pretrained critic into `critic` (same architecture, else a clear error).
-
-    Returns (meta, reward_stats)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"critic.init = {str(path)!r} does not exist; write one with `critic-unlearn critic "
-            "pretrain CONFIG`, or set critic.init = auto"
-        )
-    state = load_checkpoint(path)
-    meta = json.loads(state.get("meta", "{}"))
-    if meta.get("kind") != KIND:
-        raise ValueError(f"critic.init = {str(path)!r} is not a pretrained critic checkpoint")
-    want = {f: getattr(cc, f) for f in ARCH_FIELDS}
-    if meta.get("critic") != want:
-        raise ValueError(
-            f"critic.init = {str(path)!r} was pretrained with critic settings {meta.get('critic')}"
-            f", this run has {want}; pretrain for these settings or set critic.init = auto"
-        )
-    critic.load_state_dict(state["critic"])
-    return meta, state.get("reward_stats")
 
 
 def resolve_critic_init(cfg: RunConfig, console: Console | None = None) -> tuple[RunConfig, dict]:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from critic_unlearn.codec import encode_state_dict
-from critic_unlearn.config import RunConfig
+from critic_unlearn.config import LoraConfig, RunConfig, load_config
 from critic_unlearn.io_utils import announce_run_folder, atomic_write_bytes
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.publisher import CallbackPublisher
@@ -51,9 +51,26 @@ def ua_proxy(trajs) -> float:
     return sum(r > 0 for r in forget) / len(forget) if forget else float("nan")
 
 
-def export_adapter(run_dir: Path, packet) -> Path:
-    path = run_dir / "adapter" / "adapter.safetensors"
+def export_adapter(run_dir: Path, packet, lora: LoraConfig | None = None) -> Path:
+    """RUN/adapter/: our adapter.safetensors (manifest, checksum), and the same tensors in
+    diffusers' LoRA format and peft's (critic_unlearn.export), so `pipe.load_lora_weights(RUN/
+    adapter)` and `PeftModel.from_pretrained(unet, RUN/adapter)` work. `lora` defaults to the
+    run's config.yaml. Returns the path of adapter.safetensors."""
+    from critic_unlearn.export import write_adapter_formats
+
+    path = Path(run_dir) / "adapter" / "adapter.safetensors"
     atomic_write_bytes(path, encode_state_dict(packet.state_dict, packet.manifest))
+    try:
+        if lora is None:
+            lora = load_config(Path(run_dir) / "config.yaml", []).lora
+        write_adapter_formats(
+            path.parent, packet.state_dict, lora, packet.manifest.get("base_model")
+        )
+    except Exception as e:  # adapter.safetensors is safe; the standard formats can be redone
+        log.warning(
+            "could not write the diffusers/peft copies of %s (%s: %s); write them with "
+            "`critic-unlearn export %s`", path, type(e).__name__, e, run_dir
+        )
     return path
 
 

@@ -14,13 +14,13 @@ from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.learner.critic import build_critic, text_embedder
+from critic_unlearn.learner.critic_checkpoint import load_pretrained
 from critic_unlearn.learner.esd import ESDLearner
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards import build_reward, build_stat_tracker
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.rewards.prompts import load_prompts
-from critic_unlearn.training.critic_pretrain import load_pretrained
 
 
 def run_name(cfg: RunConfig) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import ray
 import yaml
+from packaging.specifiers import SpecifierSet
 
 from tests.integration._compose_local import interpolate, loopback_mapping
 from tests.integration._deploy_schemas import compose_errors, manifest_errors
@@ -203,7 +204,8 @@ def test_dockerfile_builds_on_the_pinned_ray_and_python_with_the_shared_script()
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
     assert args["PYTHON_TAG"] == py, f"the image's Python must be this project's ({py})"
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
-    assert f">={sys.version_info.major}.{sys.version_info.minor}" in requires or "3.11" in requires
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert SpecifierSet(requires).contains(here), f"requires-python {requires!r} excludes {here}"
     assert re.search(
         r"^FROM rayproject/ray:\$\{RAY_VERSION\}-\$\{PYTHON_TAG\}-\$\{VARIANT\}$", text, re.M
     )

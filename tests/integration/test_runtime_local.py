@@ -5,6 +5,7 @@ Redis restarted mid-run. Each run must end by itself at learner.max_steps."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -17,8 +18,7 @@ import ray
 import torch
 
 from critic_unlearn.config import RunConfig, load_config
-from critic_unlearn.diffusion.lora import get_adapter_state
-from critic_unlearn.learner.learner import adapter_manifest
+from critic_unlearn.diffusion.lora import adapter_manifest, get_adapter_state
 from critic_unlearn.replay import RedisServer, ReplaySampler
 from critic_unlearn.runtime import train_ray
 from critic_unlearn.runtime.actor_worker import ActorWorker
@@ -156,12 +156,9 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     # the buffer filled, and only fresh enough records were ever trained on
     assert max(row["replay/size"] for row in rows) >= cfg.replay.min_size_to_sample
     assert max(row["learner/staleness_max"] for row in rows) <= MAX_STALENESS
-    # new versions reached the actors: every actor that sampled did so with a version > 0 at
-    # some point (on a loaded 2-core box actor 1 can still be loading models when a 6-step run
-    # ends; it then sampled nothing and has nothing to show)
-    sampled = [i for i in (0, 1) if max(row[f"actor/{i}/trajectories"] for row in rows) > 0]
-    assert sampled
-    for i in sampled:
+    # both actors sampled, and new versions reached both (a run one actor did alone fails here)
+    for i in (0, 1):
+        assert max(row[f"actor/{i}/trajectories"] for row in rows) > 0, f"actor {i} never sampled"
         assert max(row[f"actor/{i}/version"] for row in rows) >= 1, i
     assert rows[-1]["runtime/publish_to_applied_ms"] is not None
     assert (r.run_dir / CHECKPOINT).exists() and (
@@ -171,7 +168,8 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     # a snapshot per checkpoint, the last one at the final step (curves are judged from them)
     snaps = list_snapshots(r.run_dir)
     assert snaps and snaps[-1].step == 7 and snaps[-1].trajectories == r.trajectories
-    assert any(row["actor/forget_reward_mean"] == row["actor/forget_reward_mean"] for row in rows)
+    # every logged step saw forget trajectories (each batch of 4 is half forget): never NaN
+    assert all(math.isfinite(row["actor/forget_reward_mean"]) for row in rows), rows
     # the durable copy in Redis is the final version, with its manifest
     store = WeightStore(cfg.replay, "rt")
     assert store.latest_version() == 5 and store.get().manifest["base_model"] == str(

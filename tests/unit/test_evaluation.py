@@ -13,20 +13,30 @@ from critic_unlearn.config import load_config
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.lora import attach_lora, get_adapter_state
 from critic_unlearn.evaluation import EvaluationError, evaluate_run
-from critic_unlearn.evaluation.judging import concept_attributes, prompt_attributes, shows
+from critic_unlearn.evaluation.judging import (
+    concept_attributes,
+    judge_vocabulary,
+    prompt_attributes,
+    shows,
+)
 from critic_unlearn.io_utils import atomic_write_bytes
-from critic_unlearn.toyworld import ENV_VAR, pipeline_dir
+from critic_unlearn.toyworld import ENV_VAR, judge_dir, pipeline_dir
 from critic_unlearn.toyworld.build import build_world
 from critic_unlearn.toyworld.build_config import BuildConfig
 
 
 def test_concepts_and_prompts_parse_into_judge_attributes() -> None:
-    assert concept_attributes("red") == {"colour": "red"}
-    assert concept_attributes("circle") == {"shape": "circle"}
-    assert concept_attributes("scarlet disc") == {"colour": "red", "shape": "circle"}
-    assert prompt_attributes("an image of a blue square") == {"colour": "blue", "shape": "square"}
-    with pytest.raises(EvaluationError, match="names no colour or shape"):
-        concept_attributes("a dog")
+    words = judge_vocabulary(judge_dir())  # the toy world's judge names its classes' synonyms
+    assert concept_attributes("red", words) == {"colour": "red"}
+    assert concept_attributes("circle", words) == {"shape": "circle"}
+    assert concept_attributes("scarlet disc", words) == {"colour": "red", "shape": "circle"}
+    assert prompt_attributes("an image of a blue square", words) == {"colour": "blue",
+                                                                     "shape": "square"}
+    assert prompt_attributes("a dog", words) == {}
+    with pytest.raises(EvaluationError, match="names no colour or shape the judge knows"):
+        concept_attributes("a dog", words)
+    with pytest.raises(EvaluationError, match="several colour classes"):
+        prompt_attributes("a red and blue circle", words)
 
 
 def test_shows_needs_every_named_attribute() -> None:

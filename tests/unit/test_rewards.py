@@ -83,17 +83,6 @@ def test_unknown_name_and_incomplete_folder_errors(tmp_path: Path) -> None:
         load_open_clip(str(tmp_path / "half"))
 
 
-def test_toyworld_without_its_reward_clip_is_explained() -> None:
-    try:
-        import critic_unlearn.toyworld as toyworld  # noqa: PLC0415
-    except ImportError:
-        toyworld = None
-    if hasattr(toyworld, "reward_clip_dir"):
-        pytest.skip("the toy world provides its reward CLIP; nothing to explain")
-    with pytest.raises(ClipLoadError, match="'toyworld' needs the toy world's reward CLIP"):
-        load_open_clip("toyworld")
-
-
 # --- preprocessing -------------------------------------------------------------------------
 
 

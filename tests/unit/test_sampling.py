@@ -6,7 +6,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from critic_unlearn.diffusion.policy import encode_prompts, policy_step
-from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
+from critic_unlearn.diffusion.sampling import PromptSpec, choose_kept_steps, sample_trajectories
 from critic_unlearn.types import Batch, SamplerSettings
 
 SETTINGS = SamplerSettings(num_steps=6, eta=1.0, guidance_scale=4.0)
@@ -73,7 +73,7 @@ def test_keep_k_of_s_steps_is_seeded_and_consistent(tiny_components):
     b = sample_trajectories(tiny_components, specs(2), [11, 12], SETTINGS, keep_steps=3)
     full = sample_trajectories(tiny_components, specs(2), [11, 12], SETTINGS)
     assert [t.steps.tolist() for t in a] == [t.steps.tolist() for t in b]
-    assert a[0].steps.tolist() != a[1].steps.tolist() or a[0].num_kept == 3
+    assert a[0].steps.tolist() != a[1].steps.tolist()  # seeds 11 and 12 pick other steps
     for kept, whole in zip(a, full, strict=True):
         assert kept.num_kept == 3 and whole.num_kept == SETTINGS.num_steps
         assert whole.latents.shape[0] == SETTINGS.num_steps + 1  # x_T .. x_0
@@ -83,6 +83,17 @@ def test_keep_k_of_s_steps_is_seeded_and_consistent(tiny_components):
         torch.testing.assert_close(after, wa[kept.steps], rtol=0, atol=0)
         torch.testing.assert_close(kept.log_probs, whole.log_probs[kept.steps], rtol=0, atol=0)
         assert torch.equal(kept.timesteps, whole.timesteps[kept.steps])
+
+
+def test_kept_steps_are_a_sorted_seeded_subset_that_varies_with_the_seed():
+    stochastic = [0, 1, 2, 3, 4, 5, 6, 7]
+    picks = [choose_kept_steps(stochastic, 3, seed) for seed in range(40)]
+    assert all(len(p) == 3 and p == sorted(set(p)) and set(p) <= set(stochastic) for p in picks)
+    assert picks == [choose_kept_steps(stochastic, 3, seed) for seed in range(40)]
+    assert len({tuple(p) for p in picks}) >= 20  # 56 subsets: seeds must spread over them
+    assert {s for p in picks for s in p} == set(stochastic)  # every step can be kept
+    assert choose_kept_steps(stochastic, None, 1) == stochastic
+    assert choose_kept_steps(stochastic, 8, 1) == choose_kept_steps(stochastic, 99, 1) == stochastic
 
 
 def test_images_are_decoded_uint8(tiny_components):

@@ -14,7 +14,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from safetensors import safe_open
 
-from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn import sources
+from critic_unlearn.diffusion.loading import check_model_source, load_components
+from critic_unlearn.evaluation.judging import judge_vocabulary
 from critic_unlearn.rewards.classifier import load_classifier
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.toyworld import ENV_VAR, judge_dir, pipeline_dir, reward_clip_dir, world_dir
@@ -67,6 +69,8 @@ def test_reward_clip_and_judge_load_through_the_library_loaders(reduced_world) -
     judge = load_classifier(out / "judge")
     heads = judge(torch.rand(3, 3, 32, 32))
     assert heads["colour"].shape == (3, 5) and heads["shape"].shape == (3, 5)
+    words = judge_vocabulary(out / "judge")  # the build writes how prompts name the classes
+    assert words.read("a crimson plus sign") == {"colour": "red", "shape": "cross"}
 
 
 def test_env_var_points_the_toyworld_names_at_a_built_world(reduced_world, monkeypatch) -> None:
@@ -75,12 +79,17 @@ def test_env_var_points_the_toyworld_names_at_a_built_world(reduced_world, monke
     assert world_dir() == out and pipeline_dir() == out / "pipeline"
     assert judge_dir() == out / "judge"
     assert load_open_clip("toyworld").name == str(reward_clip_dir())
+    assert sources.resolve("model", "toyworld") == check_model_source("toyworld") == str(
+        out / "pipeline")
+    assert sources.resolve("judge", "toyworld") == str(out / "judge")
 
 
 def test_a_missing_world_says_how_to_build_one(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="critic-unlearn toyworld build"):
         world_dir()
+    with pytest.raises(FileNotFoundError, match="critic-unlearn toyworld build"):
+        check_model_source("toyworld")  # the loaders resolve the name through the world
 
 
 def test_saved_tokenizer_matches_clip_bpe(reduced_world) -> None:

@@ -80,7 +80,7 @@ def test_parse_prompt_handles_synonyms_partial_prompts_and_ambiguity() -> None:
     assert parse_prompt("a crimson plus sign on grey") == ("red", "cross")
     assert parse_prompt("red") == ("red", None)
     assert parse_prompt("a circle") == (None, "circle")
-    with pytest.raises(ValueError, match="several colours"):
+    with pytest.raises(ValueError, match="several colour classes"):
         parse_prompt("a red and blue circle")
     assert caption("a {c} {s}", "azure", "disc") == "an azure disc"
     assert phrase_templates(("a {c} {s} on grey", "the {s} is {c}")) == ["a {} on grey"]

@@ -14,7 +14,7 @@ from critic_unlearn.toyworld import ENV_VAR, PACKAGED_WORLD, judge_dir, world_di
 from critic_unlearn.toyworld.build_config import BuildConfig
 from critic_unlearn.toyworld.data import COLOURS, canonical_prompt, pair_names
 from critic_unlearn.toyworld.gates import THRESHOLDS, SamplerSpec, generate
-from critic_unlearn.toyworld.judge import judge_images
+from critic_unlearn.toyworld.judge import judge_images, judge_words
 
 MAX_BYTES = 20_000_000
 
@@ -31,13 +31,21 @@ def test_committed_card_matches_the_build_config() -> None:
     recipe = {k: v for k, v in card["config"].items() if k != "threads"}
     assert recipe == BuildConfig.full().to_json(), (
         "the committed world was built with another recipe than BuildConfig.full(); rebuild it "
-        "(python -m critic_unlearn.toyworld.build --out critic_unlearn/toyworld/world) or revert"
+        "(python -m critic_unlearn.toyworld build --out critic_unlearn/toyworld/world) or revert"
     )
     assert set(card["gates"]) == set(THRESHOLDS)
     for name, gate in card["gates"].items():
         assert gate["threshold"] == THRESHOLDS[name]
         assert gate["passed"] == (gate["value"] >= gate["threshold"])
     assert "## Quality gates" in (world_dir() / "README.md").read_text()
+
+
+def test_committed_judge_reads_prompts_with_the_worlds_words() -> None:
+    spec = json.loads((judge_dir() / "classifier.json").read_text())
+    assert spec["words"] == judge_words(), (
+        "the committed judge's classifier.json 'words' differ from toyworld/data.py's synonyms; "
+        "rebuild the world or copy judge_words() into it"
+    )
 
 
 def test_committed_world_is_small_and_fp16() -> None:
