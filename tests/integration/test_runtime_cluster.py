@@ -299,13 +299,13 @@ def test_sigkilled_driver_rerun_resumes_from_last_checkpoint(
     # the rerun logged every step after the checkpoint once more; counting resumed from the
     # checkpoint's number, not from zero and not from what the killed driver had reached
     assert [r["step"] for r in resumed][-(61 - saved_steps) :] == list(range(saved_steps + 1, 62))
-    rerun_rows = resumed[-(60 - saved_steps) :]
+    rerun_rows = resumed[-(61 - saved_steps) :]
     # before its first step the rerun can insert at most the limiter's window (2 * error_buffer
     # / samples_per_insert = 16) plus one batch per actor (2 x 4)
     assert saved_traj <= rerun_rows[0]["actor/trajectories"] <= saved_traj + 16 + 8
     assert summary["trajectories"] == rerun_rows[-1]["actor/trajectories"]
     with open(run_dir / "runtime.json") as f:
-        assert json.load(f)["steps"] == 60
+        assert json.load(f)["steps"] == 61  # 60 policy updates + 1 warm-up step
 
 
 @pytest.mark.slow
