@@ -172,7 +172,7 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     assert all(math.isfinite(row["actor/forget_reward_mean"]) for row in rows), rows
     # the durable copy in Redis is the final version, with its manifest
     store = WeightStore(cfg.replay, "rt")
-    assert store.latest_version() == 5 and store.get().manifest["base_model"] == str(
+    assert store.latest_version() == 6 and store.get().manifest["base_model"] == str(
         cfg.model.pretrained
     )
     store.close()
