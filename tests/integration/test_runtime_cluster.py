@@ -336,6 +336,9 @@ def test_ctrl_c_checkpoints_the_last_step_and_stops_everything(
         stdout=subprocess.DEVNULL,
         stderr=err,
         start_new_session=True,
+        # a shell without job control starts background jobs with SIGINT ignored, and children
+        # inherit that (python then installs no KeyboardInterrupt handler): give Ctrl-C back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300
