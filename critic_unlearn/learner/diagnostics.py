@@ -27,6 +27,21 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     return float(1.0 - (target.double() - pred.double()).var(correction=0) / var)
 
 
+def ev_by_timestep(values: Tensor, rewards: Tensor, timesteps: Tensor) -> dict[int, float]:
+    """{timestep: explained variance of the reward by V at the states at that timestep}.
+
+    values, timesteps: (N, K); rewards: (N,). A row that holds a timestep more than once (it
+    cannot with DDIM) would count with the mean of its values. Noisiest timestep first."""
+    ts, r, v_all = timesteps.cpu(), rewards.detach().cpu(), values.detach().cpu()
+    out = {}
+    for t in sorted({int(x) for x in ts.unique()}, reverse=True):
+        at = ts == t
+        rows = at.any(1)
+        v = torch.stack([v_all[i][at[i]].mean() for i in rows.nonzero().squeeze(1).tolist()])
+        out[t] = explained_variance(v, r[rows])
+    return out
+
+
 def per_timestep_diagnostics(
     timesteps: Tensor,
     rewards: Tensor,
@@ -48,15 +63,13 @@ def per_timestep_diagnostics(
     mask = trained.cpu()
     centred = adv - adv[mask].mean() if mask.any() else adv
     total = float((centred[mask] ** 2).sum()) if mask.any() else 0.0
-    r = rewards.detach().cpu()
-    for t in sorted({int(x) for x in ts.unique()}, reverse=True):
-        at = ts == t
-        if values is not None:
-            rows = at.any(1)
-            v = torch.stack([values[i][at[i]].mean() for i in rows.nonzero().squeeze(1).tolist()])
-            out[f"critic/ev_t{t:04d}"] = explained_variance(v.cpu(), r[rows])
-        if total > 0:
-            out[f"advantage/var_share_t{t:04d}"] = float((centred[at & mask] ** 2).sum()) / total
+    if values is not None:
+        for t, ev in ev_by_timestep(values, rewards, ts).items():
+            out[f"critic/ev_t{t:04d}"] = ev
+    if total > 0:
+        for t in sorted({int(x) for x in ts.unique()}, reverse=True):
+            share = float((centred[(ts == t) & mask] ** 2).sum()) / total
+            out[f"advantage/var_share_t{t:04d}"] = share
     return out
 
 

@@ -35,7 +35,7 @@ from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.critic import Critic, build_critic, make_vae_decode, text_embedder
 from critic_unlearn.learner.critic_checkpoint import ARCH_FIELDS, KIND
-from critic_unlearn.learner.diagnostics import explained_variance
+from critic_unlearn.learner.diagnostics import ev_by_timestep
 from critic_unlearn.learner.losses import value_loss
 from critic_unlearn.rewards import build_stat_tracker
 from critic_unlearn.rewards.normalization import PerPromptStatTracker
@@ -117,15 +117,9 @@ def _targets(cfg: RunConfig, batch: Batch) -> tuple[torch.Tensor, PerPromptStatT
     return torch.cat(parts).float(), tracker
 
 
-def ev_by_timestep(values: torch.Tensor, rewards: torch.Tensor, ts: torch.Tensor) -> dict:
-    """{timestep: explained variance of V against the final reward} over (N, K) states."""
-    out = {}
-    for t in sorted({int(x) for x in ts.unique()}, reverse=True):
-        at = ts == t
-        rows = at.any(1)
-        v = torch.stack([values[i][at[i]].mean() for i in rows.nonzero().squeeze(1).tolist()])
-        out[str(t)] = round(explained_variance(v, rewards[rows]), 4)
-    return out
+def _rounded(ev: dict[int, float]) -> dict[str, float]:
+    """JSON keys are strings; four decimals are what pretrain.json reports."""
+    return {str(t): round(v, 4) for t, v in ev.items()}
 
 
 @torch.no_grad()
@@ -222,8 +216,8 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
         "sample_s": round(sample_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
         "critic": {f: getattr(cc, f) for f in ARCH_FIELDS},
-        "ev_held_out": ev_by_timestep(values[val], targets[val], batch.timesteps[val]),
-        "ev_train": ev_by_timestep(values[train], targets[train], batch.timesteps[train]),
+        "ev_held_out": _rounded(ev_by_timestep(values[val], targets[val], batch.timesteps[val])),
+        "ev_train": _rounded(ev_by_timestep(values[train], targets[train], batch.timesteps[train])),
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5),
     }
     out_dir = Path(out_dir)

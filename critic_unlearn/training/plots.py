@@ -26,6 +26,15 @@ CURVES = {
 }
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write (creating the folder) and close a figure."""
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Write one PNG per curve group that has data; x axis: trajectories sampled."""
     rows = read_metrics(Path(run_dir) / "metrics.jsonl")
@@ -46,12 +55,9 @@ def plot_run(run_dir: Path) -> list[Path]:
             ax.set_xlabel("trajectories sampled")
             ax.legend(fontsize=8)
             ax.grid(alpha=0.3)
-            fig.tight_layout()
-            path = Path(run_dir) / "plots" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path)
-            written.append(path)
-        plt.close(fig)
+            written.append(_save(fig, Path(run_dir) / "plots" / name))
+        else:
+            plt.close(fig)
     diag = plot_critic_diagnostics(run_dir)
     if diag is not None:
         written.append(diag)
@@ -74,12 +80,7 @@ def plot_curve(run_dir: Path, curve: dict) -> Path:
     ax.set_title("judged on held-out seeds and templates", fontsize=9)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(run_dir) / "plots" / "ua_curve.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(run_dir) / "plots" / "ua_curve.png")
 
 
 def _by_timestep(rows: list[dict], prefix: str) -> dict[int, list[tuple[float, float]]]:
@@ -114,12 +115,7 @@ def plot_critic_diagnostics(run_dir: Path) -> Path | None:
         ax.grid(alpha=0.3)
     axes[0].set_ylim(-1.0, 1.0)
     axes[1].legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    path = Path(run_dir) / "plots" / "critic_timesteps.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, Path(run_dir) / "plots" / "critic_timesteps.png")
 
 
 def plot_ev_by_timestep(path: Path, held_out: dict[str, float], train: dict[str, float]) -> Path:
@@ -134,8 +130,4 @@ def plot_ev_by_timestep(path: Path, held_out: dict[str, float], train: dict[str,
     ax.axhline(0, color="k", lw=0.5)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, Path(path))

@@ -9,9 +9,9 @@ import torch
 
 from critic_unlearn.config import load_config
 from critic_unlearn.learner.checkpoint import load_checkpoint
+from critic_unlearn.learner.diagnostics import ev_by_timestep
 from critic_unlearn.training.critic_pretrain import (
     CHECKPOINT,
-    ev_by_timestep,
     pretrain_critic,
     resolve_critic_init,
 )
@@ -49,7 +49,7 @@ def test_ev_by_timestep_by_hand() -> None:
     ts = torch.tensor([[900, 500], [900, 500], [900, 500]])
     r = torch.tensor([1.0, 2.0, 3.0])
     v = torch.tensor([[2.0, 1.0], [2.0, 2.0], [2.0, 3.0]])  # t=900 knows nothing, t=500 all
-    assert ev_by_timestep(v, r, ts) == {"900": 0.0, "500": 1.0}
+    assert ev_by_timestep(v, r, ts) == {900: 0.0, 500: 1.0}
 
 
 def test_pretrain_writes_a_checkpoint_a_run_starts_from(tiny_model_dir, clip_dir, tmp_path):
