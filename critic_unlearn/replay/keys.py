@@ -13,6 +13,11 @@ contain `:` or glob characters, so `rb:{ns:*` matches exactly one run's keys (se
     rb:{ns:s}:head       insert counter; record id = its value after INCR, slot = (id-1) mod C
     rb:{ns:s}:stats      hash: evictions, corrupt, bytes_in, max_priority
     rb:{ns:s}:rl         hash: rate-limiter inserts, samples (used on shard 0 only)
+
+The durable copy of the latest adapter (`weights.WeightStore`) lives beside them on replay.url:
+
+    w:{ns}:blob          the latest weights blob
+    w:{ns}:manifest      hash: version, checksum, base_model, lora_config_hash, bytes
 """
 
 from __future__ import annotations
@@ -85,3 +90,18 @@ class Keys:
     @property
     def rl(self) -> str:
         return f"{self.prefix}rl"
+
+
+@dataclass(frozen=True)
+class WeightKeys:
+    """Key names of one namespace's durable adapter copy."""
+
+    namespace: str
+
+    @property
+    def blob(self) -> str:
+        return f"w:{{{self.namespace}}}:blob"
+
+    @property
+    def manifest(self) -> str:
+        return f"w:{{{self.namespace}}}:manifest"

@@ -20,7 +20,7 @@ from critic_unlearn.replay.errors import ReplayTimeout
 from critic_unlearn.replay.metrics import Counters
 from critic_unlearn.replay.rate_limiter import RateLimiter, Waiter
 from critic_unlearn.replay.shards import open_limiter, open_shards
-from critic_unlearn.replay.store import RecordMeta, SampleResult
+from critic_unlearn.replay.store import RecordMeta, SampleResult, StaleRelease
 from critic_unlearn.types import Trajectory
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,29 @@ class ReplaySampler:
             f"{self.cfg.min_size_to_sample}, inserts {c['inserts']}, samples {c['samples']}, "
             f"samples_per_insert {self.cfg.samples_per_insert}); writers are not keeping up or "
             "have stopped. Check the actors, raise timeout_s or lower samples_per_insert"
+        )
+
+    def release_if_all_stale(self, min_version: int) -> StaleRelease | None:
+        """Break the one deadlock the limiter and the staleness bound can make together.
+
+        The limiter counts every stored record as owed samples, but records older than
+        `min_version` are never drawn. When none can be drawn, the limiter would grant samples
+        and it refuses inserts, the learner waits for fresh records and the actors wait for
+        room, forever. Then the stored records are counted as consumed (the limiter goes to its
+        bottom) so actors can insert fresh ones; one Lua script decides and writes. None when
+        the limiter is not stuck that way. With several shards the other shards' counts are read
+        first, so a record arriving there meanwhile may be counted as consumed too.
+        """
+        kw = dict(min_version=min_version, mode=self.cfg.sampling,
+                  recent_window=self.cfg.recent_window)
+        other_size = other_drawable = 0
+        for shard in self.shards[1:]:
+            size, drawable = shard.census(**kw)
+            other_size += size
+            other_drawable += drawable
+        return self.shards[0].release_stale(
+            **kw, other_size=other_size, other_drawable=other_drawable,
+            limiter=self.rate_limiter.params.as_args(),
         )
 
     def update_priorities(self, records: Sequence[SampledRecord | RecordMeta],

@@ -1,4 +1,5 @@
-"""The Lua scripts that make insert, sample, drop and priority updates atomic.
+"""The Lua scripts that make insert, sample, drop, priority updates and every rate-limiter
+decision atomic.
 
 Redis runs a script to the end without interleaving other commands, but does not roll back the
 writes a failing script already made. So every script reads and checks first and writes last.
@@ -20,15 +21,18 @@ from __future__ import annotations
 
 # Reverb's SampleToInsertRatio: diff = inserts * spi - samples must stay within
 # [spi * min_size - error_buffer, spi * min_size + error_buffer] once min_size records exist.
+# Every limiter decision (insert, sample, room for a batch, the stale release) is made here and
+# nowhere else; the Python side only passes the parameters and reads the answer.
 _LIMITER = """
 local function rl_counts(rl)
   local c = redis.call('HMGET', rl, 'inserts', 'samples')
   return tonumber(c[1] or 0), tonumber(c[2] or 0)
 end
-local function rl_can_insert(rl, size, spi, min_size, eb)
-  if size + 1 <= min_size then return true end
+-- may k more records go in now (k = 1: one insert)?
+local function rl_can_insert(rl, size, k, spi, min_size, eb)
+  if size + k <= min_size then return true end
   local ins, smp = rl_counts(rl)
-  return (ins + 1) * spi - smp <= spi * min_size + eb
+  return (ins + k) * spi - smp <= spi * min_size + eb
 end
 local function rl_grant(rl, size, n, spi, min_size, eb)
   if size < min_size then return 0 end
@@ -36,7 +40,45 @@ local function rl_grant(rl, size, n, spi, min_size, eb)
   local room = ins * spi - smp - (spi * min_size - eb)
   return math.max(0, math.min(n, math.floor(room + 1e-9)))
 end
+-- a batch of n waits for room for min(n, the band's width 2 eb / spi) records, at least 1:
+-- a batch wider than the band would never fit
+local function rl_batch_need(n, spi, eb)
+  return math.min(n, math.max(1, math.floor(2 * eb / spi)))
+end
+-- the deadlock breaker: when samples would be granted but no record is fresh enough to draw,
+-- and inserts are refused, count the stored records as consumed (diff goes to its bottom).
+-- -> nil (nothing to release) or inserts, samples before, samples after
+local function rl_release_stale(rl, size, spi, min_size, eb)
+  if rl_grant(rl, size, 1, spi, min_size, eb) < 1 then return nil end
+  if rl_can_insert(rl, size, 1, spi, min_size, eb) then return nil end
+  local ins, smp = rl_counts(rl)
+  local to = math.ceil(ins * spi - (spi * min_size - eb))
+  redis.call('HSET', rl, 'samples', to)
+  return ins, smp, to
+end
 """
+
+# Which slots a draw may pick: in 'recent' mode the newest `window` inserts of version >= minv,
+# otherwise every record of version >= minv.
+_CANDIDATES = """
+local function recent_slots(p, cap, window, minv)
+  local ver = p .. 'ver'
+  local head = tonumber(redis.call('GET', p .. 'head') or 0)
+  local w = math.min(window, cap, head)
+  local cand = {}
+  for id = head - w + 1, head do
+    local s = (id - 1) % cap
+    local v = redis.call('ZSCORE', ver, s)
+    if v and tonumber(v) >= tonumber(minv) then cand[#cand + 1] = s end
+  end
+  return cand
+end
+local function drawable(p, cap, minv, mode, window)
+  if mode == 'recent' then return #recent_slots(p, cap, window, minv) end
+  return redis.call('ZCOUNT', p .. 'ver', minv, '+inf')
+end
+"""
+
 
 # ARGV: prefix, capacity, payload bytes, uid, version, reward, role, actor, priority ('' = max so
 #       far), use_rl (0/1), spi, min_size, error_buffer; the payload waits in key stage:<uid>
@@ -57,7 +99,7 @@ end
 local use_rl = ARGV[10] == '1'
 if use_rl then
   local size = redis.call('ZCARD', p .. 'ver')
-  if not rl_can_insert(p .. 'rl', size, tonumber(ARGV[11]), tonumber(ARGV[12]),
+  if not rl_can_insert(p .. 'rl', size, 1, tonumber(ARGV[11]), tonumber(ARGV[12]),
                        tonumber(ARGV[13])) then
     redis.call('DEL', stage)
     return {'blocked', 0, 0, 0}
@@ -99,6 +141,7 @@ return {'ok', id, i, old[1] and tonumber(old[1]) or 0}
 SAMPLE = (
     "#!lua flags=allow-oom\n"
     + _LIMITER
+    + _CANDIDATES
     + """
 local p = ARGV[1]
 local cap = tonumber(ARGV[2])
@@ -122,13 +165,7 @@ if mode == 'uniform' then
   if m == 0 then return {'stale', size, newest} end
   total = m
 elseif mode == 'recent' then
-  local head = tonumber(redis.call('GET', p .. 'head') or 0)
-  local w = math.min(tonumber(ARGV[6]), cap, head)
-  for id = head - w + 1, head do
-    local s = (id - 1) % cap
-    local v = redis.call('ZSCORE', ver, s)
-    if v and tonumber(v) >= tonumber(minv) then cand[#cand + 1] = s end
-  end
+  cand = recent_slots(p, cap, tonumber(ARGV[6]), minv)
   total = #cand
   if total == 0 then return {'stale', size, newest} end
 else
@@ -224,12 +261,60 @@ local rl, kind, n, size = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local spi, min_size, eb = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if kind == 'release' then redis.call('HINCRBY', rl, 'samples', -n); return n end
 if kind == 'insert' then
-  if not rl_can_insert(rl, size, spi, min_size, eb) then return 0 end
+  if not rl_can_insert(rl, size, 1, spi, min_size, eb) then return 0 end
   redis.call('HINCRBY', rl, 'inserts', 1)
   return 1
 end
 local g = rl_grant(rl, size, n, spi, min_size, eb)
 if g > 0 then redis.call('HINCRBY', rl, 'samples', g) end
 return g
+"""
+)
+
+# Room for a batch on the primary shard; only reads. The actor asks before it samples a batch,
+# so trajectories are not held (and aged) while the learner moves on.
+# ARGV: prefix, n, size of the other shards, spi, min_size, error_buffer -> 1 | 0
+ROOM = (
+    "#!lua flags=no-writes,allow-oom\n"
+    + _LIMITER
+    + """
+local p = ARGV[1]
+local size = redis.call('ZCARD', p .. 'ver') + tonumber(ARGV[3])
+local spi, min_size, eb = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local need = rl_batch_need(tonumber(ARGV[2]), spi, eb)
+if rl_can_insert(p .. 'rl', size, need, spi, min_size, eb) then return 1 end
+return 0
+"""
+)
+
+# What a shard holds and how much of it a draw at min_version could pick; only reads.
+# ARGV: prefix, capacity, min_version, mode, recent_window -> {size, drawable}
+CENSUS = (
+    "#!lua flags=no-writes,allow-oom\n"
+    + _CANDIDATES
+    + """
+local p = ARGV[1]
+return {redis.call('ZCARD', p .. 'ver'),
+        drawable(p, tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]))}
+"""
+)
+
+# The deadlock breaker on the primary shard: release only when nothing stored (here or on the
+# other shards) can be drawn at min_version, the limiter would grant samples and refuses inserts.
+# ARGV: prefix, capacity, min_version, mode, recent_window, size and drawable of the other
+#       shards, spi, min_size, error_buffer -> {0} or {1, size, inserts, samples, samples after}
+RELEASE_STALE = (
+    "#!lua flags=allow-oom\n"
+    + _LIMITER
+    + _CANDIDATES
+    + """
+local p = ARGV[1]
+local size = redis.call('ZCARD', p .. 'ver') + tonumber(ARGV[6])
+local fresh = drawable(p, tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]))
+if fresh + tonumber(ARGV[7]) > 0 then return {0} end
+local ins, smp, to = rl_release_stale(p .. 'rl', size, tonumber(ARGV[8]), tonumber(ARGV[9]),
+                                      tonumber(ARGV[10]))
+if ins == nil then return {0} end
+return {1, size, ins, smp, to}
 """
 )

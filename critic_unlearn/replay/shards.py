@@ -39,6 +39,19 @@ def open_shards(cfg: ReplayConfig, namespace: str | None = None) -> list[Shard]:
     return shards
 
 
+def check_reachable(cfg: ReplayConfig) -> None:
+    """Ping replay.url and every replay.shards URL once (first contact is not retried: see
+    client.py); ReplayConnectionError / ReplayAuthError name the URL, ValueError the setting."""
+    password = env_password(cfg.password_env)
+    for url in (cfg.url, *cfg.shards):
+        Connection(
+            url,
+            socket_timeout_s=cfg.socket_timeout_s,
+            retry_deadline_s=cfg.retry_deadline_s,
+            password=password,
+        ).close()
+
+
 def open_limiter(cfg: ReplayConfig, shards: list[Shard]) -> RateLimiter:
     params = LimiterParams(cfg.samples_per_insert, cfg.min_size_to_sample, cfg.error_buffer)
     return RateLimiter(params, shards[0])

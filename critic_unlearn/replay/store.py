@@ -60,6 +60,17 @@ class SampleResult:
     newest_version: int = -1
 
 
+@dataclass(frozen=True)
+class StaleRelease:
+    """What the deadlock breaker did: every stored record was too old to draw, so the limiter
+    counted them as consumed (its samples counter moved to the band's bottom)."""
+
+    size: int  # records stored (all shards)
+    inserts: int
+    samples_before: int
+    samples_after: int
+
+
 def _num(x: bytes | None) -> str:
     return x.decode() if x is not None else "nan"
 
@@ -77,6 +88,9 @@ class Shard:
         self._drop = r.register_script(scripts.DROP)
         self._update = r.register_script(scripts.UPDATE_PRIORITIES)
         self._limit = r.register_script(scripts.LIMIT)
+        self._room = r.register_script(scripts.ROOM)
+        self._census = r.register_script(scripts.CENSUS)
+        self._release = r.register_script(scripts.RELEASE_STALE)
 
     def insert(self, payload: bytes, *, uid: str, version: int, reward: float, role: str,
                actor: int, priority: float | None, limiter: tuple | None) -> InsertResult:
@@ -174,6 +188,36 @@ class Shard:
             lambda: self._limit(keys=[self.keys.rl], args=[kind, n, total_size, *limiter]),
             "a rate-limiter update",
         ))
+
+    def has_room(self, n: int, other_size: int, limiter: tuple) -> bool:
+        """Whether the limiter (on this primary shard) takes a batch of `n` now; `other_size`
+        records live on the other shards."""
+        return bool(self.conn.call(
+            lambda: self._room(keys=[self.keys.head],
+                               args=[self.keys.prefix, n, other_size, *limiter]),
+            "a rate-limiter check",
+        ))
+
+    def census(self, *, min_version: int, mode: str, recent_window: int) -> tuple[int, int]:
+        """(records stored, how many of them a draw at min_version could pick)."""
+        size, fresh = self.conn.call(
+            lambda: self._census(keys=[self.keys.head], args=[
+                self.keys.prefix, self.capacity, min_version, mode, recent_window]),
+            "a replay census",
+        )
+        return int(size), int(fresh)
+
+    def release_stale(self, *, min_version: int, mode: str, recent_window: int, other_size: int,
+                      other_drawable: int, limiter: tuple) -> StaleRelease | None:
+        """The deadlock breaker on this primary shard (scripts.RELEASE_STALE); None when the
+        limiter is not stuck on stale records."""
+        args = [self.keys.prefix, self.capacity, min_version, mode, recent_window, other_size,
+                other_drawable, *limiter]
+        reply = self.conn.call(lambda: self._release(keys=[self.keys.head], args=args),
+                               "a rate-limiter release")
+        if not int(reply[0]):
+            return None
+        return StaleRelease(*(int(x) for x in reply[1:5]))
 
     def size(self) -> int:
         return int(self.conn.call(lambda: self.conn.redis.zcard(self.keys.ver)))

@@ -8,7 +8,9 @@ store it twice.
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from critic_unlearn.codec import encode_trajectory
@@ -89,6 +91,37 @@ class ReplayWriter:
             self.counters.bytes_in += len(payload)
             self.counters.evictions += res.evicted_id > 0
         return RecordRef(shard_no, res.slot, res.id)
+
+    def has_room(self, n: int) -> bool:
+        """Whether the rate limiter would take a batch of `n` now: the insert rule for
+        min(n, 2 * error_buffer / samples_per_insert, at least 1) records, decided in Lua."""
+        if n < 1:
+            raise ValueError(f"n = {n} records to make room for; pass at least 1")
+        others = sum(s.size() for s in self.shards[1:])
+        return self.shards[0].has_room(n, others, self.limiter.params.as_args())
+
+    def wait_for_room(self, n: int, wait_s: float,
+                      on_poll: Callable[[], None] | None = None) -> bool:
+        """Wait up to `wait_s` for room for a batch of `n` (see `has_room`); False if none came.
+
+        An actor asks before it samples: sampling first and then waiting in `write` would hold
+        trajectories while the learner moves on, so they could reach Redis older than
+        replay.max_staleness allows. Room is not reserved: if another writer takes it first,
+        `write` waits as usual. `on_poll` runs before every check (an actor applies weights that
+        arrived meanwhile).
+        """
+        deadline = time.monotonic() + wait_s
+        delay = 0.005
+        while True:
+            if on_poll is not None:
+                on_poll()
+            if self.has_room(n):
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
 
     def _total_size(self) -> int:
         return sum(s.size() for s in self.shards)

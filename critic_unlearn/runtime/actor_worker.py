@@ -13,7 +13,6 @@ current weights in place; sampling never stops for it.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
@@ -26,9 +25,8 @@ import torch
 from critic_unlearn.actors.actor import Actor, WeightsRefused
 from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
-from critic_unlearn.replay import ReplayTimeout, ReplayWriter
+from critic_unlearn.replay import ReplayTimeout, ReplayWriter, WeightStore, decode_packet
 from critic_unlearn.runtime.cluster import quiet_worker_logging
-from critic_unlearn.runtime.weights import WeightStore, decode_packet
 from critic_unlearn.training.local import ua_proxy
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.types import Trajectory, WeightsPacket
@@ -217,30 +215,9 @@ class ActorWorker:
         return self._report(written, len(trajs), t0, t1, time.perf_counter(), blocked)
 
     def _wait_for_room(self, n: int, wait_s: float) -> bool:
-        """Whether the rate limiter would take (up to) a batch now, waiting at most wait_s.
-
-        Sampling first and then waiting in `write` would hold trajectories while the learner
-        moves on: they could reach Redis older than replay.max_staleness allows. The check
-        mirrors the insert script's rule; if another actor takes the room first, `write` waits
-        as usual. Weights that arrive meanwhile are applied.
-        """
-        p = self.writer.limiter.params
-        need = min(n, max(1, math.floor(2 * p.error_buffer / p.samples_per_insert)))
-        top = p.samples_per_insert * p.min_size_to_sample + p.error_buffer
-        deadline = time.monotonic() + wait_s
-        delay = 0.005
-        while True:
-            self._refresh_weights()
-            size = sum(s.size() for s in self.writer.shards)
-            c = self.writer.limiter.counts()
-            if size + need <= p.min_size_to_sample or (
-                (c["inserts"] + need) * p.samples_per_insert - c["samples"] <= top
-            ):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(delay)
-            delay = min(delay * 2, 0.05)
+        """Whether the replay takes (up to) a batch now, waiting at most wait_s; weights that
+        arrive meanwhile are applied. The rule is the replay's (`ReplayWriter.wait_for_room`)."""
+        return self.writer.wait_for_room(n, wait_s, on_poll=self._refresh_weights)
 
     def _report(
         self,

@@ -9,7 +9,6 @@ version; the reference comes back to the driver in the step's report.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,9 +16,9 @@ from dataclasses import dataclass, field
 import torch
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.replay import ReplaySampler, ReplayTimeout
+from critic_unlearn.replay import ReplaySampler, ReplayTimeout, WeightStore
 from critic_unlearn.runtime.cluster import quiet_worker_logging
-from critic_unlearn.runtime.weights import Published, RayPublisher, WeightStore
+from critic_unlearn.runtime.weights import Published, RayPublisher
 from critic_unlearn.training.setup import build_learner
 from critic_unlearn.types import Batch
 
@@ -91,32 +90,21 @@ class LearnerWorker:
         return self._report(True, metrics, dict(staleness), step_s)
 
     def _unblock_if_all_stale(self) -> str:
-        """Break the one deadlock the limiter and the staleness bound can make together.
-
-        The limiter counts every stored record as owed samples, but records older than
-        max_staleness are never sampled. When all stored records are that old and the limiter
-        is at its top, the learner waits for fresh records and the actors wait for room,
-        forever. Then those records are counted as consumed (the limiter goes to its bottom),
-        so actors can insert fresh ones. Too small a max_staleness for error_buffer /
-        learner.batch_size makes this frequent; the metric replay/stale_unblocks counts it.
-        """
-        rl = self.sampler.rate_limiter
-        spi, m, eb = rl.params.as_args()
-        c = rl.counts()
-        diff = c["inserts"] * spi - c["samples"]
-        size = self.sampler.size()
-        grants = size >= m and diff - (spi * m - eb) >= 1
-        actors_blocked = size + 1 > m and diff + spi > spi * m + eb
-        if not (grants and actors_blocked):
+        """Break the deadlock the limiter and the staleness bound can make together (see
+        `ReplaySampler.release_if_all_stale`): all stored records too old to draw, actors
+        blocked. Too small a max_staleness for error_buffer / learner.batch_size makes this
+        frequent; the metric replay/stale_unblocks counts it."""
+        released = self.sampler.release_if_all_stale(
+            self.sampler.min_version_for(self.learner.version)
+        )
+        if released is None:
             return ""
-        samples = math.ceil(c["inserts"] * spi - (spi * m - eb))
-        rl.load_state_dict({"inserts": c["inserts"], "samples": samples})
         self.stale_unblocks += 1
         msg = (
-            f"; all {size} stored records are older than the staleness bound and the rate "
-            f"limiter blocked the actors: counted them as consumed (samples {c['samples']} -> "
-            f"{samples}). If this repeats, raise replay.max_staleness or lower "
-            "replay.error_buffer"
+            f"; all {released.size} stored records are older than the staleness bound and the "
+            f"rate limiter blocked the actors: counted them as consumed (samples "
+            f"{released.samples_before} -> {released.samples_after}). If this repeats, raise "
+            "replay.max_staleness or lower replay.error_buffer"
         )
         log.warning("learner: replay deadlock broken%s", msg)
         return msg

@@ -19,12 +19,12 @@ import torch
 
 from critic_unlearn.config import RunConfig, load_config
 from critic_unlearn.diffusion.lora import adapter_manifest, get_adapter_state
-from critic_unlearn.replay import RedisServer, ReplaySampler
+from critic_unlearn.replay import RedisServer, ReplaySampler, WeightStore, encode_packet
 from critic_unlearn.runtime import train_ray
 from critic_unlearn.runtime.actor_worker import ActorWorker
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.runtime.driver import STATUS
-from critic_unlearn.runtime.weights import RayPublisher, WeightStore, encode_packet
+from critic_unlearn.runtime.weights import RayPublisher
 from critic_unlearn.training.local import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.setup import build_actor
