@@ -85,8 +85,14 @@ class PromptsConfig(Section):
     templates: list[str] = ["{}"]  # each prompt is put in every template at its "{}"
 
 
+NUDENET_EXPOSED = [  # NudeNet's classes counted as nudity (the I2P / ESD evaluation set)
+    "FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED",
+    "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
+]
+
+
 class RewardConfig(Section):
-    name: Literal["clip_concept", "classifier"] = "clip_concept"
+    name: Literal["clip_concept", "classifier", "nudenet"] = "clip_concept"
     clip_model: str = "toyworld"  # open_clip model name, or a local folder, or "toyworld"
     clip_pretrained: str | None = None  # open_clip pretrained tag (e.g. "openai")
     anchor_weight: float = 1.0  # alpha in r = -s(x0, concept) + alpha * s(x0, anchor)
@@ -97,6 +103,11 @@ class RewardConfig(Section):
     classifier_output: Literal["logits", "probs"] = "logits"  # what the classifier returns
     classifier_mode: Literal["prob", "not_prob"] = "prob"  # r = p(class), or 1 - p(class)
     classifier_image_size: PositiveInt | None = None  # pixels (square); None keeps the size
+    # reward.name = "nudenet" (optional extra [nudity], AGPL-3.0): forget r = -max detector score
+    # over these classes + anchor_weight * s(x0, anchor); retain r = s(x0, prompt) with the CLIP
+    nudenet_classes: list[str] = NUDENET_EXPOSED
+    nudenet_model: Path | None = None  # ONNX detector; None = the 320n model in NudeNet's wheel
+    nudenet_resolution: PositiveInt = 320  # pixels (square) the detector sees
     standardize: bool = True  # per-prompt running mean/std (DDPO's tracker)
     standardize_buffer: PositiveInt = 16  # most recent rewards remembered per prompt
     standardize_min_count: PositiveInt = 16  # fewer seen: use the batch's mean/std instead
@@ -242,15 +253,43 @@ class RuntimeConfig(Section):
     stall_timeout_s: PositiveFloat = 900.0  # seconds without a learner step: fail, say why
 
 
+class ZeroShotConfig(Section):
+    """UA / IRA without a judge: zero-shot open_clip classification, concept vs neighbours."""
+
+    use: Literal["auto", "always", "never"] = "auto"  # auto: when eval.judge is None
+    clip_model: str = "ViT-L-14"  # open_clip name, local folder (see reward.clip_model)
+    clip_pretrained: str | None = "openai"  # open_clip pretrained tag
+    concept: str | None = None  # the concept's class name; None = reward.prompts.concept
+    neighbours: list[str] = []  # the other classes (e.g. the other nine Imagenette classes)
+    templates: list[str] = ["a photo of a {}."]  # class name at "{}"; embeddings averaged
+    batch_size: PositiveInt = 64  # images per CLIP forward pass
+
+
+class FidelityConfig(Section):
+    """FID and KID of unlearned vs base images on retain prompts (torchmetrics, FID Inception)."""
+
+    enabled: bool = False
+    # torch-fidelity's FID Inception (TF 2015-12-05 weights) as safetensors; where there is
+    # internet: python -m critic_unlearn.evaluation.fidelity PATH
+    weights: Path = Path(".cache/fid/inception-2015-12-05.safetensors")
+    kid_subsets: PositiveInt = 100  # random subsets KID is averaged over
+    kid_subset_size: PositiveInt = 1000  # images per KID subset; capped at the retain images
+    seed: int = 0  # seeds KID's subset draws
+    batch_size: PositiveInt = 32  # images per Inception forward pass
+
+
 class EvalConfig(Section):
     images_per_prompt: PositiveInt = 16
     seeds_offset: int = 1_000_000  # held-out seeds start here
     batch_size: PositiveInt = 32
     templates: list[str] = []  # held-out "{}" templates for eval prompts; [] = prompts.templates
-    judge: str | None = "toyworld"  # UA/IRA classifier: "toyworld", a judge folder, None = skip
+    # UA/IRA classifier: "toyworld", a judge folder; None = eval.zero_shot (CLIP) when configured
+    judge: str | None = "toyworld"
     clip_model: str | None = None  # CLIP for the CLIP score; None = reward.clip_model
     clip_pretrained: str | None = None  # its open_clip pretrained tag (with clip_model)
     grid_images: PositiveInt = 8  # images per row in each before/after grid
+    zero_shot: ZeroShotConfig = ZeroShotConfig()
+    fidelity: FidelityConfig = FidelityConfig()
 
 
 class RunConfig(Section):

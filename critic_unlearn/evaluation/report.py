@@ -32,11 +32,10 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "| metric | base | unlearned |",
         "|---|---|---|",
-        f"| UA: forget images not judged \"{concept}\" | {_num(s['base_ua'])} | {_num(s['ua'])} |",
-        f"| IRA: retain images judged right (colour and shape) | {_num(s['base_ira'])} | "
-        f"{_num(s['ira'])} |",
+        *_judge_rows(s, concept),
         f"| CLIP score on retain prompts | {_num(s['base_clip_score'], False)} | "
         f"{_num(s['clip_score'], False)} |",
+        *real_model_rows(s),
     ]
     for attr in sorted(s.get("forget_attribute_accuracy") or {}):
         lines.append(
@@ -59,6 +58,41 @@ def markdown(result: dict[str, Any]) -> str:
             f"{clip} | [png]({p['grid']}) |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _judge_rows(s: dict[str, Any], concept: str) -> list[str]:
+    if s["settings"].get("ua_source") == "zero_shot":  # no judge: the zero-shot rows say it
+        return []
+    return [
+        f"| UA: forget images not judged \"{concept}\" | {_num(s['base_ua'])} | {_num(s['ua'])} |",
+        f"| IRA: retain images judged right (colour and shape) | {_num(s['base_ira'])} | "
+        f"{_num(s['ira'])} |",
+    ]
+
+
+def real_model_rows(s: dict[str, Any]) -> list[str]:
+    """Zero-shot CLIP UA / IRA and FID / KID rows, when eval.json has them."""
+    rows = []
+    zs = s.get("zero_shot")
+    if zs:
+        how = f"zero-shot CLIP over {len(zs['classes'])} classes"
+        rows += [
+            f"| UA ({how}): forget images not classified \"{zs['classes'][0]}\" | "
+            f"{_num(zs['base_ua'])} | {_num(zs['ua'])} |",
+            f"| IRA ({how}): retain images classified as prompted | {_num(zs['base_ira'])} | "
+            f"{_num(zs['ira'])} |",
+        ]
+    fd = s.get("fidelity")
+    if fd:
+        n = fd["images"]
+        kid = "-" if fd["kid"] is None else f"{fd['kid']:.4f} ± {fd['kid_std']:.4f}"
+        rows += [
+            f"| FID to base images, retain prompts ({n} each; lower is closer) | 0 (reference) "
+            f"| {_num(fd['fid'], False)} |",
+            f"| KID to base images, retain prompts (mean ± std over subsets) | 0 (reference) "
+            f"| {kid} |",
+        ]
+    return rows
 
 
 def grid_name(prompt: str, prompt_id: str) -> str:

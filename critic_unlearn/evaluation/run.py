@@ -33,6 +33,7 @@ from critic_unlearn.evaluation.judging import (
     prompt_attributes,
     shows,
 )
+from critic_unlearn.evaluation.real_metrics import load_real_metrics
 from critic_unlearn.evaluation.report import grid_name, save_grid, write_report
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.rewards.prompts import PromptSet, load_prompts
@@ -132,6 +133,7 @@ def evaluate_run(
     state = adapter_state if adapter_state is not None else find_adapter(run_dir)
     prompts, templates = eval_prompts(cfg)
     judge, concept = load_eval_judge(cfg, device)
+    real = load_real_metrics(cfg, device)  # zero-shot CLIP UA / IRA, FID / KID
     clip = load_open_clip(cfg.eval.clip_model or cfg.reward.clip_model,
                           cfg.eval.clip_pretrained if cfg.eval.clip_model
                           else cfg.reward.clip_pretrained, device=device)
@@ -181,5 +183,6 @@ def evaluate_run(
         },
         "per_prompt": rows,
     }
+    real.add_to(result, cfg, base, after, texts, roles)
     write_report(out, result)
     return result

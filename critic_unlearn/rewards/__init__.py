@@ -50,9 +50,22 @@ def _classifier(cfg: RewardConfig, device: str | torch.device) -> RewardModel:
     )
 
 
+def _nudenet(cfg: RewardConfig, device: str | torch.device) -> RewardModel:
+    # NudeNet is AGPL-3.0 (the [nudity] extra): imported here, only when it is asked for
+    from critic_unlearn.rewards.nudity import NudityReward, load_detector
+
+    detector = load_detector(cfg.nudenet_model, cfg.nudenet_resolution)
+    clip = ClipConceptReward(  # the anchor and retain scores
+        load_open_clip(cfg.clip_model, cfg.clip_pretrained, device=device),
+        cfg.prompts.concept, cfg.prompts.anchor, cfg.anchor_weight, cfg.clip_batch_size,
+    )
+    return NudityReward(detector, clip, cfg.nudenet_classes, cfg.clip_batch_size)
+
+
 REWARDS: dict[str, Callable[[RewardConfig, str | torch.device], RewardModel]] = {
     "clip_concept": _clip_concept,
     "classifier": _classifier,
+    "nudenet": _nudenet,
 }
 
 
