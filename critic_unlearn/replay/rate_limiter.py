@@ -4,10 +4,12 @@ With `spi` samples per insert, `min_size` records before any sampling and an err
 diff = inserts * spi - samples must stay in [spi * min_size - eb, spi * min_size + eb]: actors
 block when they run ahead of the learner, the learner blocks when it would re-read a stale buffer.
 Below `min_size` records inserts are always allowed and samples never are. The counters live in
-the primary shard's `rl` hash, updated inside the insert/sample scripts, so every writer and the
-sampler see one limiter. They belong in the learner's checkpoint: `state_dict()` on save,
-`load_state_dict()` on restore, or `reset()` to start counting afresh (a reset limiter needs new
-inserts before it grants samples, so a restored learner does not overfit the old buffer).
+the primary shard's `rl` hash, and every rule over them is evaluated once, in Lua (scripts.py:
+insert, sample, room for a batch, the stale release), so every writer and the sampler see one
+limiter and no Python code re-derives it. They belong in the learner's checkpoint:
+`state_dict()` on save, `load_state_dict()` on restore, or `reset()` to start counting afresh (a
+reset limiter needs new inserts before it grants samples, so a restored learner does not overfit
+the old buffer).
 """
 
 from __future__ import annotations
