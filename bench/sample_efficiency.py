@@ -65,7 +65,8 @@ from bench._ablation import (  # noqa: E402
 from critic_unlearn.config import RunConfig, load_config  # noqa: E402
 from critic_unlearn.evaluation.curve import evaluate_curve  # noqa: E402
 from critic_unlearn.io_utils import atomic_write_text  # noqa: E402
-from critic_unlearn.training.local import CHECKPOINT, train_local  # noqa: E402
+from critic_unlearn.runtime.local import train_local  # noqa: E402
+from critic_unlearn.training.loop import CHECKPOINT  # noqa: E402
 from critic_unlearn.training.plots import plot_curve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -102,7 +102,7 @@ def train(
         except RuntimeFailure as e:
             raise UserError(str(e)) from None
     else:
-        from critic_unlearn.training.local import train_local
+        from critic_unlearn.runtime.local import train_local
 
         r = train_local(cfg, console)
     print(
@@ -160,10 +160,12 @@ def export(
 
 
 def _mount_subcommands() -> None:
+    from critic_unlearn.evaluation.attack_cli import attack_command
     from critic_unlearn.evaluation.cli import eval_command
     from critic_unlearn.toyworld.cli import app as toyworld_app
 
     app.command("eval")(eval_command)
+    app.command("attack")(attack_command)
     app.add_typer(toyworld_app, name="toyworld")
 
 

@@ -83,6 +83,7 @@ class PromptsConfig(Section):
     forget_file: Path | None = None  # text file, one prompt a line ('#' starts a comment)
     retain_file: Path | None = None
     templates: list[str] = ["{}"]  # each prompt is put in every template at its "{}"
+    forget_fraction: Fraction = 0.5  # share of each actor batch drawn from the forget prompts
 
 
 NUDENET_EXPOSED = [  # NudeNet's classes counted as nudity (the I2P / ESD evaluation set)
@@ -234,6 +235,7 @@ class ActorsConfig(Section):
     gpus_per_actor: float = Field(0.0, ge=0)
     cpus_per_actor: PositiveFloat = 1.0
     weight_poll_s: PositiveFloat = 1.0
+    weight_fetch_timeout_s: PositiveFloat = 60.0  # seconds to fetch a pushed adapter, then Redis
     max_restarts: Annotated[int, Field(ge=0)] = 3
     restart_backoff_s: PositiveFloat = 1.0  # seconds before restarting a dead actor; doubles
     restart_backoff_max_s: PositiveFloat = 30.0  # seconds, cap of that delay
@@ -251,6 +253,8 @@ class RuntimeConfig(Section):
     learner_cpus: PositiveFloat = 1.0  # CPUs the learner actor reserves (Ray resource)
     progress_every_s: PositiveFloat = 10.0  # seconds between progress lines without a terminal
     stall_timeout_s: PositiveFloat = 900.0  # seconds without a learner step: fail, say why
+    learner_wait_s: PositiveFloat = 1.0  # seconds a learner call waits on the replay, then returns
+    shutdown_timeout_s: PositiveFloat = 120.0  # seconds to finish a step and checkpoint on Ctrl-C
 
 
 class ZeroShotConfig(Section):

@@ -53,7 +53,7 @@ def train(cfg: RunConfig, console: Console):
         from critic_unlearn.runtime import train_ray
 
         return train_ray(cfg, console)
-    from critic_unlearn.training.local import train_local
+    from critic_unlearn.runtime.local import train_local
 
     return train_local(cfg, console)
 

@@ -17,7 +17,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import ray
 import torch
@@ -27,7 +26,7 @@ from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
 from critic_unlearn.replay import ReplayTimeout, ReplayWriter, WeightStore, decode_packet
 from critic_unlearn.runtime.cluster import quiet_worker_logging
-from critic_unlearn.training.local import ua_proxy
+from critic_unlearn.training.reports import BatchReport, ua_proxy
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.types import Trajectory, WeightsPacket
 
@@ -39,32 +38,20 @@ def _default_factory(cfg: RunConfig, actor_id: int) -> Actor:
     return build_actor(cfg, actor_id)
 
 
-@dataclass(frozen=True)
-class BatchReport:
-    """What one `run_batch` did; the driver's only view of an actor's progress."""
-
-    actor_id: int
-    written: int  # trajectories stored in the replay
-    sampled: int  # trajectories sampled (more than written if the limiter held a write)
-    version: int  # policy version that sampled them
-    reward_sum: float  # over the written ones
-    forget: int  # forget-role trajectories written
-    forget_positive: int  # ... with positive reward (the UA proxy's numerator)
-    forget_reward_sum: float  # their rewards' sum (the forget reward curve)
-    sample_s: float  # sampling + scoring
-    write_s: float  # replay writes, including rate-limiter waits
-    blocked: bool  # the rate limiter gave no room (nothing sampled) or held a write too long
-    next_seed: int  # actor state after this batch (goes into checkpoints)
-    rng: torch.Tensor  # uint8 generator state after this batch
-
-
 class ActorWorker:
     """Holds one actor's pipeline, reward model, replay writer and weight store."""
 
     def __init__(
-        self, cfg: RunConfig, actor_id: int, namespace: str, factory: ActorFactory | None = None
+        self,
+        cfg: RunConfig,
+        actor_id: int,
+        namespace: str,
+        factory: ActorFactory | None = None,
+        in_ray: bool = True,
     ) -> None:
-        quiet_worker_logging()
+        """`in_ray=False`: the local runtime's in-process actor (weights come as packets)."""
+        if in_ray:
+            quiet_worker_logging()
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg, self.actor_id = cfg, actor_id
@@ -105,7 +92,7 @@ class ActorWorker:
         t0 = time.perf_counter()
         t1 = t0
         try:
-            blob = ray.get(refs[0], timeout=60)
+            blob = ray.get(refs[0], timeout=self.cfg.actors.weight_fetch_timeout_s)
             t1 = time.perf_counter()
             packet = decode_packet(blob)
             self.last_weights = time.monotonic()
@@ -139,6 +126,12 @@ class ActorWorker:
             "decode_ms": (t2 - t1) * 1e3,  # safetensors + codec checksum
             "apply_ms": (t3 - t2) * 1e3,  # manifest checks (checksum again) + load into LoRA
         }
+
+    def receive(self, packet: WeightsPacket) -> bool:
+        """In-process push (the local runtime): apply now; no batch runs concurrently there."""
+        with self.model_lock:
+            self.last_weights = time.monotonic()
+            return self._apply(packet, "learner")
 
     def _newest_known(self) -> int:
         p = self.pending
@@ -247,3 +240,7 @@ class ActorWorker:
 
     def ping(self) -> dict:
         return self._where()
+
+    def close(self) -> None:
+        self.writer.close()
+        self.store.close()

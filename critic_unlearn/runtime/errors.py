@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from critic_unlearn.training.errors import RunFailure
 
-class RuntimeFailure(RuntimeError):
-    """The run cannot start or go on (bad topology, learner died, an actor kept failing)."""
+RuntimeFailure = RunFailure  # the runtime's name for it (the CLI and tests catch this)
 
 
-class ActorFailed(RuntimeFailure):
+class ActorFailed(RunFailure):
     """An actor failed more often than actors.max_restarts allows."""

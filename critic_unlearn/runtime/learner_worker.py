@@ -11,42 +11,43 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from critic_unlearn.config import RunConfig
 from critic_unlearn.replay import ReplaySampler, ReplayTimeout, WeightStore
 from critic_unlearn.runtime.cluster import quiet_worker_logging
-from critic_unlearn.runtime.weights import Published, RayPublisher
+from critic_unlearn.runtime.weights import RayPublisher
+from critic_unlearn.training.reports import Published, StepReport
 from critic_unlearn.training.setup import build_learner
-from critic_unlearn.types import Batch
+from critic_unlearn.types import Batch, WeightsPacket
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class StepReport:
-    stepped: bool  # False: the replay held the learner for wait_s (reason says why)
-    steps: int
-    version: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    staleness: dict[int, int] = field(default_factory=dict)  # versions behind -> records
-    published: Published | None = None
-    step_s: float = 0.0
-    reason: str = ""
+class ReportingPublisher(Protocol):
+    """Publishes each new version and hands its record out once (into the step's report)."""
+
+    def publish(self, packet: WeightsPacket) -> None: ...
+
+    def take_new(self) -> Published | None: ...
 
 
 class LearnerWorker:
     """Holds the learner, the replay sampler and the weight publisher."""
 
-    def __init__(self, cfg: RunConfig, namespace: str) -> None:
-        quiet_worker_logging()
+    def __init__(
+        self, cfg: RunConfig, namespace: str, publisher: ReportingPublisher | None = None
+    ) -> None:
+        """`publisher`: the local runtime's in-process one; default: object store + Redis."""
+        if publisher is None:
+            quiet_worker_logging()
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg
         self.store = WeightStore(cfg.replay, namespace)
-        self.publisher = RayPublisher(self.store)
+        self.publisher = publisher or RayPublisher(self.store)
         self.learner = build_learner(cfg, self.publisher)
         self.sampler = ReplaySampler(cfg.replay, namespace=namespace)
         self.stale_unblocks = 0

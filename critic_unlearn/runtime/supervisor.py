@@ -27,8 +27,9 @@ from typing import Any
 import ray
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.runtime.actor_worker import ActorFactory, ActorWorker, BatchReport
+from critic_unlearn.runtime.actor_worker import ActorFactory, ActorWorker
 from critic_unlearn.runtime.errors import ActorFailed, RuntimeFailure
+from critic_unlearn.training.reports import ActorFailedEvent, ActorStarted, BatchDone, BatchReport
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,18 @@ class Slot:
     last_error: str = ""
     started: float = field(default_factory=time.monotonic)
 
+
+@dataclass(frozen=True)
+class WeightsAck:
+    """An actor took (or checked) a pushed version; `time` is when, by its clock (time.time())."""
+
+    actor_id: int
+    version: int
+    applied: bool
+    time: float
+
+
+PoolEvent = BatchDone | ActorStarted | ActorFailedEvent | WeightsAck
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -154,31 +167,49 @@ class ActorPool:
                 acks.append(ref)
         return acks
 
-    def handle(self, ref: Any) -> tuple[str, int, Any]:
-        """Resolve a finished call: ('batch', id, BatchReport) / ('start' | 'weights', id, dict),
-        or ('failed', id, message) after scheduling a restart. Resubmits the next batch."""
-        if ref not in self.inflight:  # a call to an incarnation that already failed
-            return "stale", -1, None
+    def handle(self, ref: Any) -> PoolEvent | None:
+        """Resolve a finished call into its event (None: a call to an incarnation that already
+        failed). A failure schedules the restart; a start or a batch submits the next batch."""
+        if ref not in self.inflight:
+            return None
         kind, actor_id = self.inflight.pop(ref)
         slot = self.slots[actor_id]
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as e:
             self._fail(slot, e)
-            return "failed", actor_id, slot.last_error
+            return ActorFailedEvent(
+                actor_id, slot.last_error, max(0.0, slot.restart_at - time.monotonic())
+            )
         if kind == "start":
             slot.ready, slot.pid, slot.version = True, result["pid"], result["version"]
             self._submit_batch(slot)
-        elif kind == "batch":
+            return ActorStarted(actor_id, slot.pid, slot.version, slot.restarts)
+        if kind == "batch":
             report: BatchReport = result
-            slot.state = {"next_seed": report.next_seed, "rng": report.rng}
+            slot.state = report.actor_state()
             slot.version = report.version
             slot.trajectories += report.written
             slot.incarnation_trajectories += report.written
             self._submit_batch(slot)
-        elif kind == "weights":
-            slot.version = max(slot.version, result["version"])
-        return kind, actor_id, result
+            return BatchDone(report)
+        slot.version = max(slot.version, result["version"])
+        return WeightsAck(actor_id, result["version"], result["applied"], result["time"])
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per actor, for runtime.json: pid, version, trajectories, restarts, last error."""
+        return {
+            str(i): {
+                "pid": s.pid,
+                "version": s.version,
+                "trajectories": s.trajectories,
+                "trajectories_this_incarnation": s.incarnation_trajectories,
+                "restarts": s.restarts,
+                "failures": s.failures,
+                "last_error": s.last_error,
+            }
+            for i, s in self.slots.items()
+        }
 
     def _fail(self, slot: Slot, e: Exception) -> None:
         slot.last_error = summarize_error(e)

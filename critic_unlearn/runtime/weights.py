@@ -10,24 +10,12 @@ object-store fetch failed) starts from the durable copy.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import ray
 
 from critic_unlearn.replay.weights import WeightStore, encode_packet
+from critic_unlearn.training.reports import Published
 from critic_unlearn.types import WeightsPacket
-
-
-@dataclass(frozen=True)
-class Published:
-    """One published version: the object-store reference and when/how long publishing took."""
-
-    version: int
-    ref: ray.ObjectRef  # -> bytes, the blob of `encode_packet`
-    started: float  # time.time() when publish began (for publish -> applied latency)
-    encode_ms: float
-    put_ms: float  # ray.put
-    store_ms: float  # durable copy to Redis
 
 
 class RayPublisher:

@@ -1,4 +1,4 @@
-"""Build the pieces of a run from its config; shared by the local trainer and the Ray runtime."""
+"""Build the pieces of a run from its config; shared by both runtimes (the builder)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None
         _components(cfg, dev),
         build_reward(cfg.reward, dev),
         load_prompts(cfg.reward.prompts),
+        forget_fraction=cfg.reward.prompts.forget_fraction,
     )
 
 

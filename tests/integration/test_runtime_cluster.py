@@ -29,7 +29,7 @@ from critic_unlearn.config import dump_config, load_config
 from critic_unlearn.learner.checkpoint import load_checkpoint
 from critic_unlearn.replay import RedisServer
 from critic_unlearn.replay.server import free_port
-from critic_unlearn.training.local import CHECKPOINT
+from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
 from tests.integration.test_runtime_local import runtime_overrides
 from tests.unit._clip_fixtures import tiny_clip_folder

@@ -20,12 +20,11 @@ import torch
 from critic_unlearn.config import RunConfig, load_config
 from critic_unlearn.diffusion.lora import adapter_manifest, get_adapter_state
 from critic_unlearn.replay import RedisServer, ReplaySampler, WeightStore, encode_packet
-from critic_unlearn.runtime import train_ray
+from critic_unlearn.runtime import train_local, train_ray
 from critic_unlearn.runtime.actor_worker import ActorWorker
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
-from critic_unlearn.runtime.driver import STATUS
 from critic_unlearn.runtime.weights import RayPublisher
-from critic_unlearn.training.local import CHECKPOINT
+from critic_unlearn.training.loop import CHECKPOINT, STATUS, read_run_state
 from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.training.snapshots import list_snapshots
@@ -178,6 +177,35 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     store.close()
     status = json.loads((r.run_dir / STATUS).read_text())
     assert all(a["restarts"] == 0 for a in status["actors"].values())
+
+
+@pytest.mark.slow
+def test_a_checkpoint_resumes_in_the_other_runtime(local_ray, make_cfg):
+    """One loop, one checkpoint format: local -> Ray -> local in one run folder, each leg
+    continuing the step count, the version, the trajectory count and actor 0's seed stream."""
+    local = train_local(make_cfg("runtime.kind=local", "learner.max_steps=2"))
+    assert (local.learner_steps, local.version) == (3, 2)  # one critic warm-up step on top
+    after_local = read_run_state(local.run_dir / CHECKPOINT)
+    assert set(after_local.actors) == {0} and after_local.trajectories == local.trajectories
+
+    ray_leg = train_ray(make_cfg("learner.max_steps=4", "learner.checkpoint_every=1"))
+    assert ray_leg.run_dir == local.run_dir
+    assert (ray_leg.learner_steps, ray_leg.version) == (5, 4)
+    assert ray_leg.trajectories > local.trajectories
+    after_ray = read_run_state(local.run_dir / CHECKPOINT)
+    assert set(after_ray.actors) == {0, 1}
+    # actor 0 went on from the seed the local leg stopped at, not from its initial seed
+    assert after_ray.actors[0]["next_seed"] > after_local.actors[0]["next_seed"]
+
+    # 3 more updates take 12 samples; the limiter lets samples run at most 4 ahead of inserts
+    last = train_local(make_cfg("runtime.kind=local", "learner.max_steps=7"))
+    assert (last.learner_steps, last.version) == (8, 7)
+    assert last.trajectories > ray_leg.trajectories
+    after_last = read_run_state(local.run_dir / CHECKPOINT)
+    assert after_last.actors[0]["next_seed"] > after_ray.actors[0]["next_seed"]
+    rows = read_metrics(local.run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, 9))  # nothing logged twice
+    assert [s.step for s in list_snapshots(local.run_dir)][-1] == 8
 
 
 @pytest.mark.slow

@@ -15,8 +15,8 @@ import pytest
 
 from critic_unlearn.config import load_config
 from critic_unlearn.evaluation.run import evaluate_run
+from critic_unlearn.runtime.local import train_local
 from critic_unlearn.toyworld import ENV_VAR
-from critic_unlearn.training.local import train_local
 from critic_unlearn.training.metrics import read_metrics
 
 ROOT = Path(__file__).resolve().parents[2]

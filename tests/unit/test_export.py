@@ -30,7 +30,7 @@ from critic_unlearn.export import (
     ExportError,
     export_run,
 )
-from critic_unlearn.training.local import export_adapter
+from critic_unlearn.training.loop import export_adapter
 from critic_unlearn.training.snapshots import save_snapshot
 from critic_unlearn.types import WeightsPacket
 

@@ -9,7 +9,8 @@ import torch
 
 from critic_unlearn.codec import decode_state_dict
 from critic_unlearn.config import load_config
-from critic_unlearn.training.local import CHECKPOINT, train_local
+from critic_unlearn.runtime.local import train_local
+from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.plots import plot_run
 from critic_unlearn.training.snapshots import list_snapshots

@@ -1,9 +1,9 @@
-"""What the driver knows about the run, as metrics and as one progress display.
+"""What the run loop knows about the run, as metrics and as one progress display.
 
-`RunStats` is fed every actor batch, learner step and weight acknowledgement; `metrics()` adds
-the runtime's keys to a learner step's metrics (the same keys as the local trainer, plus
-per-actor rates, restarts, publish latency and staleness). `ProgressView` shows it: a live
-table on a terminal, one plain line every `runtime.progress_every_s` otherwise (`ray job logs`).
+`RunStats` is fed every actor batch, learner step, actor (re)start and weight acknowledgement;
+`metrics()` adds the runtime's keys to a learner step's metrics (per-actor rates, restarts,
+publish latency, staleness). `ProgressView` shows it, the same in both runtimes: a live table on
+a terminal, one plain line every `runtime.progress_every_s` otherwise (`ray job logs`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from critic_unlearn.runtime.actor_worker import BatchReport
+from critic_unlearn.training.reports import BatchReport
 
 WINDOW_S = 30.0  # seconds of history behind every rate
 
@@ -82,6 +82,14 @@ class RunStats:
         self.trajectories += r.written
         if r.written:
             self.recent.append(r)
+
+    def on_start(self, actor_id: int, pid: int, version: int, restarts: int) -> None:
+        a = self.actors[actor_id]
+        a.pid, a.version, a.status, a.restarts = pid, version, "sampling", restarts
+
+    def on_failure(self, actor_id: int) -> None:
+        a = self.actors[actor_id]
+        a.status, a.pid = "restarting", None
 
     def on_step(
         self, steps: int, version: int, staleness: dict[int, int], replay_size: float

@@ -1,0 +1,127 @@
+"""`train_local(cfg)`: the run loop with the learner and one actor in this process, no Ray.
+
+The debugging and benchmarking path. The workers are the Ray runtime's own (`LearnerWorker`,
+`ActorWorker`), called directly instead of through Ray, so both runtimes share every rule they
+hold: the replay's rate limiter and its stale-buffer release, the weight checks. The loop is
+training/loop.py, the same as the Ray runtime's. Calls alternate: the learner steps while the
+replay grants it a batch; when it does not (too few fresh records), the actor samples another.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from critic_unlearn.config import RunConfig
+from critic_unlearn.runtime.actor_worker import ActorWorker
+from critic_unlearn.runtime.learner_worker import LearnerWorker
+from critic_unlearn.training.loop import RunLoop, RunState, prepare_run, replay_server
+from critic_unlearn.training.reports import (
+    ActorStarted,
+    BatchDone,
+    Event,
+    Published,
+    StepDone,
+    StepReport,
+)
+from critic_unlearn.training.setup import TrainResult
+from critic_unlearn.types import WeightsPacket
+
+
+def train_local(cfg: RunConfig, console: Console | None = None) -> TrainResult:
+    console = console or Console(stderr=True)
+    cfg, run_dir = prepare_run(cfg, console)
+    with replay_server(cfg) as cfg:
+        runtime = LocalRuntime(cfg, cfg.replay.namespace or run_dir.name)
+        return RunLoop(cfg, run_dir, runtime, console).run()
+
+
+class LocalPublisher:
+    """In-process publishing: the packet itself is what reaches the actor, nothing is encoded."""
+
+    def __init__(self) -> None:
+        self.latest: Published | None = None
+
+    def publish(self, packet: WeightsPacket) -> None:
+        self.latest = Published(packet.version, packet, time.time())
+
+    def take_new(self) -> Published | None:
+        latest, self.latest = self.latest, None
+        return latest
+
+
+class LocalRuntime:
+    """The learner and actor 0 as plain objects; `poll` does one unit of work and returns."""
+
+    num_actors = 1
+
+    def __init__(self, cfg: RunConfig, namespace: str) -> None:
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        self.cfg = cfg
+        self.learner = LearnerWorker(cfg, namespace, publisher=LocalPublisher())
+        self.actor = ActorWorker(cfg, 0, namespace, in_ray=False)
+        self.actor_state: dict[str, Any] | None = None
+        self.trajectories = 0
+        self.events: list[Event] = []
+
+    def start(self, state: RunState | None) -> StepReport:
+        part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
+        setup = self.learner.setup(part)
+        self.actor_state = state.actors.get(0) if state else None
+        started = self.actor.start(self.actor_state)
+        self._deliver(setup)
+        self.events.append(ActorStarted(0, started["pid"], self.actor.actor.version, 0))
+        return setup
+
+    def _deliver(self, report: StepReport) -> None:
+        if report.published is not None:
+            self.actor.receive(report.published.ref)
+
+    def poll(self, timeout_s: float, want_step: bool) -> list[Event]:
+        events, self.events = self.events, []
+        if want_step:
+            report = self.learner.try_step(0.0)
+            self._deliver(report)
+            events.append(StepDone(report))
+            if report.stepped:
+                return events
+        batch = self.actor.run_batch()
+        self.trajectories += batch.written
+        self.actor_state = batch.actor_state()
+        events.append(BatchDone(batch))
+        return events
+
+    def finish_step(self, timeout_s: float) -> StepReport | None:
+        return None  # calls here return before the next one starts
+
+    def learner_state(self, timeout_s: float | None) -> dict[str, Any]:
+        return self.learner.checkpoint_state()
+
+    def actor_states(self) -> dict[int, dict[str, Any]]:
+        return {} if self.actor_state is None else {0: self.actor_state}
+
+    def adapter(self, timeout_s: float | None) -> WeightsPacket:
+        tensors, manifest, version = self.learner.adapter()
+        return WeightsPacket(version, tensors, manifest)
+
+    def actor_status(self) -> dict[str, dict[str, Any]]:
+        return {
+            "0": {
+                "pid": os.getpid(),
+                "version": self.actor.actor.version,
+                "trajectories": self.trajectories,
+                "trajectories_this_incarnation": self.trajectories,
+                "restarts": 0,
+                "failures": 0,
+                "last_error": "",
+            }
+        }
+
+    def stop(self) -> None:
+        self.learner.close()
+        self.actor.close()

@@ -1,0 +1,8 @@
+"""Run errors for people: each says what happened and what to do (the CLI prints one line)."""
+
+from __future__ import annotations
+
+
+class RunFailure(RuntimeError):
+    """The run cannot start or go on (bad topology, a dead learner, an actor that kept failing,
+    a stall). The run loop writes a checkpoint before it reaches the user."""
