@@ -296,6 +296,30 @@ class EvalConfig(Section):
     fidelity: FidelityConfig = FidelityConfig()
 
 
+class AttackConfig(Section):
+    """Robustness attacks on an unlearned model (`critic-unlearn attack`, and `eval`'s report):
+    a synonym/paraphrase sweep and a learned-prompt attack (k soft tokens after BOS)."""
+
+    enabled: bool = False  # True: `eval` runs the attacks too (`attack` runs them regardless)
+    # extra wordings per concept word, for models whose judge lists no words (e.g. SD):
+    # {"nudity": ["naked", "nude"]}; the judge's own vocabulary (classifier.json) is always used
+    synonyms: dict[str, list[str]] = {}
+    # extra "{}" templates for the sweep, on top of eval.templates (held out from training)
+    paraphrase_templates: list[str] = []
+    num_tokens: PositiveInt = 3  # k, learned token embeddings inserted after BOS
+    # one set of k tokens for all forget prompts (their images share each step's batch)
+    steps: PositiveInt = 30  # Adam steps: the attack's fixed budget
+    lr: PositiveFloat = 0.01  # Adam step size, in token-embedding units (toy rows have norm ~0.16)
+    batch_size: PositiveInt = 8  # images (seeds) per optimisation step
+    sample_steps: PositiveInt | None = None  # DDIM steps differentiated through; None = sampler's
+    images_per_prompt: PositiveInt = 16  # judged images per attacked forget prompt (held out)
+    sweep_images: PositiveInt = 4  # judged images per sweep wording (held-out seeds)
+    seed: int = 0  # optimisation seeds are seed * 1_000_003 + step * batch_size + i
+    seeds_offset: int = 3_000_000  # judged images' seeds start here (disjoint from eval's)
+    init: Literal["concept", "random"] = "concept"  # start from the concept word's embedding
+    grid_images: PositiveInt = 8  # images per row in each attack grid
+
+
 class RunConfig(Section):
     scenario: str = "default"
     model: ModelConfig = ModelConfig()
@@ -308,6 +332,7 @@ class RunConfig(Section):
     actors: ActorsConfig = ActorsConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
+    attack: AttackConfig = AttackConfig()
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
