@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from critic_unlearn.evaluation.attack_report import summary_rows as attack_summary_rows
 from critic_unlearn.io_utils import atomic_write_text, image_grid
 
 
@@ -57,6 +58,9 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {p['role']} | {p['prompt']} | {_num(p['base_rate'])} | {_num(p['rate'])} | "
             f"{clip} | [png]({p['grid']}) |"
         )
+    if result.get("attack"):  # `attack.enabled`: the attacks' ASR, details in attack/attack.md
+        lines += ["", "Attacks ([details](attack/attack.md)):", "",
+                  *attack_summary_rows(result["attack"])]
     return "\n".join(lines) + "\n"
 
 

@@ -14,6 +14,7 @@ from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
+from critic_unlearn.evaluation.attack_run import attacker_clip, run_attacks
 from critic_unlearn.evaluation.clip_score import clip_scores
 from critic_unlearn.evaluation.generation import (
     EvalItem,
@@ -184,5 +185,8 @@ def evaluate_run(
         "per_prompt": rows,
     }
     real.add_to(result, cfg, base, after, texts, roles)
+    if cfg.attack.enabled and judge is not None:  # the adapter is still loaded in comps.unet
+        result["attack"] = run_attacks(cfg, comps, attacker_clip(cfg, clip), judge, concept,
+                                       out / "attack")
     write_report(out, result)
     return result
