@@ -51,7 +51,7 @@ def _components(cfg: RunConfig, device: torch.device, dtype: str | None = None):
 
 def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None = None) -> Actor:
     dev = resolve_device(str(device) if device is not None else cfg.runtime.device)
-    return Actor(
+    actor = Actor(
         cfg,
         actor_id,
         _components(cfg, dev),
@@ -59,6 +59,11 @@ def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None
         load_prompts(cfg.reward.prompts),
         forget_fraction=cfg.reward.prompts.forget_fraction,
     )
+    if cfg.actors.compile:
+        # in place (nn.Module.compile), after the LoRA is attached: parameter names, peft's
+        # adapter calls and `apply_weights`' in-place copies see the same module as before
+        actor.c.unet.compile()
+    return actor
 
 
 def build_learner(
