@@ -34,10 +34,10 @@ from critic_unlearn.diffusion.lora import (
     lora_config_hash,
     peft_config,
 )
-from critic_unlearn.replay import RedisServer
+from critic_unlearn.replay import RedisServer, WeightStore
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.runtime.supervisor import ActorPool
-from critic_unlearn.runtime.weights import RayPublisher, WeightStore
+from critic_unlearn.runtime.weights import RayPublisher
 from critic_unlearn.types import WeightsPacket
 
 MODEL_ID = "sd15-shaped-lora-skeleton"

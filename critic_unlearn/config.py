@@ -218,6 +218,11 @@ class ReplayConfig(Section):
     timeout_s: PositiveFloat = 60.0  # seconds a blocked write/sample waits, then raises
     retry_deadline_s: PositiveFloat = 30.0  # seconds of reconnect attempts before giving up
     socket_timeout_s: PositiveFloat = 10.0  # seconds one Redis round trip may take
+    # TLS (rediss:// URLs only), PEM files on every node: the CA that signed the server's
+    # certificate (None: the system's CAs), and a client certificate + key for tls-auth-clients
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _check(self) -> ReplayConfig:
@@ -258,6 +263,8 @@ class RuntimeConfig(Section):
     stall_timeout_s: PositiveFloat = 900.0  # seconds without a learner step: fail, say why
     learner_wait_s: PositiveFloat = 1.0  # seconds a learner call waits on the replay, then returns
     shutdown_timeout_s: PositiveFloat = 120.0  # seconds to finish a step and checkpoint on Ctrl-C
+    learner_max_restarts: Annotated[int, Field(ge=0)] = 3  # a dead learner restarts from its
+    # last checkpoint this many times in one run; one more death stops the run
 
 
 class ZeroShotConfig(Section):
@@ -321,6 +328,11 @@ class AttackConfig(Section):
     seeds_offset: int = 3_000_000  # judged images' seeds start here (disjoint from eval's)
     init: Literal["concept", "random"] = "concept"  # start from the concept word's embedding
     grid_images: PositiveInt = 8  # images per row in each attack grid
+    # adversarial prompts in the training loop: every N learner steps the learned-prompt attack
+    # runs against the current adapter and its tokens join the forget prompts; 0 = off
+    in_loop_every: Annotated[int, Field(ge=0)] = 0
+    pool_size: PositiveInt = 8  # found token sets kept for the loop (oldest dropped)
+    pool_fraction: Fraction = 0.5  # share of forget prompts an actor draws from the pool
 
 
 class RunConfig(Section):

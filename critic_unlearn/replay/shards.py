@@ -7,7 +7,8 @@ the primary: it holds the rate-limiter counters for all shards.
 from __future__ import annotations
 
 from critic_unlearn.config import ReplayConfig
-from critic_unlearn.replay.client import Connection, env_password
+from critic_unlearn.replay.acl import shard_needs, weight_needs
+from critic_unlearn.replay.client import connect
 from critic_unlearn.replay.keys import Keys, check_namespace
 from critic_unlearn.replay.rate_limiter import LimiterParams, RateLimiter
 from critic_unlearn.replay.store import Shard
@@ -21,16 +22,10 @@ def open_shards(cfg: ReplayConfig, namespace: str | None = None) -> list[Shard]:
             f"replay.capacity = {cfg.capacity} is smaller than the {len(urls)} shards; "
             "give every shard at least one slot"
         )
-    password = env_password(cfg.password_env)
     shards: list[Shard] = []
     try:
         for i, url in enumerate(urls):
-            conn = Connection(
-                url,
-                socket_timeout_s=cfg.socket_timeout_s,
-                retry_deadline_s=cfg.retry_deadline_s,
-                password=password,
-            )
+            conn = connect(cfg, url, namespace=ns, needs=shard_needs(ns, i))
             shards.append(Shard(conn, Keys(ns, i), cfg.capacity // len(urls)))
     except BaseException:
         for s in shards:
@@ -41,15 +36,12 @@ def open_shards(cfg: ReplayConfig, namespace: str | None = None) -> list[Shard]:
 
 def check_reachable(cfg: ReplayConfig) -> None:
     """Ping replay.url and every replay.shards URL once (first contact is not retried: see
-    client.py); ReplayConnectionError / ReplayAuthError name the URL, ValueError the setting."""
-    password = env_password(cfg.password_env)
-    for url in (cfg.url, *cfg.shards):
-        Connection(
-            url,
-            socket_timeout_s=cfg.socket_timeout_s,
-            retry_deadline_s=cfg.retry_deadline_s,
-            password=password,
-        ).close()
+    client.py); with replay.namespace set, also check the ACL user's grants (acl.py).
+    ReplayConnectionError / ReplayAuthError name the URL, ValueError the setting."""
+    ns = check_namespace(cfg.namespace) if cfg.namespace else None
+    for i, url in enumerate((cfg.url, *cfg.shards)):
+        needs = None if ns is None else shard_needs(ns, i) + (weight_needs(ns) if i == 0 else [])
+        connect(cfg, url, namespace=ns, needs=needs).close()
 
 
 def open_limiter(cfg: ReplayConfig, shards: list[Shard]) -> RateLimiter:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from critic_unlearn.codec import decode_state_dict, encode_state_dict
 from critic_unlearn.config import ReplayConfig
-from critic_unlearn.replay.client import Connection, env_password
+from critic_unlearn.replay.acl import weight_needs
+from critic_unlearn.replay.client import connect
 from critic_unlearn.replay.keys import WeightKeys, check_namespace
 from critic_unlearn.types import WeightsPacket
 
@@ -31,15 +32,11 @@ class WeightStore:
     """The durable copy of the latest adapter in Redis (replay.url, the run's namespace)."""
 
     def __init__(self, cfg: ReplayConfig, namespace: str) -> None:
-        keys = WeightKeys(check_namespace(namespace))
+        ns = check_namespace(namespace)
+        keys = WeightKeys(ns)
         self.blob_key = keys.blob
         self.manifest_key = keys.manifest
-        self.conn = Connection(
-            cfg.url,
-            socket_timeout_s=cfg.socket_timeout_s,
-            retry_deadline_s=cfg.retry_deadline_s,
-            password=env_password(cfg.password_env),
-        )
+        self.conn = connect(cfg, cfg.url, namespace=ns, needs=weight_needs(ns))
 
     def put(self, blob: bytes, packet: WeightsPacket) -> None:
         """Store `blob` (from `encode_packet(packet)`) and its manifest together."""

@@ -78,22 +78,17 @@ def check_first_contact(cfg: RunConfig) -> None:
 
 
 def check_redis_reachable(cfg: RunConfig) -> None:
-    """Ping replay.url and every replay.shards URL once (no retries: see replay/client.py)."""
-    from critic_unlearn.replay.client import Connection, env_password
+    """Ping replay.url and every replay.shards URL once (no retries: see replay/client.py), and
+    check the ACL user's grants when replay.namespace is set. A wrong setting (not a Redis URL,
+    an unset password variable, a missing TLS file) is a RuntimeFailure; an unreachable server
+    or refused credentials stay the replay's own one-line errors (ReplayError)."""
+    from critic_unlearn.replay import check_reachable
 
-    rc = cfg.replay
-    if rc.url == "auto":
+    if cfg.replay.url == "auto":
         return
     try:
-        password = env_password(rc.password_env)
-        for url in (rc.url, *rc.shards):
-            Connection(
-                url,
-                socket_timeout_s=rc.socket_timeout_s,
-                retry_deadline_s=rc.retry_deadline_s,
-                password=password,
-            ).close()
-    except ValueError as e:  # not a Redis URL, an unset password variable
+        check_reachable(cfg.replay)
+    except ValueError as e:
         raise RuntimeFailure(str(e)) from None
 
 
