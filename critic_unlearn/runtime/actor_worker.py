@@ -60,6 +60,7 @@ class ActorWorker:
         self.store = WeightStore(cfg.replay, namespace)
         self.model_lock = threading.Lock()  # held while sampling or changing weights
         self.pending: WeightsPacket | None = None  # newest version received mid-batch
+        self.pending_reset = False  # apply `pending` even if older (the learner was restored)
         self.last_weights = time.monotonic()  # last push received or Redis checked
         self.fetch_failures = 0
 
@@ -86,9 +87,11 @@ class ActorWorker:
         return {"actor_id": self.actor_id, "version": self.actor.version}
 
     # -- weights ------------------------------------------------------------------------------
-    def set_weights(self, refs: list) -> dict:
+    def set_weights(self, refs: list, reset: bool = False) -> dict:
         """Fetch and check the pushed blob `refs[0]`; apply it now if no batch is running, else
-        at the next batch boundary. A failed fetch falls back to the Redis copy."""
+        at the next batch boundary. A failed fetch falls back to the Redis copy. `reset`: take
+        it even if older than the current version (a restarted learner went back to its last
+        checkpoint, and its versions go on from there)."""
         t0 = time.perf_counter()
         t1 = t0
         try:
@@ -107,8 +110,8 @@ class ActorWorker:
                 self.actor.version,
             )
             packet = None
-        if packet is not None and packet.version > self._newest_known():
-            self.pending = packet
+        if packet is not None and (reset or packet.version > self._newest_known()):
+            self.pending, self.pending_reset = packet, reset
         t2 = time.perf_counter()
         applied = False
         if self.model_lock.acquire(blocking=False):
@@ -140,10 +143,11 @@ class ActorWorker:
     def _apply_pending(self) -> bool:
         """Apply the pending version (caller holds model_lock)."""
         packet, self.pending = self.pending, None
-        return packet is not None and self._apply(packet, "object store")
+        reset, self.pending_reset = self.pending_reset, False
+        return packet is not None and self._apply(packet, "object store", reset)
 
-    def _apply(self, packet: WeightsPacket, source: str) -> bool:
-        if packet.version <= self.actor.version:
+    def _apply(self, packet: WeightsPacket, source: str, reset: bool = False) -> bool:
+        if packet.version <= self.actor.version and not (reset and packet.version >= 0):
             return False
         try:
             self.actor.apply_weights(packet)

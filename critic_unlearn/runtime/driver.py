@@ -29,6 +29,7 @@ from critic_unlearn.runtime.supervisor import (
     resolve_num_actors,
     summarize_error,
 )
+from critic_unlearn.training.errors import LearnerDied
 from critic_unlearn.training.loop import RunLoop, RunState, prepare_run, replay_server
 from critic_unlearn.training.reports import Event, StepDone, StepReport, WeightsApplied
 from critic_unlearn.training.setup import TrainResult
@@ -58,27 +59,55 @@ class Broadcast:
 
 class RayRuntime:
     def __init__(self, cfg: RunConfig, namespace: str) -> None:
-        self.cfg = cfg
-        self.learner = (
-            ray.remote(LearnerWorker)
-            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0)
-            .remote(cfg, namespace)
-        )
+        self.cfg, self.namespace = cfg, namespace
+        self.learner = self._new_learner()
+        self.learner_pid: int | None = None
+        self.learner_restarts = 0
         self.pool = ActorPool(cfg, namespace, resolve_num_actors(cfg, ray.cluster_resources()))
         self.num_actors = len(self.pool.slots)
         self.learner_ref: Any = None  # the try_step call in flight
         self.broadcasts: dict[int, Broadcast] = {}  # version -> its acks
         self.ack_version: dict[Any, int] = {}  # set_weights call -> the version it pushed
 
+    def _new_learner(self) -> Any:
+        cfg = self.cfg
+        return (
+            ray.remote(LearnerWorker)
+            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0)
+            .remote(cfg, self.namespace)
+        )
+
     def start(self, state: RunState | None) -> StepReport:
         """Restore (or clear) through the learner, then start every actor from its saved seed
         stream and the learner's current weights; they load their models in parallel."""
         part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
         setup = self._learner_call(self.learner.setup.remote(part))
+        self.learner_pid = self._learner_call(self.learner.pid.remote())
         if setup.published is not None:
             self.pool.weights = [setup.published.ref]
             self.pool.weights_version = setup.published.version
         self.pool.start_all(state.actors if state else {})
+        return setup
+
+    def restart_learner(self, state: RunState | None) -> StepReport:
+        """A new learner actor restored from `state`; every live actor gets its weights with
+        `reset` (their versions were ahead of the checkpoint), restarted ones start from them.
+        Records sampled by the lost versions stay in the replay (their behaviour log-probs are
+        exact, so they are ordinary off-policy data)."""
+        ray.kill(self.learner, no_restart=True)
+        self.learner_ref = None
+        self.learner_restarts += 1
+        self.learner = self._new_learner()
+        part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
+        setup = self._learner_call(self.learner.setup.remote(part, restart=True))
+        self.learner_pid = self._learner_call(self.learner.pid.remote())
+        self.broadcasts.clear()
+        self.ack_version.clear()
+        if setup.published is not None:
+            p = setup.published
+            for ack in self.pool.broadcast([p.ref], p.version, reset=True):
+                self.ack_version[ack] = p.version
+            self.broadcasts[p.version] = Broadcast(p.started, len(self.ack_version), p.started)
         return setup
 
     def poll(self, timeout_s: float, want_step: bool) -> list[Event]:
@@ -134,8 +163,12 @@ class RayRuntime:
             return None
 
     def _learner_call(self, ref: Any, timeout_s: float | None = None) -> Any:
+        """A learner call's result; LearnerDied when its process is gone (the loop restarts
+        it), RuntimeFailure when it raised (restarting would raise again)."""
         try:
             return ray.get(ref, timeout=timeout_s)
+        except ray.exceptions.RayActorError as e:
+            raise LearnerDied(f"the learner died ({summarize_error(e)})") from None
         except ray.exceptions.RayError as e:
             raise RuntimeFailure(f"the learner failed ({summarize_error(e)})") from None
 
@@ -149,8 +182,11 @@ class RayRuntime:
         tensors, manifest, version = self._learner_call(self.learner.adapter.remote(), timeout_s)
         return WeightsPacket(version, tensors, manifest)
 
-    def actor_status(self) -> dict[str, dict[str, Any]]:
-        return self.pool.status()
+    def status(self) -> dict[str, Any]:
+        return {
+            "actors": self.pool.status(),
+            "learner": {"pid": self.learner_pid, "restarts": self.learner_restarts},
+        }
 
     def stop(self) -> None:
         self.pool.stop()

@@ -9,6 +9,7 @@ version; the reference comes back to the driver in the step's report.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from typing import Protocol
@@ -55,15 +56,18 @@ class LearnerWorker:
     def __repr__(self) -> str:
         return "learner"
 
-    def setup(self, state: dict | None) -> StepReport:
+    def setup(self, state: dict | None, restart: bool = False) -> StepReport:
         """Resume from a checkpoint's state (or start afresh: clear the run's replay and
-        weights), then publish the current weights so actors start from them."""
-        if state is None:
+        weights), then publish the current weights so actors start from them. `restart`: this
+        replaces a learner that died mid-run; the replay and its live limiter counters stay."""
+        if state is None and not restart:
             self.sampler.clear()
             self.store.clear()
-        else:
+        elif state is not None:
             self.learner.load_state_dict(state["learner"])
-            if self.sampler.size() >= self.cfg.replay.min_size_to_sample:
+            if restart:
+                pass  # the limiter's counters in Redis are newer than the checkpoint's
+            elif self.sampler.size() >= self.cfg.replay.min_size_to_sample:
                 self.sampler.rate_limiter.load_state_dict(state["replay_limiter"])
             else:  # the buffer did not survive (private server): count afresh
                 self.sampler.rate_limiter.reset()
@@ -139,6 +143,9 @@ class LearnerWorker:
     def adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
         p = self.learner.weights()
         return p.state_dict, p.manifest, p.version
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def replay_stats(self) -> dict[str, float]:
         return self.sampler.stats()

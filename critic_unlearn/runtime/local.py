@@ -109,7 +109,14 @@ class LocalRuntime:
         tensors, manifest, version = self.learner.adapter()
         return WeightsPacket(version, tensors, manifest)
 
-    def actor_status(self) -> dict[str, dict[str, Any]]:
+    def restart_learner(self, state: RunState | None) -> StepReport:
+        """Only for symmetry: in one process a dead learner is a dead run."""
+        raise NotImplementedError("the local runtime's learner cannot die on its own")
+
+    def status(self) -> dict[str, Any]:
+        return {"actors": self._actor_status(), "learner": {"pid": os.getpid(), "restarts": 0}}
+
+    def _actor_status(self) -> dict[str, dict[str, Any]]:
         return {
             "0": {
                 "pid": os.getpid(),

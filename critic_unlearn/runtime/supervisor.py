@@ -156,13 +156,14 @@ class ActorPool:
     def _submit_batch(self, slot: Slot) -> None:
         self.inflight[slot.handle.run_batch.remote()] = ("batch", slot.actor_id)
 
-    def broadcast(self, refs: list, version: int) -> list:
-        """One `set_weights` call per live actor for this version; returns the ack refs."""
+    def broadcast(self, refs: list, version: int, reset: bool = False) -> list:
+        """One `set_weights` call per live actor for this version; returns the ack refs.
+        `reset`: actors take it even if their version is newer (a restored learner's)."""
         self.weights, self.weights_version = refs, version
         acks = []
         for slot in self.slots.values():
             if slot.handle is not None:
-                ref = slot.handle.set_weights.remote(refs)
+                ref = slot.handle.set_weights.remote(refs, reset)
                 self.inflight[ref] = ("weights", slot.actor_id)
                 acks.append(ref)
         return acks

@@ -33,7 +33,7 @@ from critic_unlearn.io_utils import announce_run_folder, atomic_write_bytes, ato
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.replay import RedisServer
 from critic_unlearn.training.critic_pretrain import use_pretrained_critic
-from critic_unlearn.training.errors import RunFailure
+from critic_unlearn.training.errors import LearnerDied, RunFailure
 from critic_unlearn.training.metrics import MetricsLogger
 from critic_unlearn.training.plots import plot_run
 from critic_unlearn.training.progress import ProgressView, RunStats
@@ -110,8 +110,13 @@ class Runtime(Protocol):
     def adapter(self, timeout_s: float | None) -> WeightsPacket:
         """The learner's current adapter."""
 
-    def actor_status(self) -> dict[str, dict[str, Any]]:
-        """Per actor: pid, version, trajectories, restarts, failures, last error."""
+    def restart_learner(self, state: RunState | None) -> StepReport:
+        """Replace a dead learner: restore it from `state` (None: from scratch), keep the replay
+        and its live counters, and hand its weights to every actor even if they are newer."""
+
+    def status(self) -> dict[str, Any]:
+        """For runtime.json: {"actors": {id: pid, version, trajectories, restarts, failures,
+        last_error}, "learner": {pid, restarts}}."""
 
     def stop(self) -> None: ...
 
@@ -189,6 +194,7 @@ class RunLoop:
         self.last: dict[str, float] = {}
         self.progress_at = time.monotonic()  # last learner step, or an actor (re)start
         self.wait_reason = ""
+        self.learner_restarts = 0
 
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
@@ -217,6 +223,7 @@ class RunLoop:
         if state is not None:
             self.trajectories = state.trajectories
             self.checkpointed_at = self.steps
+            self.metrics.rewind(self.steps)  # steps after the checkpoint are done again
             self.console.print(
                 f"resumed from {self.ckpt} at learner step {self.steps}, version "
                 f"{self.version}, {self.trajectories} trajectories",
@@ -260,9 +267,36 @@ class RunLoop:
         self.progress_at = time.monotonic()
         while self.version < max_steps:
             self._check_stall()
-            for event in self.rt.poll(0.5, want_step=True):
+            try:
+                events = self.rt.poll(0.5, want_step=True)
+            except LearnerDied as e:
+                self._restart_learner(e)
+                continue
+            for event in events:
                 self._on(event)
             self.view.refresh()
+
+    def _restart_learner(self, error: LearnerDied) -> None:
+        """Back to the last checkpoint with a new learner; the actors and the replay go on."""
+        limit = self.cfg.runtime.learner_max_restarts
+        if self.learner_restarts >= limit:
+            raise RunFailure(
+                f"{error}; it died {self.learner_restarts + 1} times, more than "
+                f"runtime.learner_max_restarts = {limit} allows"
+            ) from None
+        self.learner_restarts += 1
+        state = read_run_state(self.ckpt)
+        report = self.rt.restart_learner(state)
+        self.view.print(
+            f"{error}; restarted it (restart {self.learner_restarts} of at most {limit}) from "
+            + (f"the checkpoint at step {report.steps}" if state else "scratch (no checkpoint)")
+        )
+        self.steps, self.version = report.steps, report.version
+        self.checkpointed_at = self.steps if state is not None else -1
+        self.metrics.rewind(self.steps)
+        self.stats.on_restore(self.steps, self.version)
+        self.progress_at = time.monotonic()
+        self._write_status()
 
     def _finish_step(self, timeout_s: float) -> None:
         report = self.rt.finish_step(timeout_s)
@@ -340,5 +374,5 @@ class RunLoop:
         self._write_status()
 
     def _write_status(self) -> None:
-        status = {"actors": self.rt.actor_status(), "steps": self.steps, "version": self.version}
+        status = {**self.rt.status(), "steps": self.steps, "version": self.version}
         atomic_write_text(self.run_dir / STATUS, json.dumps(status, indent=1))

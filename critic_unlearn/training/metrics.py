@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tensorboardX import SummaryWriter
 
+from critic_unlearn.io_utils import atomic_write_text
+
 
 class MetricsLogger:
     def __init__(self, run_dir: Path, tensorboard: bool = True) -> None:
@@ -33,6 +35,20 @@ class MetricsLogger:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and math.isfinite(v):
                     self.tb.add_scalar(k, v, step)
+
+    def rewind(self, step: int) -> None:
+        """Drop the rows after `step`: a run resumed from an earlier checkpoint does those steps
+        again, and each step is logged once."""
+        self.file.close()
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        atomic_write_text(self.path, "".join(kept))
+        self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def close(self) -> None:
         self.file.close()

@@ -91,6 +91,11 @@ class RunStats:
         a = self.actors[actor_id]
         a.status, a.pid = "restarting", None
 
+    def on_restore(self, steps: int, version: int) -> None:
+        """A restarted learner went back to a checkpoint."""
+        self.steps, self.version = steps, version
+        self.learner_status = "restored"
+
     def on_step(
         self, steps: int, version: int, staleness: dict[int, int], replay_size: float
     ) -> None:

@@ -250,6 +250,38 @@ def test_sigkilled_actor_is_restarted_and_the_run_completes(local_ray, make_cfg,
 
 
 @pytest.mark.slow
+def test_sigkilled_learner_is_restarted_from_its_checkpoint_and_the_run_completes(
+    local_ray, make_cfg, tmp_path
+):
+    cfg = make_cfg("learner.max_steps=14", "learner.checkpoint_every=2")
+    run_dir = tmp_path / "rt"
+    killed: list[int] = []
+
+    def status() -> dict:
+        return json.loads((run_dir / STATUS).read_text())
+
+    def kill_learner() -> None:
+        pid = status()["learner"]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    # past a checkpoint (step 4) and one step beyond it, so a step is lost and done again
+    fired = when(lambda: steps_logged(run_dir) >= 5 and status()["learner"]["pid"], kill_learner)
+    r = train_ray(cfg)
+    assert fired and killed
+    assert r.version == 14 and r.learner_steps == 15  # the whole budget, + one warm-up step
+    learner = status()["learner"]
+    assert learner["restarts"] == 1 and learner["pid"] not in (None, killed[0])
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [row["step"] for row in rows] == list(range(1, 16))  # each step logged once
+    # the actors went back to the restored version and on with the new learner's versions
+    assert all(a["restarts"] == 0 for a in status()["actors"].values())
+    assert max(a["version"] for a in status()["actors"].values()) <= r.version
+    assert rows[-1]["actor/0/version"] >= 1 and rows[-1]["actor/1/version"] >= 1
+    assert list_snapshots(run_dir)[-1].step == 15
+
+
+@pytest.mark.slow
 def test_redis_restart_mid_run_reconnects_and_completes(local_ray, make_cfg, redis, tmp_path):
     cfg = make_cfg("learner.max_steps=8")
     run_dir = tmp_path / "rt"
