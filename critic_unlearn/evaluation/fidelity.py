@@ -112,14 +112,16 @@ def inception_features(net: nn.Module, images: Tensor, batch_size: int = 32) -> 
 class _Given(nn.Module):
     """Feature 'extractor' for torchmetrics that passes features computed once through."""
 
-    num_features = FEATURES
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
 
     def forward(self, features: Tensor) -> Tensor:
         return features
 
 
 def fid_kid(real: Tensor, fake: Tensor, cfg: FidelityConfig) -> dict[str, Any]:
-    """FID, KID mean and std (torchmetrics) between two (N, 2048) feature sets."""
+    """FID, KID mean and std (torchmetrics) between two (N, D) feature sets (D = 2048 for FID)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -127,10 +129,11 @@ def fid_kid(real: Tensor, fake: Tensor, cfg: FidelityConfig) -> dict[str, Any]:
     if n < 2:
         return {"fid": None, "kid": None, "kid_std": None, "images": n}
     size = min(cfg.kid_subset_size, n)
-    fid = FrechetInceptionDistance(feature=_Given())
+    fid = FrechetInceptionDistance(feature=_Given(real.shape[1]))
     with warnings.catch_warnings():  # "will save all extracted features": they are, by design
         warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=_Given(), subsets=cfg.kid_subsets, subset_size=size)
+        kid = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=cfg.kid_subsets,
+                                      subset_size=size)
     for metric in (fid, kid):
         metric.update(real, real=True)
         metric.update(fake, real=False)

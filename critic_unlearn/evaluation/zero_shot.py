@@ -71,14 +71,18 @@ class ZeroShotClassifier:
             self.text = F.normalize(emb, dim=-1)  # (C, D)
 
     @torch.no_grad()
-    def __call__(self, images: Tensor) -> Tensor:
-        """(N, H, W, 3) uint8 -> (N,) int64 class indices, on the CPU."""
-        out = []
+    def similarities(self, images: Tensor) -> Tensor:
+        """(N, H, W, 3) uint8 -> (N, C) cosine similarity of each image to each class, CPU."""
+        out = [torch.zeros(0, len(self.classes))]
         for chunk in images.split(self.batch_size):
             x = clip_pixels(uint8_to_unit(chunk.to(self.clip.device)), self.clip.preprocess_cfg)
             img = F.normalize(self.clip.model.encode_image(x).float(), dim=-1)
-            out.append((img @ self.text.T).argmax(-1).cpu())
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+            out.append((img @ self.text.T).cpu())
+        return torch.cat(out)
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """(N, H, W, 3) uint8 -> (N,) int64 class indices, on the CPU."""
+        return self.similarities(images).argmax(-1)
 
 
 def load_zero_shot(cfg: RunConfig, device: torch.device | str) -> ZeroShotClassifier | None:
