@@ -21,6 +21,8 @@ console = Console(stderr=True)
 def attack_run_dir(run_dir: str | Path, cfg: RunConfig,
                    out_dir: str | Path | None = None) -> dict[str, Any]:
     """Attack the run's adapter (exported, else latest checkpoint) and its base model."""
+    import torch
+
     from critic_unlearn.device import resolve_device
     from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
     from critic_unlearn.diffusion.soft_prompt import SoftPromptError
@@ -30,6 +32,8 @@ def attack_run_dir(run_dir: str | Path, cfg: RunConfig,
     from critic_unlearn.evaluation.run import load_eval_judge, load_eval_model
     from critic_unlearn.rewards.openclip_loading import load_open_clip
 
+    if cfg.runtime.num_threads:
+        torch.set_num_threads(cfg.runtime.num_threads)
     run_dir = Path(run_dir)
     device = resolve_device(cfg.runtime.device)
     state = find_adapter(run_dir)

@@ -1,0 +1,35 @@
+"""Adversarial prompts in the training loop: attack the current adapter, refill the pool.
+
+The loop calls `refresh_pool` every `attack.in_loop_every` learner steps with the learner's UNet
+(current adapter loaded). One set of soft tokens is learned against it for all forget prompts
+(`attack.steps` Adam steps, as in `critic-unlearn attack`) and added to the pool once per forget
+prompt; actors then draw `attack.pool_fraction` of their forget prompts from the pool.
+"""
+
+from __future__ import annotations
+
+import time
+
+from critic_unlearn.config import RunConfig
+from critic_unlearn.diffusion.loading import SDComponents
+from critic_unlearn.diffusion.soft_pool import SoftPromptPool
+from critic_unlearn.evaluation.attack import learn_prompt
+from critic_unlearn.evaluation.attack_run import attack_settings, class_texts
+from critic_unlearn.rewards.openclip_loading import LoadedClip
+from critic_unlearn.rewards.prompts import load_prompts
+
+
+def refresh_pool(pool: SoftPromptPool, comps: SDComponents, clip: LoadedClip, cfg: RunConfig,
+                 step: int) -> dict[str, float]:
+    """Learn tokens against the UNet as it is now, add them; returns metrics (cost included)."""
+    t0 = time.perf_counter()
+    texts = [p.text for p in load_prompts(cfg.reward.prompts).forget]
+    s = attack_settings(cfg)
+    s = type(s)(**{**s.__dict__, "seed": cfg.attack.seed * 7_919 + step})  # fresh seeds per call
+    found = learn_prompt(comps, clip, texts, [class_texts(t, cfg) for t in texts],
+                         cfg.reward.prompts.concept, s)
+    for text in texts:
+        pool.add(text, found.vectors)
+    return {"adversarial/attack_s": round(time.perf_counter() - t0, 3),
+            "adversarial/concept_prob": found.concept_prob[-1],
+            "adversarial/pool": float(len(pool))}
