@@ -22,6 +22,7 @@ import logging
 import os
 import random
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -269,6 +270,11 @@ class Connection:
         self.redis.close()
 
 
-def _is_tls_failure(e: Exception) -> bool:
-    """A refused certificate or a TLS/plain mismatch (redis-py wraps ssl errors in its own)."""
-    return any(s in str(e) for s in ("SSL", "CERTIFICATE", "certificate", "TLS"))
+def _is_tls_failure(e: BaseException | None) -> bool:
+    """A refused certificate, either side's (redis-py wraps ssl's errors in its own, with the
+    ssl error as their context or only in their text)."""
+    while e is not None:
+        if isinstance(e, ssl.SSLError) or "[SSL" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
