@@ -11,6 +11,8 @@ weights, loaded from a safetensors file like the real ones).
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,7 @@ from critic_unlearn.cli import app
 from critic_unlearn.config import load_config
 from critic_unlearn.evaluation import evaluate_run
 from critic_unlearn.evaluation.fidelity import random_inception_state
+from critic_unlearn.rewards.openclip_loading import ClipLoadError
 from critic_unlearn.training.metrics import read_metrics
 from tests.unit._clip_fixtures import tiny_clip_folder
 
@@ -71,6 +74,20 @@ def test_scenario_validates_as_written(name: str) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml")
     if cfg.reward.name == "clip_concept":  # the anchor swaps the concept inside every prompt
         assert all(cfg.reward.prompts.concept in p for p in cfg.reward.prompts.forget)
+
+
+def test_a_scenario_without_its_clip_here_stops_with_what_to_do(
+    tiny_model_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    """ViT-L-14 / openai cannot be downloaded here: the run stops at start, saying how to fix it."""
+    args = [a for a in tiny_overrides(tiny_model_dir, clip_dir, tmp_path, "noclip")
+            if not a.startswith("reward.clip")]
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(app, ["train", str(CONFIGS / "sd_forget_church.yaml"), *args])
+    assert isinstance(result.exception, ClipLoadError), result.output
+    assert re.search(r"open_clip model 'ViT-L-14' with pretrained='openai'.*save_open_clip",
+                     str(result.exception))
+    assert time.perf_counter() - t0 < 120 and not (tmp_path / "noclip" / "metrics.jsonl").exists()
 
 
 @pytest.mark.slow
