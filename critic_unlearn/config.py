@@ -7,11 +7,13 @@ for people: the field, the value, what is allowed.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -249,9 +251,46 @@ class ActorsConfig(Section):
     compile: bool = False
 
 
+# fsspec schemes a run folder may live on: stores that take whole-object writes, or filesystems
+# with a rename (training/storage.py); read-only ones (http, zip, github) cannot hold a run
+STORAGE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "file", "hdfs", "sftp")
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$")
+
+
+def run_dir_url(value: str) -> tuple[str, str] | None:
+    """(scheme, rest) of a URL run_dir, None for a local path; raises ValueError for a URL that
+    cannot hold a run, naming the value and what to write instead."""
+    m = _URL.match(value)
+    if m is None:
+        return None
+    scheme, rest = m[1].lower(), m[2]
+    if scheme not in STORAGE_SCHEMES:
+        raise ValueError(
+            f"runtime.run_dir = {value!r}: {scheme}:// cannot hold a run folder; use a local "
+            f"path or a URL of one of {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+        )
+    if scheme == "file" and not rest.startswith("/"):
+        raise ValueError(
+            f"runtime.run_dir = {value!r}: a file:// URL needs an absolute path, "
+            "e.g. file:///mnt/shared/runs"
+        )
+    if scheme != "file" and not rest.split("/", 1)[0]:
+        raise ValueError(
+            f"runtime.run_dir = {value!r} names no bucket or host; write {scheme}://BUCKET/PREFIX"
+        )
+    return scheme, rest
+
+
 class RuntimeConfig(Section):
     kind: Literal["ray", "local"] = "ray"
-    run_dir: Path = Path("runs")  # the run goes to run_dir/<run name>
+    # the run goes to run_dir/<run name>: a local folder, or a URL of shared storage (s3://BUCKET/
+    # PREFIX, gs://..., file:///mnt/...) that a run on another node resumes from; such a run is
+    # written to a local staging copy and pushed after every checkpoint (training/storage.py)
+    run_dir: str = "runs"
+    staging_dir: Path | None = None  # local copy of a URL run_dir; None: ~/.cache/critic-unlearn
+    # fsspec options of a URL run_dir, e.g. {"client_kwargs": {"endpoint_url": URL}}; written to
+    # config.yaml, so credentials belong in the store's own variables (AWS_ACCESS_KEY_ID, ...)
+    storage_options: dict[str, Any] = {}
     run_name: str | None = None  # None: <scenario>-s<seed>-<time>
     device: str = "auto"  # "auto": cuda when available, else cpu
     seed: int = 0
@@ -265,6 +304,14 @@ class RuntimeConfig(Section):
     shutdown_timeout_s: PositiveFloat = 120.0  # seconds to finish a step and checkpoint on Ctrl-C
     learner_max_restarts: Annotated[int, Field(ge=0)] = 3  # a dead learner restarts from its
     # last checkpoint this many times in one run; one more death stops the run
+
+    @field_validator("run_dir", mode="before")
+    @classmethod
+    def _run_dir(cls, value: Any) -> Any:
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        if isinstance(value, str):
+            run_dir_url(value)
+        return value
 
 
 class ZeroShotConfig(Section):

@@ -48,6 +48,7 @@ from critic_unlearn.training.reports import (
 )
 from critic_unlearn.training.setup import TrainResult, prepare_run_dir
 from critic_unlearn.training.snapshots import save_snapshot
+from critic_unlearn.training.storage import RunStore
 from critic_unlearn.types import WeightsPacket
 
 log = logging.getLogger(__name__)
@@ -195,6 +196,7 @@ class RunLoop:
         self.progress_at = time.monotonic()  # last learner step, or an actor (re)start
         self.wait_reason = ""
         self.learner_restarts = 0
+        self.store = RunStore.for_run(cfg, self.run_dir)  # a URL run_dir's remote copy
 
     def run(self) -> TrainResult:
         t0 = time.perf_counter()
@@ -212,6 +214,7 @@ class RunLoop:
             self.rt.stop()
             self.metrics.close()
         plot_run(self.run_dir)
+        self.store.push(final=True)
         wall = time.perf_counter() - t0
         return TrainResult(
             self.run_dir, self.trajectories, self.steps, self.version, wall, self.last
@@ -372,6 +375,7 @@ class RunLoop:
         save_snapshot(self.run_dir, steps, self.trajectories, packet.state_dict, packet.manifest)
         self.checkpointed_at = steps
         self._write_status()
+        self.store.push()  # snapshots and metrics first, then the checkpoint
 
     def _write_status(self) -> None:
         status = {**self.rt.status(), "steps": self.steps, "version": self.version}

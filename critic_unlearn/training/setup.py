@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from critic_unlearn.actors.actor import Actor
-from critic_unlearn.config import RunConfig, dump_config
+from critic_unlearn.config import RunConfig, dump_config, run_dir_url
 from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.io_utils import atomic_write_text
@@ -21,6 +21,7 @@ from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards import build_reward, build_stat_tracker
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.rewards.prompts import load_prompts
+from critic_unlearn.training.storage import RunStore, staging_folder
 
 
 def run_name(cfg: RunConfig) -> str:
@@ -31,8 +32,14 @@ def run_name(cfg: RunConfig) -> str:
 
 
 def prepare_run_dir(cfg: RunConfig) -> Path:
-    """Create runs/<name>/ and write the resolved config there (every run does)."""
-    run_dir = Path(cfg.runtime.run_dir) / run_name(cfg)
+    """Create runs/<name>/ and write the resolved config there (every run does). For a URL
+    runtime.run_dir this is the local staging copy, first made equal to the remote run so that a
+    rerun on any node resumes from the remote checkpoint (training/storage.py)."""
+    if run_dir_url(cfg.runtime.run_dir) is None:
+        run_dir = Path(cfg.runtime.run_dir) / run_name(cfg)
+    else:
+        run_dir = staging_folder(cfg, run_name(cfg))
+        RunStore.for_run(cfg, run_dir).pull()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     return run_dir
