@@ -17,13 +17,14 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import open_clip
 import torch
 
 from bench.sampler_overhead import sd15_shaped_model, sync
 from critic_unlearn.config import load_config
-from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.policy import encode_prompts
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
@@ -41,6 +42,59 @@ def random_clip(sd15: bool, device: torch.device) -> LoadedClip:
         clip = tiny_clip(0)
     clip.model.to(device)
     return clip
+
+
+def synthetic_batch(
+    comps: SDComponents,
+    batch_size: int,
+    num_steps: int,
+    guidance: float = 5.0,
+    keep_steps: int | None = None,
+) -> Batch:
+    """A learner batch sampled by `comps` (its UNet as it is, LoRA included) with rewards 0, 1, 2
+    in turn: the shapes a real batch has, without a reward model."""
+    specs = [PromptSpec(f"p{i}", f"a photo of object {i}", "forget") for i in range(batch_size)]
+    s = SamplerSettings(num_steps, 1.0, guidance)
+    with torch.no_grad():
+        trajs = sample_trajectories(
+            comps, specs, list(range(batch_size)), s, keep_steps=keep_steps, decode=False
+        )
+    return Batch.from_trajectories([t.with_reward(float(i % 3)) for i, t in enumerate(trajs)])
+
+
+def plain_lora_step(
+    learner: Learner, batch: Batch, *, minibatch: int | None = None, passes: int = 1
+) -> Callable[[], None]:
+    """What a diffusers LoRA fine-tuning script does, on the learner's UNet and LoRA: noise the
+    batch's clean latents at random t, predict the noise with a CFG-doubled batch, MSE, backward,
+    AdamW. `minibatch` trajectories per optimiser step (None: the whole batch), `passes`
+    forward+backward passes accumulated before each step: with the learner's minibatch and its
+    transitions per trajectory, the same UNet work as one learner step's policy update."""
+    unet, sched, device = learner.c.unet, learner.c.scheduler, learner.device
+    x0_all = batch.next_latents[:, -1].to(device)
+    cond_all = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)
+    opt = torch.optim.AdamW(learner.lora_params, lr=1e-4)
+    size = minibatch or x0_all.shape[0]
+
+    def step() -> None:
+        for x0, cond in zip(x0_all.split(size), cond_all.split(size), strict=True):
+            uncond = learner.uncond.expand_as(cond)
+            opt.zero_grad(set_to_none=True)
+            for _ in range(passes):
+                noise = torch.randn_like(x0)
+                t = torch.randint(0, 1000, (x0.shape[0],), device=device)
+                x_t = sched.add_noise(x0, noise, t)
+                with learner._autocast():
+                    pred = unet(
+                        torch.cat([x_t, x_t]),
+                        torch.cat([t, t]),
+                        encoder_hidden_states=torch.cat([uncond, cond]),
+                    ).sample
+                loss = torch.nn.functional.mse_loss(pred.float(), torch.cat([noise, noise]).float())
+                (loss / passes).backward()
+            opt.step()
+
+    return step
 
 
 def main() -> None:
@@ -79,32 +133,8 @@ def main() -> None:
     learner = Learner(cfg, comps, build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic))
     off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
     ddpo = Learner(off_cfg, comps)  # same UNet and LoRA parameters, no critic
-    specs = [PromptSpec(f"p{i}", f"a photo of object {i}", "forget") for i in range(batch_size)]
-    s = SamplerSettings(num_steps, 1.0, 5.0)
-    with torch.no_grad():
-        trajs = sample_trajectories(comps, specs, list(range(batch_size)), s, decode=False)
-    batch = Batch.from_trajectories([t.with_reward(float(i % 3)) for i, t in enumerate(trajs)])
-
-    unet, sched = comps.unet, comps.scheduler
-    x0 = batch.next_latents[:, -1].to(device)
-    cond = encode_prompts(comps.tokenizer, comps.text_encoder, batch.prompts)
-    uncond = learner.uncond.expand_as(cond)
-    opt = torch.optim.AdamW(learner.lora_params, lr=1e-4)
-
-    def plain() -> None:
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch_size,), device=device)
-        x_t = sched.add_noise(x0, noise, t)
-        with learner._autocast():
-            pred = unet(
-                torch.cat([x_t, x_t]),
-                torch.cat([t, t]),
-                encoder_hidden_states=torch.cat([uncond, cond]),
-            ).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), torch.cat([noise, noise]).float())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    batch = synthetic_batch(comps, batch_size, num_steps)
+    plain = plain_lora_step(learner, batch)
 
     def ours() -> None:
         learner.step(batch)

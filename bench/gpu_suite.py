@@ -1,0 +1,401 @@
+"""The GPU suite: the actor against a plain diffusers loop, the learner step against a plain LoRA
+step, `actors.compile` off and on, peak memory of each, and SD-1.5 at batch 8 against 24 GB.
+
+SD-1.5 shapes with random weights (nothing downloaded): the UNet, VAE and text encoder are built
+from SD-1.5's configs, the reward / critic CLIP from ViT-L/14's, saved with `save_pretrained` and
+loaded back through the real loaders; everything else is configs/sd_forget_church.yaml (keep 10
+of the steps, train 10 transitions, minibatch 4, frozen critic image tower). The actor and the
+learner are built by training/setup.py as a run builds them. Runs alternate in one process;
+medians of `--repeats`. Peak memory of each is what it holds (the allocator's growth when it was
+built) plus what its call adds on top (`torch.cuda.max_memory_allocated`), so the sides do not
+count each other's weights. The last line is JSON.
+
+    python -m bench.gpu_suite            # SD-1.5 shapes, batch 16, 50 steps, fp16, on the GPU
+    python -m bench.gpu_suite --quick    # tiny model, 4 steps: a CPU smoke run (< 60 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from bench.learner_step import plain_lora_step, synthetic_batch
+from bench.sampler_overhead import sd15_shaped_model, sync
+from critic_unlearn.config import RunConfig, load_config
+from critic_unlearn.diffusion.ddim_logprob import step_std
+from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
+from critic_unlearn.learner.learner import Learner
+from critic_unlearn.rewards.openclip_loading import save_open_clip
+from critic_unlearn.training.setup import build_actor, build_learner
+
+SCENARIO = Path(__file__).resolve().parents[1] / "configs" / "sd_forget_church.yaml"
+BUDGET_BYTES = 24e9  # "fits in 24 GB": what the allocator reserved, against 24e9 bytes
+GIB = 2**30
+TARGETS = {  # issue 13 item 5, on a GPU
+    "actor_vs_diffusers": (">=", 0.95),  # actor images/s over the plain pipeline's
+    "compiled_vs_eager": (">", 1.0),  # compiled actor's images/s over the eager actor's
+    "learner_vs_plain": ("<=", 1.3),  # learner step time over a plain LoRA step's
+}
+
+
+class Memory:
+    """CUDA allocator counters (None everywhere on CPU: there is no per-call peak to read)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def allocated(self) -> int:
+        return torch.cuda.memory_allocated() if self.cuda else 0
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def gib(self, n: float | None) -> float | None:
+        return None if not self.cuda or n is None else round(n / GIB, 2)
+
+
+def timed(fn: Callable[[], object], device: torch.device, mem: Memory) -> tuple[float, int]:
+    """(seconds, bytes the call allocated above what was allocated before it, at its peak)."""
+    if mem.cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = mem.allocated()
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    dt = time.perf_counter() - t0
+    extra = torch.cuda.max_memory_allocated() - before if mem.cuda else 0
+    return dt, extra
+
+
+def build_models(root: Path, quick: bool) -> tuple[str, str]:
+    """(diffusion model folder, reward / critic CLIP folder), random weights from configs."""
+    import open_clip
+
+    if quick:
+        model, clip = str(build_tiny_model(root / "model")), tiny_clip(0)
+    else:
+        model = sd15_shaped_model(str(root / "model"))
+        clip = tiny_clip(0, open_clip.get_model_config("ViT-L-14"), size=224)
+    return model, str(save_open_clip(clip, root / "clip"))
+
+
+def suite_config(model: str, clip: str, args: argparse.Namespace, batch: int) -> RunConfig:
+    """The SD-1.5 scenario on the random models, at this batch, steps and precision."""
+    keep = min(10, args.steps)
+    minibatch = args.minibatch or math.gcd(batch, 4)  # the scenario's 4 where it divides
+    return load_config(
+        SCENARIO,
+        [
+            f"model.pretrained={model}",
+            f"model.dtype={args.dtype}",
+            "model.local_files_only=true",
+            f"reward.clip_model={clip}",
+            "reward.clip_pretrained=null",
+            f"sampler.num_steps={args.steps}",
+            f"sampler.guidance_scale={args.guidance}",
+            f"sampler.keep_steps={keep}",
+            f"sampler.batch_size={batch}",
+            f"learner.batch_size={batch}",
+            f"learner.minibatch_size={minibatch}",
+            f"learner.train_steps={keep}",
+            "critic.warmup_steps=0",  # the step measured updates the policy, as every later one
+            f"runtime.device={args.device}",
+        ],
+    )
+
+
+def with_compile(cfg: RunConfig, on: bool) -> RunConfig:
+    return cfg.model_copy(update={"actors": cfg.actors.model_copy(update={"compile": on})})
+
+
+def tensor_bytes(module: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
+
+
+def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -> dict:
+    """images/s and peak memory: plain StableDiffusionPipeline, our actor, our compiled actor."""
+    from diffusers import StableDiffusionPipeline
+
+    b, held = args.batch, {}
+    m0 = mem.allocated()
+    comps = load_components(cfg.model.pretrained, dtype=args.dtype, device=device)
+    pipe = StableDiffusionPipeline(
+        comps.vae, comps.text_encoder, comps.tokenizer, comps.unet, comps.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # the same DDIM config (loaded as the actor loads it), steps, eta, CFG, batch and dtype
+    pipe.set_progress_bar_config(disable=True)
+    m1 = mem.allocated()
+    actor = build_actor(with_compile(cfg, False), 0, device)
+    m2 = mem.allocated()
+    held.update(diffusers=m1 - m0, actor=m2 - m1)
+    prompts = [f"a photo of object {i}" for i in range(b)]
+
+    def diffusers_loop() -> None:
+        gens = [torch.Generator(device=device).manual_seed(i) for i in range(b)]
+        with torch.no_grad():
+            pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, eta=1.0,
+                 generator=gens, output_type="pt")
+
+    sides: dict[str, Callable[[], object]] = {
+        "diffusers": diffusers_loop,
+        "actor": lambda: actor.sample_batch(b),
+    }
+    first: dict[str, float] = {}
+    if args.compile:
+        compiled = build_actor(with_compile(cfg, True), 1, device)
+        held["actor_compiled"] = mem.allocated() - m2
+        sides["actor_compiled"] = lambda: compiled.sample_batch(b)
+        first["actor_compiled"] = timed(sides["actor_compiled"], device, mem)[0]  # compiles
+    for name, fn in sides.items():  # warm-up (and a second compiled call: any recompile)
+        t = timed(fn, device, mem)[0]
+        first.setdefault(name, t)
+    times: dict[str, list[float]] = {n: [] for n in sides}
+    extra: dict[str, int] = dict.fromkeys(sides, 0)
+    sample_s0 = actor.stats.sample_s
+    for _ in range(args.repeats):
+        for name, fn in sides.items():
+            dt, x = timed(fn, device, mem)
+            times[name].append(dt)
+            extra[name] = max(extra[name], x)
+    sampler_s = (actor.stats.sample_s - sample_s0) / args.repeats  # without the reward model
+    med = {n: statistics.median(v) for n, v in times.items()}
+    out = {
+        "times": times,
+        "diffusers_img_s": b / med["diffusers"],
+        "actor_img_s": b / med["actor"],
+        "actor_sampler_img_s": b / sampler_s,
+        "actor_vs_diffusers": med["diffusers"] / med["actor"],
+        "sampler_vs_diffusers": med["diffusers"] / sampler_s,
+        "actor_compiled_img_s": None,
+        "compiled_vs_eager": None,
+        "compile_first_call_s": None,
+        "peak": {n: held[n] + extra[n] for n in sides},
+    }
+    if args.compile:
+        out.update(
+            actor_compiled_img_s=b / med["actor_compiled"],
+            compiled_vs_eager=med["actor"] / med["actor_compiled"],
+            compile_first_call_s=first["actor_compiled"],
+        )
+    return out  # what it built is freed with this frame
+
+
+def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -> dict:
+    """One learner step (critic on, and off) against a plain LoRA step doing the same UNet work:
+    the learner's minibatches, as many forward+backward passes as it trains transitions."""
+    m0 = mem.allocated()
+    learner = build_learner(cfg, device=device)
+    held = mem.allocated() - m0
+    critic_held = tensor_bytes(learner.critic) if learner.critic is not None else 0
+    off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
+    ddpo = Learner(off_cfg, learner.c)  # the same UNet and LoRA parameters, no critic
+    batch = synthetic_batch(
+        learner.c, args.batch, args.steps, args.guidance, keep_steps=cfg.sampler.keep_steps
+    )
+    learner.c.scheduler.set_timesteps(args.steps, device=device)
+    eligible = step_std(learner.c.scheduler, batch.timesteps.to(device), 1.0)
+    k = batch.timesteps.shape[1]
+    n = min(cfg.learner.train_steps or k, int((eligible >= cfg.learner.min_train_std).sum(1).min()))
+    sides: dict[str, Callable[[], object]] = {
+        "plain": plain_lora_step(
+            learner, batch, minibatch=cfg.learner.minibatch_size, passes=n
+        ),
+        "learner": lambda: learner.step(batch),
+        "critic_off": lambda: ddpo.step(batch),
+    }
+    for fn in sides.values():  # warm-up: optimiser state, kernels, the critic's text cache
+        timed(fn, device, mem)
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    extra: dict[str, int] = dict.fromkeys(sides, 0)
+    for _ in range(args.repeats):
+        for name, fn in sides.items():
+            dt, x = timed(fn, device, mem)
+            times[name].append(dt)
+            extra[name] = max(extra[name], x)
+    med = {name: statistics.median(v) for name, v in times.items()}
+    own = {"plain": held - critic_held, "learner": held, "critic_off": held - critic_held}
+    out = {
+        "times": times,
+        "plain_step_s": med["plain"],
+        "learner_step_s": med["learner"],
+        "critic_off_step_s": med["critic_off"],
+        "learner_vs_plain": med["learner"] / med["plain"],
+        "critic_off_vs_plain": med["critic_off"] / med["plain"],
+        "transitions": n,
+        "stored_states": k,
+        "peak": {name: own[name] + extra[name] for name in sides},
+    }
+    return out  # what it built is freed with this frame
+
+
+def memory_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -> dict:
+    """Each alone in the process, as on its own GPU: the actor sampling a batch, then the learner
+    (batch sampled by its own UNet) taking a step. Peaks are whole-process allocator figures."""
+    out = {}
+    for name in ("actor", "learner"):
+        mem.free()
+        if name == "actor":
+            actor = build_actor(with_compile(cfg, False), 0, device)
+            actor.sample_batch(cfg.sampler.batch_size)
+            del actor
+        else:
+            learner = build_learner(cfg, device=device)
+            batch = synthetic_batch(learner.c, cfg.learner.batch_size, args.steps, args.guidance,
+                                    keep_steps=cfg.sampler.keep_steps)
+            learner.step(batch)
+            del learner, batch
+        sync(device)
+        out[name] = {
+            "allocated_gib": mem.gib(torch.cuda.max_memory_allocated()),
+            "reserved_gib": mem.gib(torch.cuda.max_memory_reserved()),
+            "fits_24gb": torch.cuda.max_memory_reserved() <= BUDGET_BYTES,
+        }
+    mem.free()
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny model, few steps, small batch: a smoke run that fits a CPU")
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cuda, cpu")
+    ap.add_argument("--batch", type=int, default=None, help="images per call (16; --quick 2)")
+    ap.add_argument("--steps", type=int, default=None, help="DDIM steps (50; --quick 4)")
+    ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
+                    help="model.dtype (float16 on CUDA, float32 on CPU)")
+    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--minibatch", type=int, default=None,
+                    help="learner.minibatch_size (the scenario's 4 where it divides the batch)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs of each (3; --quick 1)")
+    ap.add_argument("--mem-batch", type=int, default=8,
+                    help="batch of the memory check against 24 GB (CUDA only; 0 skips it)")
+    ap.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time an actor with actors.compile=true (default: on, except "
+                    "--quick on a CPU, where inductor's C++ build alone takes minutes)")
+    args = ap.parse_args(argv)
+    args.batch = args.batch or (2 if args.quick else 16)
+    args.steps = args.steps or (4 if args.quick else 50)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cuda = torch.cuda.is_available()
+    if args.device == "auto":
+        args.device = "cuda" if cuda else "cpu"
+        if not cuda and not args.quick:
+            sys.exit(
+                "bench.gpu_suite: no CUDA device visible. The full suite (SD-1.5 shapes, batch "
+                "16, 50 steps) is for a GPU; pass --quick for the tiny CPU smoke run, or "
+                "--device cpu to force the full shapes on the CPU (hours; not GPU numbers)"
+            )
+    device = torch.device(args.device)
+    if device.type == "cuda" and not cuda:
+        sys.exit(f"bench.gpu_suite: --device {args.device} but torch sees no CUDA device")
+    args.dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
+    if args.compile is None:
+        args.compile = not (args.quick and device.type == "cpu")
+    if args.quick and device.type == "cpu":
+        torch.set_num_threads(1)  # tiny models gain nothing from a second thread, and it spins
+    gpu_numbers = device.type == "cuda" and not args.quick
+    if not gpu_numbers:
+        why = "--quick: tiny model" if args.quick else "CPU"
+        print(f"NOT GPU NUMBERS ({why}, device {device}): a smoke run of the suite's code paths; "
+              "its ratios say nothing about the targets", flush=True)
+    mem = Memory(device)
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        model, clip = build_models(Path(tmp), args.quick)
+        cfg = suite_config(model, clip, args, args.batch)
+        print(f"model={'tiny' if args.quick else 'sd15-shapes'} device={device} "
+              f"dtype={args.dtype} batch={args.batch} steps={args.steps} cfg={args.guidance} "
+              f"keep={cfg.sampler.keep_steps} minibatch={cfg.learner.minibatch_size} "
+              f"repeats={args.repeats}", flush=True)
+        phase_s = {"build": time.perf_counter() - t_start}
+        t0 = time.perf_counter()
+        actor = actor_phase(cfg, args, device, mem)
+        mem.free()
+        phase_s["actor"], t0 = time.perf_counter() - t0, time.perf_counter()
+        learner = learner_phase(cfg, args, device, mem)
+        mem.free()
+        phase_s["learner"], t0 = time.perf_counter() - t0, time.perf_counter()
+        mem_check = None
+        if args.mem_batch and mem.cuda:
+            mem_check = memory_phase(suite_config(model, clip, args, args.mem_batch), args,
+                                     device, mem)
+            phase_s["memory"] = time.perf_counter() - t0
+
+    for name, v in (*actor["times"].items(), *learner["times"].items()):
+        print(f"{name:>15}: median {statistics.median(v):.3f} s  runs {[round(x, 3) for x in v]}")
+    if mem_check is None:
+        print("memory check: skipped" + ("" if mem.cuda else " (needs CUDA)"))
+    else:
+        for name, m in mem_check.items():
+            print(f"memory, {name} alone at batch {args.mem_batch}: {m['allocated_gib']} GiB "
+                  f"allocated, {m['reserved_gib']} GiB reserved (24 GB = "
+                  f"{BUDGET_BYTES / GIB:.2f} GiB): {'fits' if m['fits_24gb'] else 'DOES NOT FIT'}")
+
+    def r(x: float | None, nd: int = 3) -> float | None:
+        return None if x is None else round(x, nd)
+
+    result = {
+        "gpu_numbers": gpu_numbers,
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "model": "tiny" if args.quick else "sd15-shapes",
+        "dtype": args.dtype,
+        "batch": args.batch,
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "diffusers_img_s": r(actor["diffusers_img_s"]),
+        "actor_img_s": r(actor["actor_img_s"]),
+        "actor_sampler_img_s": r(actor["actor_sampler_img_s"]),
+        "actor_compiled_img_s": r(actor["actor_compiled_img_s"]),
+        "actor_vs_diffusers": r(actor["actor_vs_diffusers"]),
+        "sampler_vs_diffusers": r(actor["sampler_vs_diffusers"]),
+        "compiled_vs_eager": r(actor["compiled_vs_eager"]),
+        "compile_first_call_s": r(actor["compile_first_call_s"], 1),
+        "plain_step_s": r(learner["plain_step_s"], 4),
+        "learner_step_s": r(learner["learner_step_s"], 4),
+        "critic_off_step_s": r(learner["critic_off_step_s"], 4),
+        "learner_vs_plain": r(learner["learner_vs_plain"]),
+        "critic_off_vs_plain": r(learner["critic_off_vs_plain"]),
+        "transitions": learner["transitions"],
+        "stored_states": learner["stored_states"],
+        "minibatch": cfg.learner.minibatch_size,
+        "peak_gib": {n: mem.gib(v) for n, v in {**actor["peak"], **learner["peak"]}.items()},
+        "mem_batch": args.mem_batch if mem_check is not None else None,
+        "mem_check": mem_check,
+        "fits_24gb": None if mem_check is None else all(m["fits_24gb"]
+                                                        for m in mem_check.values()),
+        "targets_met": None,
+        "wall_s": round(time.perf_counter() - t_start, 1),
+        "phase_s": {k: round(v, 1) for k, v in phase_s.items()},
+    }
+    if gpu_numbers:
+        ops = {">=": float.__ge__, ">": float.__gt__, "<=": float.__le__}
+        result["targets_met"] = {
+            f"{k} {op} {bound}": None if result[k] is None else ops[op](float(result[k]), bound)
+            for k, (op, bound) in TARGETS.items()
+        } | {"fits_24gb": result["fits_24gb"]}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
