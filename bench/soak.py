@@ -5,13 +5,14 @@
 
 A real run, `critic-unlearn train` with runtime.kind=ray in a subprocess (tiny random SD model
 and reward CLIP built into a temporary folder, replay.url=auto, a learner budget it never
-reaches), is stopped with SIGTERM --duration-s after its run loop began (it creates
-metrics.jsonl then; Ray's start and the imports before are not soaked), the way `ray job stop`
-stops one: it checkpoints and exits. Meanwhile a thread here reads the RSS of every process of
-the run every --sample-every-s: the driver and everything it started (learner, actors, Redis,
-raylet, GCS and Ray's other helpers); actors are named by the pids the run writes to
-runtime.json, the learner by its Ray process title. Throughput is trajectories/s per --window-s
-window from the run's own metrics.jsonl; both clocks start when metrics.jsonl appears.
+reaches), is stopped with SIGTERM --duration-s after its first learner step, the way `ray job
+stop` stops one: it checkpoints and exits. Times count from that first step (Ray's start,
+imports and model loading are not soaked; before its loop runs, a SIGTERM would find Ray's
+handler, not the run's). Meanwhile a thread here reads the RSS of every process of the run
+every --sample-every-s: the driver and everything it started (learner, actors, Redis, raylet,
+GCS and Ray's other helpers); actors are named by the pids the run writes to runtime.json, the
+learner by its Ray process title. Throughput is trajectories/s per --window-s window from the
+run's own metrics.jsonl.
 
 A leak shows as RSS that keeps growing after warm-up: per process, growth = median of the last 3
 samples over the median of the first 3 samples at or after --warmup-s, which must stay under 5%.
@@ -210,13 +211,13 @@ def print_table(samples: list, rows: list[dict], every_s: float, actors: int) ->
 
 
 def wait_for_run(proc: subprocess.Popen, metrics: Path, timeout_s: float) -> float | None:
-    """When the run loop began (it creates metrics.jsonl then), or None if the run died or did
-    not get there in time: Ray's start and model loading are not part of the soak."""
+    """Monotonic time of the run's first logged learner step (its loop then runs and takes
+    SIGTERM as a stop; polled every 0.5 s); None if the run died or did not get there in time."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
-        if metrics.exists():
+        if metrics.exists() and read_metrics(metrics):
             return time.monotonic()
-        time.sleep(0.2)
+        time.sleep(0.5)
     return None
 
 
@@ -248,7 +249,8 @@ def main() -> None:
         with RssSampler(proc.pid, run_dir / "runtime.json", args.sample_every_s) as sampler:
             t_run = wait_for_run(proc, run_dir / "metrics.jsonl", args.start_timeout_s)
             try:
-                proc.wait(timeout=args.duration_s if t_run is not None else 0)
+                left = t_run + args.duration_s - time.monotonic() if t_run is not None else 0
+                proc.wait(timeout=max(0.0, left))
                 stopped_by_us = False
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGTERM)  # in the loop: checkpoint, export, exit
@@ -262,11 +264,15 @@ def main() -> None:
         log_text = log_path.read_text(errors="replace")
         metrics = run_dir / "metrics.jsonl"
         rows = read_metrics(metrics) if metrics.exists() else []
+        for r in rows[1:]:  # to the soak's clock: 0 at the first learner step
+            r["time_s"] -= rows[0]["time_s"]
+        if rows:
+            rows[0]["time_s"] = 0.0
         if not stopped_by_us or not rows:
             print(log_text[-4000:])
             raise SystemExit(f"the run ended by itself (exit {proc.returncode}), did not reach "
                              "its loop in time, or logged no learner step; its log is above")
-    shift = t_run - sampler.t0  # the run's clock: metrics.jsonl was created at t_run
+    shift = t_run - sampler.t0  # to the run's clock
     samples = [(t - shift, s) for t, s in sampler.samples if 0 <= t - shift <= args.duration_s]
     growth = rss_growth(samples, args.warmup_s)
     windows = throughput_windows(rows, args.warmup_s, args.window_s)
