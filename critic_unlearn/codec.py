@@ -42,6 +42,9 @@ from torch import Tensor
 from critic_unlearn.types import SamplerSettings, Trajectory
 
 TRAJECTORY_SCHEMA = "critic-unlearn/trajectory/1"
+# a trajectory with soft tokens (adversarial pool prompt): its own version, so a reader that
+# predates them refuses it instead of re-scoring it as plain text; plain ones stay /1
+SOFT_TRAJECTORY_SCHEMA = "critic-unlearn/trajectory/2"
 STATE_DICT_SCHEMA = "critic-unlearn/state-dict/1"
 CHECKSUM_ALGORITHM = "xxh3-128"
 
@@ -223,11 +226,16 @@ def _parse(data: bytes | bytearray | memoryview) -> tuple[dict, list[_Entry], me
     return meta, entries, body
 
 
-def _unpack(data: bytes | bytearray | memoryview, schema: str) -> tuple[dict, dict[str, Tensor]]:
+def _unpack(
+    data: bytes | bytearray | memoryview, *schemas: str
+) -> tuple[dict, dict[str, Tensor], str]:
+    """Header fields, tensors and the schema (one of `schemas`) of a checked record."""
     meta, entries, body = _parse(data)
-    if meta.get("schema") != schema:
+    schema = meta.get("schema")
+    if schema not in schemas:
+        expected = " or ".join(repr(s) for s in schemas)
         raise CodecError(
-            f"record schema is {meta.get('schema')!r}, expected {schema!r}: written by another "
+            f"record schema is {schema!r}, expected {expected}: written by another "
             "version or kind of record; rewrite it with this version"
         )
     header = meta.get("header", "")
@@ -266,7 +274,7 @@ def _unpack(data: bytes | bytearray | memoryview, schema: str) -> tuple[dict, di
             tensors[name] = torch.frombuffer(
                 buf, dtype=dtype, count=count, offset=start
             ).reshape(shape)
-    return fields, tensors
+    return fields, tensors, schema
 
 
 def encode_trajectory(traj: Trajectory) -> bytes:
@@ -279,6 +287,8 @@ def encode_trajectory(traj: Trajectory) -> bytes:
     }
     if traj.image is not None:
         tensors["image"] = traj.image
+    if traj.soft_tokens is not None:
+        tensors["soft_tokens"] = traj.soft_tokens
     header = {
         "prompt_id": traj.prompt_id,
         "prompt": traj.prompt,
@@ -294,11 +304,21 @@ def encode_trajectory(traj: Trajectory) -> bytes:
             "log_prob_reduction": traj.sampler.log_prob_reduction,
         },
     }
-    return _pack(TRAJECTORY_SCHEMA, header, tensors)
+    schema = TRAJECTORY_SCHEMA if traj.soft_tokens is None else SOFT_TRAJECTORY_SCHEMA
+    return _pack(schema, header, tensors)
 
 
 def decode_trajectory(data: bytes | bytearray | memoryview) -> Trajectory:
-    header, t = _unpack(data, TRAJECTORY_SCHEMA)
+    header, t, schema = _unpack(data, TRAJECTORY_SCHEMA, SOFT_TRAJECTORY_SCHEMA)
+    soft = t.get("soft_tokens")
+    if (soft is not None) != (schema == SOFT_TRAJECTORY_SCHEMA) or (
+        soft is not None and (soft.ndim != 2 or soft.dtype != torch.float32)
+    ):
+        raise CodecError(
+            f"trajectory record of schema {schema!r} has soft tokens "
+            f"{None if soft is None else (soft.dtype, tuple(soft.shape))}; /1 has none, /2 "
+            "has a (k, E) float32 tensor"
+        )
     try:
         return Trajectory(
             prompt_id=header["prompt_id"],
@@ -315,6 +335,7 @@ def decode_trajectory(data: bytes | bytearray | memoryview) -> Trajectory:
             seed=int(header["seed"]),
             sampler=SamplerSettings(**header["sampler"]),
             image=t.get("image"),
+            soft_tokens=soft,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CodecError(f"trajectory record lacks field or has a bad one: {e}") from None
@@ -328,5 +349,5 @@ def encode_state_dict(state: dict[str, Tensor], meta: dict[str, str] | None = No
 def decode_state_dict(
     data: bytes | bytearray | memoryview,
 ) -> tuple[dict[str, Tensor], dict[str, str]]:
-    header, tensors = _unpack(data, STATE_DICT_SCHEMA)
+    header, tensors, _ = _unpack(data, STATE_DICT_SCHEMA)
     return tensors, header

@@ -49,6 +49,9 @@ class Trajectory:
     seed: int
     sampler: SamplerSettings
     image: Tensor | None = field(default=None, compare=False)  # (H, W, 3) uint8, decoded x_0
+    # (k, E) float32 soft tokens put after BOS (an adversarial pool prompt), None for plain text:
+    # carried so the learner re-scores with exactly the actor's conditioning, pool or no pool
+    soft_tokens: Tensor | None = field(default=None, compare=False)
 
     @property
     def num_kept(self) -> int:
@@ -82,6 +85,8 @@ class Batch:
     prompts: list[str]
     roles: list[Role]
     sampler: SamplerSettings
+    # per trajectory its (k, E) soft tokens or None; None here: every prompt is plain text
+    soft_tokens: list[Tensor | None] | None = None
 
     @staticmethod
     def from_trajectories(trajs: list[Trajectory]) -> Batch:
@@ -102,6 +107,9 @@ class Batch:
             prompts=[t.prompt for t in trajs],
             roles=[t.role for t in trajs],
             sampler=trajs[0].sampler,
+            soft_tokens=[t.soft_tokens for t in trajs]
+            if any(t.soft_tokens is not None for t in trajs)
+            else None,
         )
 
 
@@ -112,3 +120,6 @@ class WeightsPacket:
     version: int
     state_dict: dict[str, Tensor]
     manifest: dict[str, str]  # base_model, lora_config_hash, checksum
+    # the adversarial soft-prompt pool (diffusion/soft_pool.py `to_bytes`) that goes with this
+    # version, when attack.in_loop_every > 0; actors draw forget prompts from it
+    pool: bytes | None = field(default=None, compare=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.lora import (
@@ -22,6 +23,7 @@ from critic_unlearn.diffusion.lora import (
     set_adapter_state,
 )
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
+from critic_unlearn.diffusion.soft_pool import SoftPromptPool
 from critic_unlearn.rewards import RewardModel
 from critic_unlearn.rewards.prompts import PromptSet
 from critic_unlearn.types import SamplerSettings, Trajectory, WeightsPacket
@@ -44,7 +46,8 @@ class ActorStats:
 
 class Actor:
     """Samples scored trajectories with the current adapter; `forget_fraction` of each batch
-    uses forget prompts, the rest retain prompts."""
+    uses forget prompts, the rest retain prompts. With adversarial prompts in the loop, the pool
+    that came with the weights supplies `attack.pool_fraction` of the forget prompts."""
 
     def __init__(
         self,
@@ -67,6 +70,7 @@ class Actor:
         s = cfg.sampler
         self.settings = SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction)
         self.stats = ActorStats()
+        self.soft_pool: SoftPromptPool | None = None  # from the learner, with the weights
 
     def apply_weights(self, packet: WeightsPacket) -> None:
         """Switch to `packet`'s adapter, or raise WeightsRefused and keep the current one."""
@@ -84,6 +88,12 @@ class Actor:
             )["checksum"]
             if m.get("checksum") != expected:
                 problem = "adapter bytes do not match the manifest's checksum"
+        pool = None
+        if not problem and packet.pool is not None:
+            try:
+                pool = SoftPromptPool.from_bytes(packet.pool)
+            except CodecError as e:
+                problem = f"its soft-prompt pool is unreadable ({e})"
         if problem:
             self.stats.refused_weights += 1
             raise WeightsRefused(
@@ -92,18 +102,29 @@ class Actor:
         dev = self.c.device
         set_adapter_state(self.c.unet, {k: v.to(dev) for k, v in packet.state_dict.items()})
         self.version = packet.version
+        if pool is not None:  # a packet without one (in-loop attack off) keeps the pool
+            self.soft_pool = pool
 
     def _draw_prompts(self, n: int) -> list[PromptSpec]:
+        """Forget then retain prompts; of the forget ones, round(attack.pool_fraction * share)
+        come from the soft-prompt pool (role forget, scored by their text), none while the pool
+        is empty. Without a pool the draws are those of a run without the attack."""
         n_forget = round(n * self.forget_fraction) if self.prompts.retain else n
+        n_pool = 0
+        if self.soft_pool is not None and len(self.soft_pool):
+            n_pool = round(self.cfg.attack.pool_fraction * n_forget)
         picks = []
         for role, pool, count in (
-            ("forget", self.prompts.forget, n_forget),
+            ("forget", self.prompts.forget, n_forget - n_pool),
             ("retain", self.prompts.retain, n - n_forget),
         ):
             for i in (
                 torch.randint(len(pool), (count,), generator=self.rng).tolist() if count else []
             ):
                 picks.append(PromptSpec(pool[i].id, pool[i].text, role))
+        if n_pool:
+            for entry in self.soft_pool.sample(n_pool, self.rng):  # type: ignore[union-attr]
+                picks.append(PromptSpec(entry.id, entry.text, "forget", entry.vectors))
         return picks
 
     def sample_batch(self, n: int | None = None) -> list[Trajectory]:

@@ -6,13 +6,14 @@ Each trajectory draws all its noise (x_T and every step's variance noise) from i
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.policy import compute_dtype, encode_prompts, policy_step
+from critic_unlearn.diffusion.soft_pool import encode_conditioning
 from critic_unlearn.types import Role, SamplerSettings, Trajectory
 
 
@@ -21,6 +22,8 @@ class PromptSpec:
     prompt_id: str
     text: str
     role: Role = "retain"
+    # (k, E) soft tokens after BOS (an adversarial pool prompt); None: plain text
+    soft_tokens: Tensor | None = field(default=None, compare=False)
 
 
 def choose_kept_steps(stochastic: list[int], keep: int | None, seed: int) -> list[int]:
@@ -64,7 +67,9 @@ def sample_trajectories(
     w = (width or c.default_size) // c.vae_scale_factor
     shape = (c.unet.config.in_channels, h, w)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-    cond = encode_prompts(c.tokenizer, c.text_encoder, [p.text for p in prompts])
+    soft = [p.soft_tokens for p in prompts]
+    cond = encode_conditioning(c.tokenizer, c.text_encoder, [p.text for p in prompts],
+                               soft if any(v is not None for v in soft) else None)
     uncond = None
     if settings.guidance_scale != 1.0:
         uncond = encode_prompts(c.tokenizer, c.text_encoder, [""]).expand_as(cond)
@@ -120,6 +125,8 @@ def sample_trajectories(
                 seed=seed,
                 sampler=settings,
                 image=None if images is None else images[i],
+                soft_tokens=None if spec.soft_tokens is None
+                else spec.soft_tokens.detach().float().cpu().contiguous(),
             )
         )
     return out_trajs

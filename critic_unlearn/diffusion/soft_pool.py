@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -104,18 +105,41 @@ class SoftPromptPool:
 
 
 @torch.no_grad()
+def encode_conditioning(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str],
+    soft_tokens: Sequence[Tensor | None] | None,
+) -> Tensor:
+    """(B, L, D) conditioning: prompt i with its (k, E) soft tokens after BOS when
+    `soft_tokens[i]` is given, as plain text otherwise. The one function actors sample with and
+    the learner re-scores with, so behaviour and re-scored log-probs see the same embeddings.
+    Each soft row is encoded alone, so its values do not depend on the rest of the batch."""
+    out = encode_prompts(tokenizer, text_encoder, texts)
+    if soft_tokens is None:
+        return out
+    if len(soft_tokens) != len(texts):
+        raise ValueError(f"{len(soft_tokens)} soft-token entries for {len(texts)} prompts")
+    for i, vectors in enumerate(soft_tokens):
+        if vectors is not None:
+            out[i] = encode_soft(tokenizer, text_encoder, [texts[i]], vectors.to(out.device))[0]
+    return out
+
+
+def pool_vectors(
+    prompt_ids: list[str], pool: SoftPromptPool | None
+) -> list[Tensor | None]:
+    """Each prompt's soft tokens: a pool entry's vectors for ids starting with ID_PREFIX."""
+    soft = [i for i, pid in enumerate(prompt_ids) if pid.startswith(ID_PREFIX)]
+    if soft and pool is None:
+        raise ValueError(f"prompt {prompt_ids[soft[0]]!r} is a soft prompt but no pool was given")
+    return [pool.get(pid).vectors if pid.startswith(ID_PREFIX) else None  # type: ignore[union-attr]
+            for pid in prompt_ids]
+
+
+@torch.no_grad()
 def encode_mixed(
     tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, prompt_ids: list[str],
     texts: list[str], pool: SoftPromptPool | None,
 ) -> Tensor:
     """(B, L, D) conditioning: pool prompts (ids starting with ID_PREFIX) with their soft tokens,
-    every other prompt as plain text. Actor and learner both call this, so they agree."""
-    out = encode_prompts(tokenizer, text_encoder, texts)
-    soft = [i for i, pid in enumerate(prompt_ids) if pid.startswith(ID_PREFIX)]
-    if soft and pool is None:
-        raise ValueError(f"prompt {prompt_ids[soft[0]]!r} is a soft prompt but no pool was given")
-    for i in soft:
-        entry = pool.get(prompt_ids[i])  # type: ignore[union-attr]
-        out[i] = encode_soft(tokenizer, text_encoder, [entry.text],
-                             entry.vectors.to(out.device))[0]
-    return out
+    every other prompt as plain text (`encode_conditioning` with the pool's vectors)."""
+    return encode_conditioning(tokenizer, text_encoder, texts, pool_vectors(prompt_ids, pool))

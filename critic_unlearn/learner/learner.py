@@ -39,6 +39,7 @@ from critic_unlearn.diffusion.policy import (
     policy_step,
     precision_context,
 )
+from critic_unlearn.diffusion.soft_pool import encode_conditioning
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
 from critic_unlearn.learner.critic import Critic, make_vae_decode
 from critic_unlearn.learner.diagnostics import WindowedDiagnostics
@@ -113,7 +114,7 @@ class Learner:
         if self.reward_tracker is not None:
             rewards = self.reward_tracker.update(batch.prompts, raw_rewards)
         staleness = (self.version - batch.versions).float().mean().item()
-        cond = encode_prompts(self.c.tokenizer, self.c.text_encoder, batch.prompts)
+        cond = self.conditioning(batch)
         self.c.scheduler.set_timesteps(batch.sampler.num_steps, device=dev)
 
         log_rhos, x0 = self._current_policy(batch, lat, nxt, ts, old_lp, cond)
@@ -189,6 +190,14 @@ class Learner:
         if values is not None:
             metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
         return metrics
+
+    def conditioning(self, batch: Batch) -> Tensor:
+        """(B, L, D) prompt embeddings to re-score with: the function the actors sampled with,
+        fed the soft tokens the trajectories carry (adversarial pool prompts), so the learner
+        needs no pool and behaviour and re-scored log-probs see the same conditioning."""
+        return encode_conditioning(
+            self.c.tokenizer, self.c.text_encoder, batch.prompts, batch.soft_tokens
+        )
 
     def _pick(self, eligible: Tensor, n: int) -> Tensor:
         """n random positions among a trajectory's eligible transitions (learner's own RNG)."""

@@ -26,6 +26,7 @@ from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
 from critic_unlearn.replay import ReplayTimeout, ReplayWriter, WeightStore, decode_packet
 from critic_unlearn.runtime.cluster import quiet_worker_logging
+from critic_unlearn.runtime.weights import unfold_pool
 from critic_unlearn.training.reports import BatchReport, ua_proxy
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.types import Trajectory, WeightsPacket
@@ -97,7 +98,7 @@ class ActorWorker:
         try:
             blob = ray.get(refs[0], timeout=self.cfg.actors.weight_fetch_timeout_s)
             t1 = time.perf_counter()
-            packet = decode_packet(blob)
+            packet = unfold_pool(decode_packet(blob))  # the soft-prompt pool, if any, apart
             self.last_weights = time.monotonic()
         except (ray.exceptions.RayError, CodecError) as e:
             self.fetch_failures += 1
@@ -164,6 +165,7 @@ class ActorWorker:
             if latest is None or latest <= self._newest_known():
                 return False
             packet = self.store.get()
+            packet = None if packet is None else unfold_pool(packet)
         except Exception as e:  # Redis gone past its deadline, corrupt blob: keep sampling
             self.fetch_failures += 1
             self._say(

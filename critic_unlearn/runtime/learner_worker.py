@@ -4,6 +4,12 @@
 hold it) and then returns, so the driver stays responsive to Ctrl-C and dead actors while the
 learner waits. Publishing goes through `RayPublisher`: one `ray.put` and one Redis write per
 version; the reference comes back to the driver in the step's report.
+
+Adversarial prompts in the loop (`attack.in_loop_every` = N > 0): every N policy versions, after
+the step, the learned-prompt attack runs against the learner's own UNet (the adapter just
+trained) and its tokens join the bounded soft-prompt pool; the pool goes out with that very
+version, in the same packet (`WeightsPacket.pool`). Here, because the attack lives in
+`evaluation`, which the learner and actors may not import; both runtimes run this worker.
 """
 
 from __future__ import annotations
@@ -12,12 +18,16 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import replace
 from typing import Protocol
 
 import torch
 
-from critic_unlearn.config import RunConfig
+from critic_unlearn.config import ConfigError, RunConfig
+from critic_unlearn.diffusion.soft_pool import SoftPromptPool
+from critic_unlearn.evaluation.attack_loop import refresh_pool
 from critic_unlearn.replay import ReplaySampler, ReplayTimeout, WeightStore
+from critic_unlearn.rewards.openclip_loading import LoadedClip, load_open_clip
 from critic_unlearn.runtime.cluster import quiet_worker_logging
 from critic_unlearn.runtime.weights import RayPublisher
 from critic_unlearn.training.reports import Published, StepReport
@@ -35,6 +45,28 @@ class ReportingPublisher(Protocol):
     def take_new(self) -> Published | None: ...
 
 
+class PoolPublisher:
+    """Between the learner and the real publisher when the attack runs in the loop: a version
+    the learner publishes is held until the worker has (maybe) refreshed the pool, then goes
+    out with the pool's bytes, so a pool always travels with the adapter it was found against."""
+
+    def __init__(self, inner: ReportingPublisher, pool: SoftPromptPool) -> None:
+        self.inner, self.pool = inner, pool
+        self.held: WeightsPacket | None = None
+
+    def publish(self, packet: WeightsPacket) -> None:
+        self.held = packet
+
+    def flush(self, packet: WeightsPacket | None = None) -> None:
+        """Publish the held version (or `packet`) with the pool as it is now."""
+        packet, self.held = packet or self.held, None
+        if packet is not None:
+            self.inner.publish(replace(packet, pool=self.pool.to_bytes()))
+
+    def take_new(self) -> Published | None:
+        return self.inner.take_new()
+
+
 class LearnerWorker:
     """Holds the learner, the replay sampler and the weight publisher."""
 
@@ -48,8 +80,23 @@ class LearnerWorker:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg
         self.store = WeightStore(cfg.replay, namespace)
-        self.publisher = publisher or RayPublisher(self.store)
+        self.publisher: ReportingPublisher = publisher or RayPublisher(self.store)
+        self.pool: SoftPromptPool | None = None
+        self.attack_clip: LoadedClip | None = None
+        self.attack_s_total = 0.0
+        if cfg.attack.in_loop_every > 0:
+            if cfg.learner.algorithm == "esd":
+                raise ConfigError(
+                    "attack.in_loop_every > 0 needs learner.algorithm = ppo (ESD conditions on "
+                    "prompt text only); set attack.in_loop_every=0"
+                )
+            self.pool = SoftPromptPool(cfg.attack.pool_size)
+            self.publisher = PoolPublisher(self.publisher, self.pool)
         self.learner = build_learner(cfg, self.publisher)
+        if self.pool is not None:  # the attacker's classifier: the reward's CLIP, as in `attack`
+            self.attack_clip = load_open_clip(
+                cfg.reward.clip_model, cfg.reward.clip_pretrained, self.learner.device
+            )
         self.sampler = ReplaySampler(cfg.replay, namespace=namespace)
         self.stale_unblocks = 0
 
@@ -72,6 +119,8 @@ class LearnerWorker:
             else:  # the buffer did not survive (private server): count afresh
                 self.sampler.rate_limiter.reset()
         self.publisher.publish(self.learner.weights())
+        if isinstance(self.publisher, PoolPublisher):
+            self.publisher.flush()
         return self._report(False, reason="setup")
 
     def try_step(self, wait_s: float) -> StepReport:
@@ -88,11 +137,28 @@ class LearnerWorker:
         batch = Batch.from_trajectories([r.trajectory for r in records])
         staleness = Counter((self.learner.version - batch.versions).tolist())
         t0 = time.perf_counter()
+        version = self.learner.version
         metrics = self.learner.step(batch)
         step_s = time.perf_counter() - t0
+        if isinstance(self.publisher, PoolPublisher):
+            metrics.update(self._adversarial(self.publisher, version))
         metrics["replay/size"] = float(self.sampler.size())
         metrics["replay/stale_unblocks"] = float(self.stale_unblocks)
         return self._report(True, metrics, dict(staleness), step_s)
+
+    def _adversarial(self, publisher: PoolPublisher, before: int) -> dict[str, float]:
+        """After a step: every attack.in_loop_every policy versions, attack the adapter just
+        trained and add what was found to the pool; then publish what the step held, and the
+        refreshed pool at once with this version even off the learner.publish_every beat."""
+        v, every = self.learner.version, self.cfg.attack.in_loop_every
+        if v == before or v % every:
+            publisher.flush()
+            return {}
+        assert self.pool is not None and self.attack_clip is not None
+        m = refresh_pool(self.pool, self.learner.c, self.attack_clip, self.cfg, step=v)
+        self.attack_s_total += m["adversarial/attack_s"]
+        publisher.flush(publisher.held or self.learner.weights())
+        return {**m, "adversarial/attack_s_total": round(self.attack_s_total, 3)}
 
     def _unblock_if_all_stale(self) -> str:
         """Break the deadlock the limiter and the staleness bound can make together (see
