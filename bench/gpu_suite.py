@@ -59,6 +59,8 @@ class Memory:
         return torch.cuda.memory_allocated() if self.cuda else 0
 
     def free(self) -> None:
+        """Drop what the last phase built (compiled graphs included) and restart the peaks."""
+        torch._dynamo.reset()
         gc.collect()
         if self.cuda:
             torch.cuda.empty_cache()
@@ -200,15 +202,16 @@ def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory)
     the learner's minibatches, as many forward+backward passes as it trains transitions."""
     m0 = mem.allocated()
     learner = build_learner(cfg, device=device)
-    held = mem.allocated() - m0
-    critic_held = tensor_bytes(learner.critic) if learner.critic is not None else 0
+    held = mem.allocated() - m0  # the model, LoRA, critic and its CLIP text tower
+    c = learner.c
+    model_held = sum(tensor_bytes(m) for m in (c.unet, c.vae, c.text_encoder))  # no critic
     off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
     ddpo = Learner(off_cfg, learner.c)  # the same UNet and LoRA parameters, no critic
     batch = synthetic_batch(
         learner.c, args.batch, args.steps, args.guidance, keep_steps=cfg.sampler.keep_steps
     )
     learner.c.scheduler.set_timesteps(args.steps, device=device)
-    eligible = step_std(learner.c.scheduler, batch.timesteps.to(device), 1.0)
+    eligible = step_std(learner.c.scheduler, batch.timesteps.to(device), batch.sampler.eta)
     k = batch.timesteps.shape[1]
     n = min(cfg.learner.train_steps or k, int((eligible >= cfg.learner.min_train_std).sum(1).min()))
     sides: dict[str, Callable[[], object]] = {
@@ -228,7 +231,7 @@ def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory)
             times[name].append(dt)
             extra[name] = max(extra[name], x)
     med = {name: statistics.median(v) for name, v in times.items()}
-    own = {"plain": held - critic_held, "learner": held, "critic_off": held - critic_held}
+    own = {"plain": model_held, "learner": held, "critic_off": model_held}
     out = {
         "times": times,
         "plain_step_s": med["plain"],
@@ -245,10 +248,12 @@ def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory)
 
 def memory_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -> dict:
     """Each alone in the process, as on its own GPU: the actor sampling a batch, then the learner
-    (batch sampled by its own UNet) taking a step. Peaks are whole-process allocator figures."""
+    (batch sampled by its own UNet) taking a step. Peaks are the allocator's, above whatever the
+    earlier phases left allocated (reported as `left_gib`; ~0)."""
     out = {}
     for name in ("actor", "learner"):
         mem.free()
+        base = mem.allocated()
         if name == "actor":
             actor = build_actor(with_compile(cfg, False), 0, device)
             actor.sample_batch(cfg.sampler.batch_size)
@@ -260,10 +265,12 @@ def memory_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) 
             learner.step(batch)
             del learner, batch
         sync(device)
+        reserved = torch.cuda.max_memory_reserved() - base
         out[name] = {
-            "allocated_gib": mem.gib(torch.cuda.max_memory_allocated()),
-            "reserved_gib": mem.gib(torch.cuda.max_memory_reserved()),
-            "fits_24gb": torch.cuda.max_memory_reserved() <= BUDGET_BYTES,
+            "allocated_gib": mem.gib(torch.cuda.max_memory_allocated() - base),
+            "reserved_gib": mem.gib(reserved),
+            "left_gib": mem.gib(base),
+            "fits_24gb": reserved <= BUDGET_BYTES,
         }
     mem.free()
     return out

@@ -66,10 +66,11 @@ def plain_lora_step(
     learner: Learner, batch: Batch, *, minibatch: int | None = None, passes: int = 1
 ) -> Callable[[], None]:
     """What a diffusers LoRA fine-tuning script does, on the learner's UNet and LoRA: noise the
-    batch's clean latents at random t, predict the noise with a CFG-doubled batch, MSE, backward,
-    AdamW. `minibatch` trajectories per optimiser step (None: the whole batch), `passes`
-    forward+backward passes accumulated before each step: with the learner's minibatch and its
-    transitions per trajectory, the same UNet work as one learner step's policy update."""
+    batch's last stored latents (x_0 when every step is kept) at random t, predict the noise
+    with a CFG-doubled batch, MSE, backward, AdamW. `minibatch` trajectories per optimiser step
+    (None: the whole batch), `passes` forward+backward passes accumulated before each step: with
+    the learner's minibatch and its transitions per trajectory, the same UNet work as one
+    learner step's policy update."""
     unet, sched, device = learner.c.unet, learner.c.scheduler, learner.device
     x0_all = batch.next_latents[:, -1].to(device)
     cond_all = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)
