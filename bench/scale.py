@@ -441,7 +441,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.actors, args.phase_s, args.warmup_s, args.batch = "1,2", 3.0, 1.0, 4
-        args.min_size = 4
+        args.min_size, args.learner_batch = 4, 4
     counts = sorted(int(x) for x in args.actors.split(","))
     shard_counts = sorted(int(x) for x in args.shards.split(","))
     torch.set_num_threads(1)
