@@ -141,6 +141,10 @@ class LearnerWorker:
         metrics = self.learner.step(batch)
         step_s = time.perf_counter() - t0
         if isinstance(self.publisher, PoolPublisher):
+            soft = batch.soft_tokens or []
+            metrics["adversarial/batch_pool_share"] = sum(v is not None for v in soft) / len(
+                batch.prompts
+            )
             metrics.update(self._adversarial(self.publisher, version))
         metrics["replay/size"] = float(self.sampler.size())
         metrics["replay/stale_unblocks"] = float(self.stale_unblocks)
