@@ -5,12 +5,16 @@ need a local filesystem). For a URL run_dir that folder is a staging copy, and `
 the remote folder in step with it:
 
 - `pull` at start makes the staging copy equal to the remote run (the remote is the truth), so a
-  rerun on another node resumes from the remote checkpoint when the first node died;
+  rerun on another node resumes from the remote checkpoint when the first node died; when the
+  store has nothing yet, the staging folder is kept (an earlier attempt on this node that could
+  not push) and pushed at the next checkpoint;
 - `push` after every checkpoint and at the end uploads the files that changed since the last
-  push, each as one whole object: an object store's PUT (also a multipart upload) becomes
-  visible whole or not at all; on a filesystem (file://, sftp://, hdfs://) the file goes to a
-  temporary name first and is renamed. The checkpoint goes last, after the snapshots and the
-  metrics it refers to, so a remote checkpoint never points at a snapshot that is missing.
+  push (by size, mtime and inode, kept in the staging folder's `.pushed.json`, so the loop does
+  not send again what the start's pull brought down), each as one whole object: an object
+  store's PUT (a multipart upload too) becomes visible whole or not at all; on a filesystem
+  (file://, sftp://, hdfs://) the file goes to a temporary name first and is renamed. The
+  checkpoint goes last, after the snapshots and the metrics it refers to, so a remote checkpoint
+  never points at a snapshot that is missing.
 
 A push that fails during the run is logged and retried at the next checkpoint (a network blip
 must not stop a day-long run); the final push raises, naming the staging folder that holds the
@@ -20,20 +24,24 @@ seconds.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from critic_unlearn.config import RunConfig, run_dir_url
+from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.training.errors import RunFailure
 
 log = logging.getLogger(__name__)
 OBJECT_STORES = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}  # a PUT is atomic per object
 LAST = "checkpoints/"  # pushed after everything else
 _TMP = ".tmp-"  # temporary names (io_utils' and ours): never pushed, never pulled
+PUSHED = ".pushed.json"  # in the staging folder: what the store has, by local stamp
 
 
-class StorageError(RuntimeError):
+class StorageError(RunFailure):
     """The remote run folder could not be read or written; says where the run's files are."""
 
 
@@ -81,7 +89,7 @@ class RunStore:
             protocols = self.fs.protocol
             protocols = {protocols} if isinstance(protocols, str) else set(protocols)
             self.whole_objects = bool(protocols & OBJECT_STORES)
-        self.pushed: dict[str, tuple[int, ...]] = {}  # relative path -> its stamp when sent
+        self.pushed = self._read_pushed() if url else {}  # relative path -> stamp when sent
 
     @classmethod
     def for_run(cls, cfg: RunConfig, run_dir: Path) -> RunStore:
@@ -93,12 +101,14 @@ class RunStore:
 
     # -- remote -> staging --------------------------------------------------------------------
     def pull(self) -> list[str]:
-        """Make the staging folder a copy of the remote run (empty when the run is new). Returns
-        the relative paths downloaded."""
+        """Make the staging folder a copy of the remote run; keep it when the store has nothing
+        of the run yet. Returns the relative paths downloaded."""
         if self.fs is None:
             return []
         try:
             remote = self._remote_files()
+            if not remote:
+                self.pushed = {}  # all of it goes up at the next push
             self._drop_local_extras(set(remote))
             for rel, path in sorted(remote.items()):
                 dest = self.local / rel
@@ -112,6 +122,7 @@ class RunStore:
                 f"could not read the run at {self.url} into {self.local} ({type(e).__name__}: "
                 f"{e}); check runtime.run_dir, runtime.storage_options and the credentials"
             ) from e
+        self._write_pushed()
         return sorted(remote)
 
     def _remote_files(self) -> dict[str, str]:
@@ -127,9 +138,10 @@ class RunStore:
 
     def _drop_local_extras(self, keep: set[str]) -> None:
         """Files of an earlier attempt on this node that the remote run does not have."""
-        for rel in self._local_files():
+        for rel in self._local_files() if keep else []:
             if rel not in keep:
                 (self.local / rel).unlink()
+                self.pushed.pop(rel, None)
 
     # -- staging -> remote --------------------------------------------------------------------
     def push(self, final: bool = False) -> list[str]:
@@ -152,9 +164,13 @@ class RunStore:
             )
             if final:
                 raise StorageError(
-                    f"{msg}: copy it there, or rerun the same command to push it"
+                    f"{msg}: copy it there, or rerun the same command (it resumes from the last "
+                    "checkpoint the store holds and pushes again)"
                 ) from e
             log.error("%s; retrying at the next checkpoint", msg)
+        finally:
+            if sent:
+                self._write_pushed()
         return sent
 
     def _put(self, rel: str) -> None:
@@ -175,8 +191,18 @@ class RunStore:
         return sorted(
             p.relative_to(self.local).as_posix()
             for p in self.local.rglob("*")
-            if p.is_file() and _TMP not in p.name
+            if p.is_file() and _TMP not in p.name and p.name != PUSHED
         )
+
+    def _read_pushed(self) -> dict[str, tuple[int, ...]]:
+        try:
+            data = json.loads((self.local / PUSHED).read_text())
+            return {str(k): tuple(int(x) for x in v) for k, v in data.items()}
+        except (OSError, ValueError, TypeError, AttributeError):  # none yet, or unreadable:
+            return {}  # then everything is sent once more
+
+    def _write_pushed(self) -> None:
+        atomic_write_text(self.local / PUSHED, json.dumps(self.pushed))
 
     def _stamp(self, rel: str) -> tuple[int, ...]:
         """Changes when a file grows (appends) or is replaced (io_utils' rename: a new inode)."""

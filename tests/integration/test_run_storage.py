@@ -190,17 +190,21 @@ def test_pull_makes_the_staging_folder_equal_to_the_remote_run(store_url, tmp_pa
     assert (local / CHECKPOINT).read_bytes() == b"remote ckpt"
     assert not (local / "adapter/snapshots/step_000008.safetensors").exists()
     assert not list(local.rglob("*.tmp-*"))
-    assert store.push() == []  # what came down is not sent back up
-    # a run that is new remotely starts from an empty staging folder
-    fresh = staged(tmp_path / "stage" / "run3", {CHECKPOINT: "stale"})
-    assert RunStore(fresh, f"{url}/run3", options).pull() == []
-    assert not (fresh / CHECKPOINT).exists()
+    assert store.push() == []  # what came down is not sent back up...
+    assert RunStore(local, f"{url}/run2", options).push() == []  # ...by the loop's store either
+    # nothing stored yet: an earlier attempt on this node that never pushed is kept and sent
+    earlier = staged(tmp_path / "stage" / "run3", {CHECKPOINT: "unpushed", ".pushed.json": "{"})
+    assert RunStore(earlier, f"{url}/run3", options).pull() == []
+    assert (earlier / CHECKPOINT).read_text() == "unpushed"
+    assert RunStore(earlier, f"{url}/run3", options).push() == [CHECKPOINT]
+    assert remote_files(f"{url}/run3", options) == {CHECKPOINT: b"unpushed"}
 
 
 def test_prepare_run_dir_stages_a_url_run_and_keeps_local_paths(store_url, tmp_path):
     url, options = store_url
     put_remote(f"{url}/named", options, {CHECKPOINT: b"from the first node"})
-    cfg = load_config(None, [*overrides(url, options, tmp_path / "cache"), "runtime.run_name=named"])
+    staging = overrides(url, options, tmp_path / "cache")
+    cfg = load_config(None, [*staging, "runtime.run_name=named"])
     run_dir = prepare_run_dir(cfg)
     assert run_dir.name == "named" and run_dir.is_relative_to(tmp_path / "cache")
     assert (run_dir / CHECKPOINT).read_bytes() == b"from the first node"
