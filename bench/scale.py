@@ -96,9 +96,10 @@ class SyntheticActor:
         return len(encode_trajectory(self.template))
 
     def run(self, replay: ReplayConfig, namespace: str, rate: float, batch: int, offset_s: float,
-            start_at: float, end_at: float) -> dict:
+            start_at: float, end_at: float, drain_until: float) -> dict:
         """Room, a batch's GPU time, write the batch; until end_at. Per batch: when it was
-        written and how many, so the caller can count whole periods."""
+        written and how many, so the caller can count whole periods. A write still held by the
+        limiter at drain_until (the learner has stopped drawing) ends the loop."""
         writer = ReplayWriter(replay, namespace=namespace)
         done: list[tuple[float, int]] = []
         write_ms: list[float] = []
@@ -117,7 +118,10 @@ class SyntheticActor:
                     t = replace(self.template, version=version, seed=self.next_seed)
                     self.next_seed += 1
                     tw = time.perf_counter()
-                    writer.write(t)
+                    try:
+                        writer.write(t, timeout_s=max(0.1, drain_until - time.time()))
+                    except ReplayTimeout:
+                        return {"done": done, "write_ms": write_ms, "room_wait_s": room_wait_s}
                     write_ms.append((time.perf_counter() - tw) * 1e3)
                 done.append((time.time(), batch))
         finally:
@@ -163,26 +167,26 @@ class SyntheticLearner:
         return self.pub.publish(version)
 
     def run(self, replay: ReplayConfig, namespace: str, batch: int, step_s: float,
-            wait_s: float | None, measure_from: float, end_at: float) -> dict:
-        """Sample until end_at; latencies of the draws that began after measure_from. A draw
-        waits at most `wait_s` for its whole batch (None: to end_at), then its records are
-        lost, as in `LearnerWorker.try_step`."""
+            wait_s: float | None, measure_from: float, end_at: float, drain_until: float) -> dict:
+        """Sample until drain_until (so the actors' last batches get in); latencies of the
+        draws that began in [measure_from, end_at). A draw waits at most `wait_s` for its whole
+        batch (None: no limit), then its records are lost, as in `LearnerWorker.try_step`."""
         sampler = ReplaySampler(replay, namespace=namespace)
         lat_ms: list[float] = []
         service_ms: list[float] = []
         timeouts = 0
         try:
-            while time.time() < end_at:
+            while time.time() < drain_until:
                 began = time.time()
                 t0, b0 = time.perf_counter(), sampler.counters.blocked_s
                 try:
                     sampler.sample(batch, min_version=sampler.min_version_for(self.version),
-                                   timeout_s=max(0.05, min(wait_s or 1e9, end_at - began)))
+                                   timeout_s=max(0.05, min(wait_s or 1e9, drain_until - began)))
                 except ReplayTimeout:
-                    timeouts += 1
+                    timeouts += began < end_at
                     continue
                 dt = time.perf_counter() - t0
-                if began >= measure_from:
+                if measure_from <= began < end_at:
                     lat_ms.append(dt * 1e3)
                     service_ms.append((dt - (sampler.counters.blocked_s - b0)) * 1e3)
                 if step_s:
@@ -266,6 +270,7 @@ def run_phase(args, actors: list, learner, learner_pid: int, redis, n: int, shar
     start_at = time.time() + 0.5
     measure_from = start_at + warmup
     end_at = measure_from + args.phase_s
+    drain_until = end_at + period + 5.0  # the learner draws on while the last batches land
     counter = ReplaySampler(replay, namespace=ns)
     counter.clear()
     pids = {"learner": [learner_pid], "actors": [a[1] for a in actors[:n]],
@@ -273,8 +278,9 @@ def run_phase(args, actors: list, learner, learner_pid: int, redis, n: int, shar
     window = Window(pids, counter)
     watcher = window.watch(measure_from, end_at)
     lref = learner.run.remote(replay, ns, args.learner_batch, args.learner_step_s,
-                              args.learner_wait_s, measure_from, end_at)
-    arefs = [h.run.remote(replay, ns, args.rate, args.batch, period * i / n, start_at, end_at)
+                              args.learner_wait_s, measure_from, end_at, drain_until)
+    arefs = [h.run.remote(replay, ns, args.rate, args.batch, period * i / n, start_at, end_at,
+                          drain_until)
              for i, (h, _) in enumerate(actors[:n])]
     bcast: list[float] = []
     version = version0
