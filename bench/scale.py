@@ -270,7 +270,7 @@ def run_phase(args, actors: list, learner, learner_pid: int, redis, n: int, shar
     start_at = time.time() + 0.5
     measure_from = start_at + warmup
     end_at = measure_from + args.phase_s
-    drain_until = end_at + period + 5.0  # the learner draws on while the last batches land
+    drain_until = end_at + period + 2.0  # the learner draws on while the last batches land
     counter = ReplaySampler(replay, namespace=ns)
     counter.clear()
     pids = {"learner": [learner_pid], "actors": [a[1] for a in actors[:n]],
@@ -430,7 +430,7 @@ def main() -> None:
     ap.add_argument("--num-steps", type=int, default=50, help="DDIM steps per trajectory")
     ap.add_argument("--keep-steps", type=int, default=None,
                     help="transitions stored per trajectory (sampler.keep_steps; default all)")
-    ap.add_argument("--phase-s", type=float, default=12.0, help="measured seconds per phase")
+    ap.add_argument("--phase-s", type=float, default=10.0, help="measured seconds per phase")
     ap.add_argument("--warmup-s", type=float, default=3.0, help="unmeasured seconds per phase")
     ap.add_argument("--learner-batch", type=int, default=32, help="records per learner draw")
     ap.add_argument("--learner-step-s", type=float, default=0.0,
