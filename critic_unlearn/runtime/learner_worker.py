@@ -35,6 +35,7 @@ from critic_unlearn.training.setup import build_learner
 from critic_unlearn.types import Batch, WeightsPacket
 
 log = logging.getLogger(__name__)
+POOL_KEY = "attack_pool"  # the soft-prompt pool in the learner's part of a checkpoint
 
 
 class ReportingPublisher(Protocol):
@@ -112,6 +113,10 @@ class LearnerWorker:
             self.store.clear()
         elif state is not None:
             self.learner.load_state_dict(state["learner"])
+            saved = state["learner"].get(POOL_KEY)
+            if self.pool is not None and saved is not None:  # the pool goes on where it was
+                for p in SoftPromptPool.from_bytes(saved.numpy().tobytes()).prompts:
+                    self.pool.add(p.text, p.vectors)
             if restart:
                 pass  # the limiter's counters in Redis are newer than the checkpoint's
             elif self.sampler.size() >= self.cfg.replay.min_size_to_sample:
@@ -205,10 +210,10 @@ class LearnerWorker:
 
     def checkpoint_state(self) -> dict:
         """The learner's share of a checkpoint (the driver adds actors and counters)."""
-        return {
-            "learner": self.learner.state_dict(),
-            "replay_limiter": self.sampler.rate_limiter.state_dict(),
-        }
+        learner = self.learner.state_dict()
+        if self.pool is not None:  # the pool's own blob (checksummed) as one uint8 tensor
+            learner[POOL_KEY] = torch.frombuffer(bytearray(self.pool.to_bytes()), dtype=torch.uint8)
+        return {"learner": learner, "replay_limiter": self.sampler.rate_limiter.state_dict()}
 
     def adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
         p = self.learner.weights()
