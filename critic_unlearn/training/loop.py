@@ -204,10 +204,11 @@ class RunLoop:
         state = read_run_state(self.ckpt)
         self.metrics = MetricsLogger(self.run_dir)
         try:
-            self._start(state)
-            with sigterm_as_exit(), ProgressView(self.stats, self.console, every_s) as v:
-                self.view = v
-                self._run_to_budget()
+            with sigterm_as_exit():  # from the start: a SIGTERM while workers start exits cleanly
+                self._start(state)
+                with ProgressView(self.stats, self.console, every_s) as v:
+                    self.view = v
+                    self._run_to_budget()
             self._checkpoint()
             export_adapter(self.run_dir, self.rt.adapter(None))
         finally:
