@@ -60,12 +60,20 @@ class ReplaySampler:
                     continue
                 self.counters.stale_waits += res.status == "stale"
                 if waiter.expired():
+                    self._give_back(out)
                     raise ReplayTimeout(self._timeout_message(res, n, len(out), min_version,
                                                               waiter.timeout_s))
                 waiter.pause()
         finally:
             self.counters.blocked_s += waiter.blocked_s
         return out
+
+    def _give_back(self, drawn: list[SampledRecord]) -> None:
+        """A batch that timed out half drawn is dropped: its draws go back to the limiter, or
+        every wait would spend samples the learner never trained on."""
+        if drawn:
+            self.shards[0].limit("release", len(drawn), 0, self.rate_limiter.params.as_args())
+            self.counters.samples -= len(drawn)
 
     def _draw(self, n: int, min_version: int) -> SampleResult:
         kw = dict(min_version=min_version, mode=self.cfg.sampling,

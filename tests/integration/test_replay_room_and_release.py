@@ -42,6 +42,18 @@ def test_room_is_granted_and_refused_at_the_exact_boundary(replay_cfg, make_traj
             w.has_room(0)
 
 
+def test_a_half_drawn_batch_that_times_out_gives_its_draws_back(replay_cfg, make_traj):
+    # spi 1, min size 4, error buffer 4: 6 inserts grant 6 - (4 - 4) = 6 samples, not 8
+    cfg = replay_cfg(capacity=64, samples_per_insert=1.0, min_size_to_sample=4, error_buffer=4.0)
+    with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:
+        for i in range(6):
+            w.write(make_traj(i), timeout_s=0.1)
+        with pytest.raises(ReplayTimeout, match="with 6 drawn"):
+            s.sample(8, min_version=0, timeout_s=0.2)
+        assert s.rate_limiter.counts() == {"inserts": 6, "samples": 0}  # none were spent
+        assert len(s.sample(6, min_version=0, timeout_s=0.1)) == 6  # still there to draw
+
+
 def test_below_min_size_room_counts_stored_records_not_counters(replay_cfg):
     cfg = replay_cfg(capacity=64, samples_per_insert=1.0, min_size_to_sample=4, error_buffer=8.0)
     with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:
