@@ -84,6 +84,11 @@ def timed(fn: Callable[[], object], device: torch.device, mem: Memory) -> tuple[
     return dt, extra
 
 
+def say(what: str) -> None:
+    """Progress on stderr (the phase a timeout stopped in); stdout ends with the JSON."""
+    print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
+
+
 def build_models(root: Path, quick: bool) -> tuple[str, str]:
     """(diffusion model folder, reward / critic CLIP folder), random weights from configs."""
     import open_clip
@@ -112,6 +117,8 @@ def suite_config(model: str, clip: str, args: argparse.Namespace, batch: int) ->
             f"sampler.guidance_scale={args.guidance}",
             f"sampler.keep_steps={keep}",
             f"sampler.batch_size={batch}",
+            f"sampler.height={args.size or 'null'}",
+            f"sampler.width={args.size or 'null'}",
             f"learner.batch_size={batch}",
             f"learner.minibatch_size={minibatch}",
             f"learner.train_steps={keep}",
@@ -150,8 +157,8 @@ def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -
     def diffusers_loop() -> None:
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(b)]
         with torch.no_grad():
-            pipe(prompts, num_inference_steps=args.steps, guidance_scale=args.guidance, eta=1.0,
-                 generator=gens, output_type="pt")
+            pipe(prompts, height=args.size, width=args.size, num_inference_steps=args.steps,
+                 guidance_scale=args.guidance, eta=1.0, generator=gens, output_type="pt")
 
     sides: dict[str, Callable[[], object]] = {
         "diffusers": diffusers_loop,
@@ -207,9 +214,8 @@ def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory)
     model_held = sum(tensor_bytes(m) for m in (c.unet, c.vae, c.text_encoder))  # no critic
     off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
     ddpo = Learner(off_cfg, learner.c)  # the same UNet and LoRA parameters, no critic
-    batch = synthetic_batch(
-        learner.c, args.batch, args.steps, args.guidance, keep_steps=cfg.sampler.keep_steps
-    )
+    batch = synthetic_batch(learner.c, args.batch, args.steps, args.guidance,
+                            keep_steps=cfg.sampler.keep_steps, size=args.size)
     learner.c.scheduler.set_timesteps(args.steps, device=device)
     eligible = step_std(learner.c.scheduler, batch.timesteps.to(device), batch.sampler.eta)
     k = batch.timesteps.shape[1]
@@ -261,7 +267,7 @@ def memory_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) 
         else:
             learner = build_learner(cfg, device=device)
             batch = synthetic_batch(learner.c, cfg.learner.batch_size, args.steps, args.guidance,
-                                    keep_steps=cfg.sampler.keep_steps)
+                                    keep_steps=cfg.sampler.keep_steps, size=args.size)
             learner.step(batch)
             del learner, batch
         sync(device)
@@ -286,6 +292,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
                     help="model.dtype (float16 on CUDA, float32 on CPU)")
     ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--size", type=int, default=None,
+                    help="image size in pixels, square (default: the model's, 512 for SD-1.5); "
+                    "smaller checks the SD-1.5 architecture cheaply, its numbers are not SD-1.5's")
     ap.add_argument("--minibatch", type=int, default=None,
                     help="learner.minibatch_size (the scenario's 4 where it divides the batch)")
     ap.add_argument("--repeats", type=int, default=None, help="timed runs of each (3; --quick 1)")
@@ -320,30 +329,36 @@ def main(argv: list[str] | None = None) -> None:
         args.compile = not (args.quick and device.type == "cpu")
     if args.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny models gain nothing from a second thread, and it spins
-    gpu_numbers = device.type == "cuda" and not args.quick
+    gpu_numbers = device.type == "cuda" and not args.quick and not args.size
     if not gpu_numbers:
-        why = "--quick: tiny model" if args.quick else "CPU"
-        print(f"NOT GPU NUMBERS ({why}, device {device}): a smoke run of the suite's code paths; "
-              "its ratios say nothing about the targets", flush=True)
+        what = (f"--quick: the tiny model on {device}" if args.quick
+                else f"--size {args.size}" if args.size else "SD-1.5 shapes on a CPU")
+        print(f"NOT GPU NUMBERS ({what}): a run of the suite's code paths; its times and ratios "
+              "say nothing about the GPU targets", flush=True)
     mem = Memory(device)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
+        say("building " + ("the tiny model" if args.quick else "SD-1.5-shaped random models"))
         model, clip = build_models(Path(tmp), args.quick)
         cfg = suite_config(model, clip, args, args.batch)
         print(f"model={'tiny' if args.quick else 'sd15-shapes'} device={device} "
               f"dtype={args.dtype} batch={args.batch} steps={args.steps} cfg={args.guidance} "
+              f"size={args.size or 'default'} "
               f"keep={cfg.sampler.keep_steps} minibatch={cfg.learner.minibatch_size} "
               f"repeats={args.repeats}", flush=True)
         phase_s = {"build": time.perf_counter() - t_start}
         t0 = time.perf_counter()
+        say("actor: plain diffusers loop, actor" + (", compiled actor" if args.compile else ""))
         actor = actor_phase(cfg, args, device, mem)
         mem.free()
         phase_s["actor"], t0 = time.perf_counter() - t0, time.perf_counter()
+        say("learner: plain LoRA step, learner step, learner step with the critic off")
         learner = learner_phase(cfg, args, device, mem)
         mem.free()
         phase_s["learner"], t0 = time.perf_counter() - t0, time.perf_counter()
         mem_check = None
         if args.mem_batch and mem.cuda:
+            say(f"memory: actor, then learner, each alone at batch {args.mem_batch}")
             mem_check = memory_phase(suite_config(model, clip, args, args.mem_batch), args,
                                      device, mem)
             phase_s["memory"] = time.perf_counter() - t0
@@ -370,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "steps": args.steps,
         "guidance": args.guidance,
+        "size": args.size,
         "diffusers_img_s": r(actor["diffusers_img_s"]),
         "actor_img_s": r(actor["actor_img_s"]),
         "actor_sampler_img_s": r(actor["actor_sampler_img_s"]),

@@ -50,14 +50,17 @@ def synthetic_batch(
     num_steps: int,
     guidance: float = 5.0,
     keep_steps: int | None = None,
+    size: int | None = None,
 ) -> Batch:
     """A learner batch sampled by `comps` (its UNet as it is, LoRA included) with rewards 0, 1, 2
-    in turn: the shapes a real batch has, without a reward model."""
+    in turn: the shapes a real batch has, without a reward model. `size`: pixels, square (None:
+    the model's own)."""
     specs = [PromptSpec(f"p{i}", f"a photo of object {i}", "forget") for i in range(batch_size)]
     s = SamplerSettings(num_steps, 1.0, guidance)
     with torch.no_grad():
         trajs = sample_trajectories(
-            comps, specs, list(range(batch_size)), s, keep_steps=keep_steps, decode=False
+            comps, specs, list(range(batch_size)), s, keep_steps=keep_steps, height=size,
+            width=size, decode=False,
         )
     return Batch.from_trajectories([t.with_reward(float(i % 3)) for i, t in enumerate(trajs)])
 

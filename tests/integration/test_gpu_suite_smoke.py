@@ -56,7 +56,7 @@ def test_actors_compile_compiles_the_unet_in_place(tmp_path: Path) -> None:
     """build_actor with actors.compile=true: the UNet's call is compiled, the module, its
     parameter names (peft's lora_ keys) and the weight path are the same as without."""
     model, clip = gpu_suite.build_models(tmp_path, quick=True)
-    args = gpu_suite.parse_args(["--quick", "--device", "cpu"])
+    args = gpu_suite.parse_args(["--quick", "--device", "cpu", "--dtype", "float32"])
     cfg = gpu_suite.suite_config(model, clip, args, 2)
     assert cfg.actors.compile is False
     eager = build_actor(cfg, 0)
