@@ -473,3 +473,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_config(
+    run_dir: Path, config: Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """A run folder's config.yaml (or `config`), with overrides: what `eval` and `attack` read."""
+    path = config or Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{str(path)!r} does not exist: RUN_DIR must be a run folder written by "
+            "`critic-unlearn train`, or pass --config SCENARIO.yaml"
+        )
+    return load_config(path, overrides or [])

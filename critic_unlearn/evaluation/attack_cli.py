@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from critic_unlearn.config import ConfigError, RunConfig, load_config
+from critic_unlearn.config import ConfigError, RunConfig, load_run_config
 
 console = Console(stderr=True)
 
@@ -69,13 +69,7 @@ def attack_command(
 
     Prints the Markdown table to stderr and one JSON line with each attack's ASR to stdout.
     """
-    path = config or run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"{str(path)!r} does not exist: RUN_DIR must be a run folder written by "
-            "`critic-unlearn train`, or pass --config SCENARIO.yaml"
-        )
-    cfg = load_config(path, overrides or [])
+    cfg = load_run_config(run_dir, config, overrides)
     r = attack_run_dir(run_dir, cfg, out)
     console.print((Path(r["out_dir"]) / "attack.md").read_text(), highlight=False, markup=False)
     print(json.dumps({

@@ -26,16 +26,10 @@ def eval_command(
     Prints the Markdown table to stderr and one JSON line with ua, ira, base_ua, base_ira and
     clip scores to stdout.
     """
-    from critic_unlearn.config import ConfigError, load_config
+    from critic_unlearn.config import load_run_config
     from critic_unlearn.evaluation.run import evaluate_run
 
-    path = config or run_dir / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"{str(path)!r} does not exist: RUN_DIR must be a run folder written by "
-            "`critic-unlearn train`, or pass --config SCENARIO.yaml"
-        )
-    cfg = load_config(path, overrides or [])
+    cfg = load_run_config(run_dir, config, overrides)
     result = evaluate_run(run_dir, cfg)
     console.print((Path(result["out_dir"]) / "eval.md").read_text(), highlight=False,
                   markup=False)

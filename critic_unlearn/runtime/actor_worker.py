@@ -82,7 +82,13 @@ class ActorWorker:
         if not (weights and self.set_weights(weights)["applied"]):
             with self.model_lock:
                 self._pull_from_store()
-        return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), **self._where()}
+        return {
+            "pid": os.getpid(),
+            "node": ray.util.get_node_ip_address(),
+            "next_seed": self.actor.next_seed,  # where this incarnation's seed stream starts
+            "rng": self.actor.rng.get_state(),
+            **self._where(),
+        }
 
     def _where(self) -> dict:
         return {"actor_id": self.actor_id, "version": self.actor.version}
@@ -117,7 +123,9 @@ class ActorWorker:
         applied = False
         if self.model_lock.acquire(blocking=False):
             try:
-                applied = self._apply_pending() if packet is not None else self._pull_from_store()
+                applied = (
+                    self._apply_pending() if packet is not None else self._pull_from_store(reset)
+                )
             finally:
                 self.model_lock.release()
         t3 = time.perf_counter()
@@ -157,12 +165,14 @@ class ActorWorker:
             return False
         return True
 
-    def _pull_from_store(self) -> bool:
-        """Load the durable copy if it is newer than anything known (caller holds model_lock)."""
+    def _pull_from_store(self, reset: bool = False) -> bool:
+        """Load the durable copy if it is newer than anything known, or with `reset` if it is
+        any other version (a restored learner's); the caller holds model_lock."""
         self.last_weights = time.monotonic()
         try:
             latest = self.store.latest_version()
-            if latest is None or latest <= self._newest_known():
+            stale = latest == self.actor.version if reset else latest <= self._newest_known()
+            if latest is None or stale:
                 return False
             packet = self.store.get()
             packet = None if packet is None else unfold_pool(packet)
@@ -176,7 +186,7 @@ class ActorWorker:
                 self.actor.version,
             )
             return False
-        return packet is not None and self._apply(packet, "Redis copy")
+        return packet is not None and self._apply(packet, "Redis copy", reset)
 
     def _refresh_weights(self) -> None:
         """At a batch boundary: the pending push, else the Redis copy if no push came lately."""

@@ -66,6 +66,7 @@ class RayRuntime:
         self.pool = ActorPool(cfg, namespace, resolve_num_actors(cfg, ray.cluster_resources()))
         self.num_actors = len(self.pool.slots)
         self.learner_ref: Any = None  # the try_step call in flight
+        self.carried: list[Event] = []  # events of a poll that ended in LearnerDied
         self.broadcasts: dict[int, Broadcast] = {}  # version -> its acks
         self.ack_version: dict[Any, int] = {}  # set_weights call -> the version it pushed
 
@@ -118,13 +119,18 @@ class RayRuntime:
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
         if ready:  # take everything that is done, not just the first
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        events: list[Event] = []
+        events, self.carried = self.carried, []
+        learner_done = self.learner_ref in ready
         for ref in ready:
-            if ref == self.learner_ref:
-                self.learner_ref = None
-                events.append(StepDone(self._on_step(self._learner_call(ref))))
-            else:
+            if ref != self.learner_ref:
                 events.extend(self._on_actor(ref))
+        if learner_done:  # last: if it died, the actors' events above are kept for next time
+            ref, self.learner_ref = self.learner_ref, None
+            try:
+                events.append(StepDone(self._on_step(self._learner_call(ref))))
+            except LearnerDied:
+                self.carried = events
+                raise
         return events
 
     def _on_step(self, report: StepReport) -> StepReport:

@@ -184,6 +184,8 @@ class ActorPool:
             )
         if kind == "start":
             slot.ready, slot.pid, slot.version = True, result["pid"], result["version"]
+            if slot.state is None:  # so a death in the first batch skips its seeds too
+                slot.state = {"next_seed": result["next_seed"], "rng": result["rng"]}
             self._submit_batch(slot)
             return ActorStarted(actor_id, slot.pid, slot.version, slot.restarts)
         if kind == "batch":
@@ -194,7 +196,7 @@ class ActorPool:
             slot.incarnation_trajectories += report.written
             self._submit_batch(slot)
             return BatchDone(report)
-        slot.version = max(slot.version, result["version"])
+        slot.version = result["version"]  # the actor's own (a reset may lower it)
         return WeightsAck(actor_id, result["version"], result["applied"], result["time"])
 
     def status(self) -> dict[str, dict[str, Any]]:

@@ -203,6 +203,7 @@ class RunLoop:
         every_s = self.cfg.runtime.progress_every_s
         state = read_run_state(self.ckpt)
         self.metrics = MetricsLogger(self.run_dir)
+        finished = False
         try:
             with sigterm_as_exit():  # from the start: a SIGTERM while workers start exits cleanly
                 self._start(state)
@@ -211,9 +212,12 @@ class RunLoop:
                     self._run_to_budget()
             self._checkpoint()
             export_adapter(self.run_dir, self.rt.adapter(None))
+            finished = True
         finally:
             self.rt.stop()
             self.metrics.close()
+            if not finished:  # interrupted or failed: what the last checkpoint wrote goes up too
+                self.store.push()
         plot_run(self.run_dir)
         self.store.push(final=True)
         wall = time.perf_counter() - t0
@@ -344,7 +348,7 @@ class RunLoop:
         }
         self.metrics.log(r.steps, self.last)
         if r.steps % self.cfg.learner.checkpoint_every == 0:
-            self._checkpoint()
+            self._checkpoint(self.cfg.runtime.shutdown_timeout_s)
 
     def _check_stall(self) -> None:
         """Fail with the replay's own explanation instead of waiting forever."""

@@ -137,8 +137,13 @@ class RunStore:
         return out
 
     def _drop_local_extras(self, keep: set[str]) -> None:
-        """Files of an earlier attempt on this node that the remote run does not have."""
+        """Files of an earlier attempt on this node that the remote run does not have. A local
+        checkpoint stays when the remote has none (its push failed after the snapshots and
+        metrics it refers to went up): it is the only one."""
+        remote_has_checkpoint = any(r.startswith(LAST) for r in keep)
         for rel in self._local_files() if keep else []:
+            if rel.startswith(LAST) and not remote_has_checkpoint:
+                continue
             if rel not in keep:
                 (self.local / rel).unlink()
                 self.pushed.pop(rel, None)

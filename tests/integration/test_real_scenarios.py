@@ -11,8 +11,8 @@ weights, loaded from a safetensors file like the real ones).
 from __future__ import annotations
 
 import json
+import math
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -82,12 +82,11 @@ def test_a_scenario_without_its_clip_here_stops_with_what_to_do(
     """ViT-L-14 / openai cannot be downloaded here: the run stops at start, saying how to fix it."""
     args = [a for a in tiny_overrides(tiny_model_dir, clip_dir, tmp_path, "noclip")
             if not a.startswith("reward.clip")]
-    t0 = time.perf_counter()
     result = CliRunner().invoke(app, ["train", str(CONFIGS / "sd_forget_church.yaml"), *args])
     assert isinstance(result.exception, ClipLoadError), result.output
     assert re.search(r"open_clip model 'ViT-L-14' with pretrained='openai'.*save_open_clip",
                      str(result.exception))
-    assert time.perf_counter() - t0 < 120 and not (tmp_path / "noclip" / "metrics.jsonl").exists()
+    assert not (tmp_path / "noclip" / "metrics.jsonl").exists()  # stopped before any step
 
 
 @pytest.mark.slow
@@ -107,7 +106,8 @@ def test_scenario_trains_two_learner_steps_on_the_tiny_model(
     rows = read_metrics(run / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     rewards = [r["actor/forget_reward_mean"] for r in rows]
-    assert all(r == r for r in rewards)  # finite, not NaN: the scenario's reward scored them
+    # finite (a NaN or inf is logged as null): the scenario's reward scored them
+    assert all(isinstance(r, float) and math.isfinite(r) for r in rewards), rewards
     assert (run / "adapter" / "adapter.safetensors").is_file()
 
     if name != "sd_forget_church":
