@@ -42,7 +42,7 @@ from critic_unlearn.training.setup import build_actor, build_learner
 SCENARIO = Path(__file__).resolve().parents[1] / "configs" / "sd_forget_church.yaml"
 BUDGET_BYTES = 24e9  # "fits in 24 GB": what the allocator reserved, against 24e9 bytes
 GIB = 2**30
-TARGETS = {  # issue 13 item 5, on a GPU
+TARGETS = {  # what the real-model path must reach on a GPU
     "actor_vs_diffusers": (">=", 0.95),  # actor images/s over the plain pipeline's
     "compiled_vs_eager": (">", 1.0),  # compiled actor's images/s over the eager actor's
     "learner_vs_plain": ("<=", 1.3),  # learner step time over a plain LoRA step's

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 13 item 5, one command for whoever holds a CUDA GPU:
+# The GPU checks of the real-model path, one command for whoever holds a CUDA GPU:
 #
 #   scripts/gpu_check.sh [OUT_DIR]        # default OUT_DIR: runs/gpu_check
 #
