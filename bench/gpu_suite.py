@@ -128,6 +128,16 @@ def suite_config(model: str, clip: str, args: argparse.Namespace, batch: int) ->
     )
 
 
+def trainable_steps(cfg: RunConfig) -> int:
+    """Steps of the schedule the learner may train on (DDIM sigma >= learner.min_train_std)."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
+    sched.set_timesteps(cfg.sampler.num_steps)
+    sigma = step_std(sched, sched.timesteps, cfg.sampler.eta)
+    return int((sigma >= cfg.learner.min_train_std).sum())
+
+
 def with_compile(cfg: RunConfig, on: bool) -> RunConfig:
     return cfg.model_copy(update={"actors": cfg.actors.model_copy(update={"compile": on})})
 
@@ -341,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
         say("building " + ("the tiny model" if args.quick else "SD-1.5-shaped random models"))
         model, clip = build_models(Path(tmp), args.quick)
         cfg = suite_config(model, clip, args, args.batch)
+        if trainable_steps(cfg) == 0:
+            sys.exit(f"bench.gpu_suite: with --steps {args.steps} no DDIM step has sigma >= "
+                     f"learner.min_train_std = {cfg.learner.min_train_std}: the learner would "
+                     "have nothing to train; use --steps 3 or more")
         print(f"model={'tiny' if args.quick else 'sd15-shapes'} device={device} "
               f"dtype={args.dtype} batch={args.batch} steps={args.steps} cfg={args.guidance} "
               f"size={args.size or 'default'} "
