@@ -6,8 +6,10 @@ the allocator, and the memory check runs. The numbers themselves come from the f
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
+import torch
 
 from bench import gpu_suite
 
@@ -15,9 +17,14 @@ pytestmark = pytest.mark.gpu
 
 
 def test_suite_at_sd15_shapes_small_batch(capsys: pytest.CaptureFixture[str]) -> None:
-    gpu_suite.main(
-        ["--batch", "2", "--steps", "4", "--repeats", "1", "--mem-batch", "2", "--no-compile"]
-    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)  # the random SD-1.5 and ViT-L/14 are built on CPU
+    try:
+        gpu_suite.main(
+            ["--batch", "2", "--steps", "4", "--repeats", "1", "--mem-batch", "2", "--no-compile"]
+        )
+    finally:
+        torch.set_num_threads(threads)
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["gpu_numbers"] is True and out["model"] == "sd15-shapes"
     assert out["device"] == "cuda" and out["dtype"] == "float16" and out["gpu"]
