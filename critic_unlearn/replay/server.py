@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -43,8 +44,33 @@ def find_server_binary() -> str:
     )
 
 
+# Below Linux's ephemeral range (32768-60999, where every outgoing connection and every
+# port-0 server lands) and above Ray's worker ports (10002-19999): a port handed out here
+# is not taken by someone else's client socket or gRPC server before its owner binds it.
+_QUIET_PORTS = range(20000, 32768)
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback port nobody listens on now, outside the ranges other processes draw from.
+
+    The OS's port 0 answers from the ephemeral range, where Ray's own gRPC servers (which
+    bind with SO_REUSEPORT) and client sockets may take the port between this call and the
+    caller's bind; a GCS sharing its port with another gRPC server then never answers its
+    own `ray start`. Ports are never handed out twice by one process.
+    """
+    for _ in range(200):
+        port = random.choice(_QUIET_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # the quiet range is full: fall back to the OS's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

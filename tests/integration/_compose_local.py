@@ -26,7 +26,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from critic_unlearn.replay.server import free_port
 
 _VAR = re.compile(
     r"\$(?:(?P<esc>\$)|\{(?P<name>[A-Za-z_]\w*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\}"
@@ -78,12 +79,6 @@ def _walk(node: Any, fn) -> Any:
     return fn(node) if isinstance(node, str) else node
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def loopback_mapping(compose_text: str, **overrides: str) -> dict[str, str]:
     """The variables for a loopback run: hosts -> 127.0.0.1, ports -> distinct free ports."""
     mapping: dict[str, str] = {}
@@ -91,10 +86,7 @@ def loopback_mapping(compose_text: str, **overrides: str) -> dict[str, str]:
         if name.endswith("_HOST") or name == "RAY_NODE_IP":
             mapping[name] = "127.0.0.1"
         elif name.endswith("_PORT"):
-            port = free_port()
-            while str(port) in mapping.values():  # the OS may hand out a just-closed port again
-                port = free_port()
-            mapping[name] = str(port)
+            mapping[name] = str(free_port())  # distinct: free_port never repeats a port
     return {**mapping, **overrides}
 
 

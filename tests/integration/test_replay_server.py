@@ -42,3 +42,21 @@ def test_private_server_exits_when_its_parent_is_killed():
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_free_port_stays_out_of_the_ranges_others_draw_from():
+    """Ports below Linux's ephemeral range and above Ray's worker ports, never repeated, bindable:
+    a port the OS had handed to someone's client socket once kept a GCS from answering."""
+    import socket
+
+    from critic_unlearn.replay.server import free_port
+
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    assert all(20000 <= p < 32768 for p in ports)
+    taken = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", ports[-1]))  # still free after the call: the caller can bind it
+        taken.listen()
+    finally:
+        taken.close()
