@@ -11,11 +11,13 @@ costs. Each variant runs in 3 interleaved rounds and keeps its best, since the m
 
 Raw SET sends the very same bytes object every time; a real writer (ours included) makes a new
 one per record, and with glibc's default (dynamic) mmap and trim thresholds a new multi-MB buffer
-often gets fresh pages: ~1,500 page faults per 1.6 MB SET measured here, more than the codec costs,
-and how often depends on what the process allocated before. So "raw SET (fresh)" sends a fresh
-copy of the bytes per SET (one `bytes(memoryview(...))`, the copy any producer makes), and its
-ratio is reported beside the first. The allocator settings in force (GLIBC_TUNABLES, MALLOC_*_
-environment variables) are printed, since they move both.
+often gets fresh pages: ~1,500 page faults per 1.6 MB SET measured here, more than the codec costs.
+So "raw SET (fresh)" sends a fresh copy of the bytes per SET (one `bytes(memoryview(...))`, the
+copy any producer makes), and its ratio is reported beside the first. `ReplayWriter` and
+`ReplaySampler` turn those faults off for their process (`replay.keep_buffers`, on by default:
+critic_unlearn/replay/allocator.py); that setting is process-wide, so once the first writer
+exists every variant here, raw included, runs with it. Environment allocator settings
+(GLIBC_TUNABLES, MALLOC_*_) are printed too.
 
 The last line is JSON; `ratio_mb_s_large` is ours (end to end, with the codec) / raw MB/s, in and
 out together; `ratio_mb_s_large_store_only` leaves the codec out; `..._vs_fresh_raw` compares with
@@ -170,7 +172,7 @@ def main() -> None:
     result: dict[str, float] = {}
     tunables = {k: v for k, v in os.environ.items() if k == "GLIBC_TUNABLES" or
                 k.startswith("MALLOC_")}
-    print(f"allocator settings: {tunables or 'glibc defaults'}")
+    print(f"allocator settings: {tunables or 'glibc defaults'}; replay.keep_buffers: on")
     with RedisServer() as server:
         for name, (states, side, n, batch) in sizes.items():
             traj = make_trajectory(states, side, 0)

@@ -225,6 +225,9 @@ class ReplayConfig(Section):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # glibc only: keep multi-MB record buffers on the warm heap instead of fresh mmaps (mallopt,
+    # process-wide): encode/send/receive/decode without a page fault per 4 KiB
+    keep_buffers: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> ReplayConfig:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from critic_unlearn.codec import CodecError, decode_trajectory
 from critic_unlearn.config import ReplayConfig
+from critic_unlearn.replay.allocator import keep_large_buffers
 from critic_unlearn.replay.errors import ReplayTimeout
 from critic_unlearn.replay.metrics import Counters
 from critic_unlearn.replay.rate_limiter import RateLimiter, Waiter
@@ -40,6 +41,8 @@ class ReplaySampler:
         self.shards = open_shards(cfg, namespace)
         self.rate_limiter: RateLimiter = open_limiter(cfg, self.shards)
         self.counters = Counters()
+        if cfg.keep_buffers:
+            keep_large_buffers()
 
     def min_version_for(self, current_version: int) -> int:
         """Oldest version the learner at `current_version` may train on (max_staleness)."""

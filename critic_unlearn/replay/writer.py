@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from critic_unlearn.codec import encode_trajectory
 from critic_unlearn.config import ReplayConfig
+from critic_unlearn.replay.allocator import keep_large_buffers
 from critic_unlearn.replay.errors import ReplayTimeout
 from critic_unlearn.replay.metrics import Counters
 from critic_unlearn.replay.rate_limiter import RateLimiter, Waiter
@@ -39,6 +40,8 @@ class ReplayWriter:
         self.shards = open_shards(cfg, namespace)
         self.limiter: RateLimiter = open_limiter(cfg, self.shards)
         self.counters = Counters()
+        if cfg.keep_buffers:
+            keep_large_buffers()
 
     def write(self, traj: Trajectory, *, priority: float | None = None,
               timeout_s: float | None = None) -> RecordRef:
