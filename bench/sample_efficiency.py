@@ -222,11 +222,15 @@ def report(args: argparse.Namespace, scenarios: list[str], console: Console) -> 
     """Table, plot and the JSON last line from every result.json under OUT."""
     out = Path(args.out)
     results = load_results(out)
-    summary = summarize(results, args.target, scenarios, args.arms)
-    table = markdown_table(summary, args.target, len(args.seeds), settings_note(results))
+    # the whole grid's arms and seeds, not only this invocation's: a table rebuilt after a run of
+    # one arm or one seed still shows what is missing elsewhere
+    arms = list(dict.fromkeys([*(args.arms if args.quick else DEFAULT_ARMS), *args.arms]))
+    expected_seeds = len(set(args.seeds) | (set() if args.quick else {0, 1, 2}))
+    summary = summarize(results, args.target, scenarios, arms)
+    table = markdown_table(summary, args.target, expected_seeds, settings_note(results))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "table.md", table + "\n")
-    png = plot_grid(results, scenarios, args.arms, args.target, out / "ua_vs_trajectories.png")
+    png = plot_grid(results, scenarios, arms, args.target, out / "ua_vs_trajectories.png")
     console.print(f"{len(results)} results; table {out / 'table.md'}; "
                   f"plot {png if png else '(none: no results yet)'}")
     print(table, flush=True)
