@@ -171,8 +171,9 @@ class ActorWorker:
         self.last_weights = time.monotonic()
         try:
             latest = self.store.latest_version()
-            stale = latest == self.actor.version if reset else latest <= self._newest_known()
-            if latest is None or stale:
+            if latest is None:  # nothing published yet (a fresh run's first polls)
+                return False
+            if latest == self.actor.version if reset else latest <= self._newest_known():
                 return False
             packet = self.store.get()
             packet = None if packet is None else unfold_pool(packet)
