@@ -1,7 +1,8 @@
 """The precision policy on CUDA: actor and learner in fp16/bf16 (and fp32) under the same autocast
 state, the learner re-scoring in other batch shapes than the actor sampled in.
 
-tests/unit/test_precision.py measures the same on CPU (exactly 0 there). CUDA kernels may pick
+tests/unit/test_precision.py measures the same on CPU (exactly 0 in the actor's shapes, fp32
+round-off in the learner's where the BLAS is not batch-invariant). CUDA kernels may pick
 other algorithms for other batch shapes, so on a GPU the UNet's low-precision rounding can differ
 between the actor's batch and the learner's minibatch; this measures what that costs, prints it,
 and holds it to the issue's target, |log ratio| < 1e-3 per step with reduction = sum.

@@ -28,7 +28,7 @@ from critic_unlearn.rewards.prompts import load_prompts
 from critic_unlearn.runtime.weights import fold_pool, unfold_pool
 from critic_unlearn.types import Batch, SamplerSettings, WeightsPacket
 from tests.unit._clip_fixtures import tiny_clip_folder
-from tests.unit.test_precision import actor_and_learner
+from tests.unit.test_precision import actor_and_learner, assert_fp32_ratio_is_one, rescore
 
 
 def soft_vectors(components, k: int = 2, seed: int = 0) -> torch.Tensor:
@@ -37,7 +37,7 @@ def soft_vectors(components, k: int = 2, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def test_pool_prompt_through_the_codec_is_rescored_with_ratio_exactly_one(tiny_model_dir):
+def test_pool_prompt_through_the_codec_is_rescored_with_ratio_one(tiny_model_dir):
     cfg, actor, learner = actor_and_learner(tiny_model_dir, "float32")
     pool = SoftPromptPool(4)
     red = pool.add("a red circle", soft_vectors(actor, seed=1))
@@ -58,18 +58,11 @@ def test_pool_prompt_through_the_codec_is_rescored_with_ratio_exactly_one(tiny_m
     batch = Batch.from_trajectories(back)
     del pool  # the learner re-scores from what the trajectories carry
 
-    dev = learner.device
-    learner.c.scheduler.set_timesteps(s.num_steps, device=dev)
+    learner.c.scheduler.set_timesteps(s.num_steps, device=learner.device)
     cond = learner.conditioning(batch)
-    k = batch.timesteps.shape[1]
-    out = torch.full((4, k), float("nan"))
-    for mb in torch.randperm(4, generator=torch.Generator().manual_seed(5)).split(2):
-        for shift in range(k):  # minibatches of 2, a different step in each row
-            idx = (torch.arange(len(mb)) + shift) % k
-            score = learner._score(batch.latents[mb, idx], batch.next_latents[mb, idx],
-                                   batch.timesteps[mb, idx], cond[mb], batch)
-            out[mb, idx] = score.log_prob - batch.log_probs[mb, idx]
-    assert torch.equal(out, torch.zeros_like(out))
+    assert_fp32_ratio_is_one(
+        batch, rescore(learner, batch, cond, "actor"), rescore(learner, batch, cond, "training")
+    )
 
     # the soft tokens matter: the same chain re-scored as plain text is another policy
     plain = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)

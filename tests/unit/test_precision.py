@@ -2,11 +2,15 @@
 
 The behaviour log-prob (actor, `sample_trajectories`) and the learner's re-score (`_score`) run
 the same `policy_step`: UNet in the base weights' dtype under the same autocast state, DDIM step
-and Gaussian log-density in fp32, LoRA weights fp32 on both sides. The learner re-scores in other
-batch shapes than the actor sampled (minibatches, one random step per trajectory), as it does in
-training. Measured on CPU: the log ratio is exactly 0 in fp32 and in bf16, also at SD-1.5's
-latent size (4 x 64 x 64, log-probs ~2e4 with reduction=sum); before this policy it reached 30
-(tiny model) and 1,438 (SD-1.5 latent size) in bf16.
+and Gaussian log-density in fp32, LoRA weights fp32 on both sides. Re-scored in the actor's own
+batch shapes, the log ratio at equal versions is exactly 0 in fp32. The learner trains in other
+shapes (minibatches, one random step per trajectory), and whether fp32 results are then still
+bit-identical is the BLAS's business, not ours: on an AVX2 Xeon they were (ratio exactly 1, also
+in bf16, also at SD-1.5's latent size), on an AVX-512/AMX Xeon the sum over a trajectory step's
+log-density moves by up to 2.4e-4 on log-probs of 200-630 (7.5e-7 relative: a few fp32 ulps),
+because its GEMM kernels depend on the batch's row count. So in training shapes the test bounds
+the ratio by fp32 round-off. Before this policy the log ratio reached 30 (tiny model) and 1,438
+(SD-1.5 latent size) in bf16: a precision mismatch is five orders of magnitude above that bound.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from critic_unlearn.types import Batch, SamplerSettings
 
 PROMPTS = ["a red circle", "a blue square", "a green cross", "two yellow dots"]
 TOLERANCE = 1e-3  # |log pi_learner - log mu_actor| per step, reduction = sum (the issue's target)
+FP32_ROUNDOFF = 32 * torch.finfo(torch.float32).eps  # relative: 32 ulps of a summed log-prob
 
 
 def overrides(dtype: str) -> list[str]:
@@ -59,9 +64,37 @@ def actor_and_learner(model_dir, dtype: str, device="cpu"):
 
 
 @torch.no_grad()
-def log_ratios(cfg, actor, learner, size: int | None = None) -> tuple[Batch, torch.Tensor]:
-    """Behaviour log-probs from the actor's batch of 4, re-scored by the learner in minibatches
-    of 2 trajectories with a different random step for each (as `_policy_update` does)."""
+def rescore(learner, batch: Batch, cond: torch.Tensor, shapes: str) -> torch.Tensor:
+    """log pi_learner - log mu_actor for every (trajectory, step). `shapes="actor"`: the whole
+    batch at one step at a time, as the actor sampled it; `"training"`: minibatches of 2
+    trajectories with a different step in each row (as `_policy_update` does)."""
+    dev = learner.device
+    k = batch.timesteps.shape[1]
+    n = batch.latents.shape[0]
+    if shapes == "actor":
+        groups = [(torch.arange(n), torch.full((n,), step)) for step in range(k)]
+    else:
+        g = torch.Generator().manual_seed(5)
+        groups = [(mb, (torch.arange(len(mb)) + shift) % k)
+                  for mb in torch.randperm(n, generator=g).split(2) for shift in range(k)]
+    out = torch.full((n, k), float("nan"))
+    for mb, idx in groups:
+        score = learner._score(
+            batch.latents[mb, idx].to(dev),
+            batch.next_latents[mb, idx].to(dev),
+            batch.timesteps[mb, idx].to(dev),
+            cond[mb],
+            batch,
+        )
+        out[mb, idx] = (score.log_prob - batch.log_probs[mb, idx].to(dev)).cpu()
+    return out
+
+
+@torch.no_grad()
+def log_ratios(
+    cfg, actor, learner, size: int | None = None, shapes: str = "training"
+) -> tuple[Batch, torch.Tensor]:
+    """Behaviour log-probs from the actor's batch of 4, re-scored by the learner (`rescore`)."""
     s = cfg.sampler
     settings = SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction)
     specs = [PromptSpec(f"p{i}", t, "forget") for i, t in enumerate(PROMPTS)]
@@ -69,30 +102,24 @@ def log_ratios(cfg, actor, learner, size: int | None = None) -> tuple[Batch, tor
         actor, specs, [0, 1, 2, 3], settings, height=size, width=size, decode=False
     )
     batch = Batch.from_trajectories([t.with_reward(0.0) for t in trajs])
-    dev = learner.device
-    learner.c.scheduler.set_timesteps(s.num_steps, device=dev)
+    learner.c.scheduler.set_timesteps(s.num_steps, device=learner.device)
     cond = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)
-    k = batch.timesteps.shape[1]
-    g = torch.Generator().manual_seed(5)
-    out = torch.full((4, k), float("nan"))
-    for mb in torch.randperm(4, generator=g).split(2):
-        for shift in range(k):
-            idx = (torch.arange(len(mb)) + shift) % k  # a different step in each row
-            score = learner._score(
-                batch.latents[mb, idx].to(dev),
-                batch.next_latents[mb, idx].to(dev),
-                batch.timesteps[mb, idx].to(dev),
-                cond[mb],
-                batch,
-            )
-            out[mb, idx] = (score.log_prob - batch.log_probs[mb, idx].to(dev)).cpu()
-    return batch, out
+    return batch, rescore(learner, batch, cond, shapes)
 
 
-def test_ratio_is_exactly_one_at_equal_versions_in_fp32(tiny_model_dir):
+def assert_fp32_ratio_is_one(batch: Batch, actor_shapes: torch.Tensor,
+                             training_shapes: torch.Tensor) -> None:
+    """Exactly 0 in the actor's shapes; within fp32 round-off of |log mu| in training shapes."""
+    assert torch.equal(actor_shapes, torch.zeros_like(actor_shapes))
+    bound = FP32_ROUNDOFF * batch.log_probs.abs()
+    assert (training_shapes.abs() <= bound).all(), (training_shapes.abs().max(), bound.min())
+
+
+def test_ratio_is_one_at_equal_versions_in_fp32(tiny_model_dir):
     cfg, actor, learner = actor_and_learner(tiny_model_dir, "float32")
-    _, lr = log_ratios(cfg, actor, learner)
-    assert torch.equal(lr, torch.zeros_like(lr))
+    batch, in_training_shapes = log_ratios(cfg, actor, learner)
+    cond = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)
+    assert_fp32_ratio_is_one(batch, rescore(learner, batch, cond, "actor"), in_training_shapes)
 
 
 @pytest.mark.parametrize("size", [None, 128], ids=["tiny-latents", "sd15-latents-64x64"])

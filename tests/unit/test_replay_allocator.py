@@ -1,4 +1,4 @@
-"""replay.keep_buffers: a fresh multi-MB buffer per record reuses warm heap pages (no page faults)."""
+"""replay.keep_buffers: fresh multi-MB buffers per record reuse warm heap pages, no page faults."""
 
 from __future__ import annotations
 
