@@ -47,36 +47,16 @@ STEADY_PCT = 10.0  # a window this far from the median throughput is not steady
 
 
 def soak_overrides(root: Path, actors: int) -> list[str]:
-    """A complete tiny run (the runtime tests' settings) that never reaches its budget."""
+    """configs/tiny_run.yaml's run (the runtime tests' shape) that never reaches its budget."""
     return [
         f"model.pretrained={build_tiny_model(root / 'tiny-sd', seed=0)}",
         f"reward.clip_model={tiny_clip_dir(root)}",
-        "reward.prompts.forget=[a red circle, a red square]",
-        "reward.prompts.retain=[a blue circle, a blue square]",
-        "reward.prompts.concept=red",
-        "reward.prompts.anchor=a shape",
-        "sampler.num_steps=4",
-        "sampler.batch_size=4",
-        "sampler.guidance_scale=3.0",
-        "learner.batch_size=4",
-        "learner.minibatch_size=4",
-        "learner.train_steps=2",
         "learner.max_steps=1000000000",
         "learner.checkpoint_every=50",
-        "critic.warmup_steps=1",
-        "critic.hidden=16",
-        "critic.timestep_dim=16",
-        "replay.url=auto",
-        "replay.min_size_to_sample=4",
-        "replay.samples_per_insert=1",
-        "replay.capacity=64",
-        "replay.error_buffer=8",
         "replay.max_staleness=2",
         f"actors.num={actors}",
         "actors.cpus_per_actor=1",
         "runtime.kind=ray",
-        "runtime.device=cpu",
-        "runtime.num_threads=1",
         f"runtime.ray_num_cpus={actors + 1}",  # logical CPUs: every actor and the learner start
         "runtime.learner_cpus=1",
         "runtime.progress_every_s=30",
@@ -239,7 +219,7 @@ def main() -> None:
         env = private_ray_env()
         env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1", PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "-m", "critic_unlearn.cli", "train",
-               str(REPO / "configs" / "tiny.yaml"), *soak_overrides(root, args.actors)]
+               str(REPO / "configs" / "tiny_run.yaml"), *soak_overrides(root, args.actors)]
         log_path = root / "train.log"
         run_dir = root / "runs" / "soak"
         t_launch = time.monotonic()

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import pytest
 
-from critic_unlearn.config import dump_config, load_config
+from critic_unlearn.config import dump_config
 from critic_unlearn.replay import RedisServer
 from critic_unlearn.replay.server import find_server_binary
+from tests._tiny_run import tiny_run_config
 from tests.integration._doc_blocks import (
     Block,
     extract_blocks,
@@ -256,11 +257,11 @@ def test_readme_train_local(tiny_model_dir, clip_dir, tmp_path):
     """`train CONFIG runtime.kind=local [overrides ...]` on a tiny scenario, Redis: auto."""
     if not find_server_binary_or_none():
         pytest.skip("needs redis-server (replay.url=auto)")
-    cfg = load_config(
-        None,
-        runtime_overrides(
-            tiny_model_dir, clip_dir, tmp_path / "runs", "auto", "learner.max_steps=2"
-        ),
+    cfg = tiny_run_config(
+        tiny_model_dir,
+        clip_dir,
+        tmp_path / "runs",
+        *runtime_overrides("auto", "learner.max_steps=2"),
     )
     config = tmp_path / "tiny.yaml"
     config.write_text(dump_config(cfg))

@@ -25,12 +25,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from critic_unlearn.config import dump_config, load_config
+from critic_unlearn.config import dump_config
 from critic_unlearn.learner.checkpoint import load_checkpoint
 from critic_unlearn.replay import RedisServer
 from critic_unlearn.replay.server import free_port
 from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
+from tests._tiny_run import tiny_run_config
 from tests.integration.test_runtime_local import runtime_overrides
 from tests.unit._clip_fixtures import tiny_clip_folder
 
@@ -177,8 +178,8 @@ def redis() -> Iterator[RedisServer]:
     server.close()
 
 
-def write_config(path: Path, *overrides: str) -> Path:
-    cfg = load_config(None, list(overrides))
+def write_config(path: Path, model_dir: Path, clip_dir: Path, run_dir: Path, *extra: str) -> Path:
+    cfg = tiny_run_config(model_dir, clip_dir, run_dir, *extra)
     path.write_text(dump_config(cfg))
     return path
 
@@ -189,10 +190,10 @@ def test_ray_job_submit_runs_train_and_logs_progress(
 ):
     cfg = write_config(
         tmp_path / "job.yaml",
+        tiny_model_dir,
+        clip_dir,
+        tmp_path,
         *runtime_overrides(
-            tiny_model_dir,
-            clip_dir,
-            tmp_path,
             redis.url,
             "runtime.run_name=job",
             "learner.max_steps=4",
@@ -254,10 +255,10 @@ def test_sigkilled_driver_rerun_resumes_from_last_checkpoint(
 ):
     cfg = write_config(
         tmp_path / "resume.yaml",
+        tiny_model_dir,
+        clip_dir,
+        tmp_path,
         *runtime_overrides(
-            tiny_model_dir,
-            clip_dir,
-            tmp_path,
             redis.url,
             "runtime.run_name=resume",
             "learner.max_steps=60",
@@ -316,10 +317,10 @@ def test_ctrl_c_checkpoints_the_last_step_and_stops_everything(
     local cluster that the driver started itself (ray.init)."""
     cfg = write_config(
         tmp_path / "int.yaml",
+        tiny_model_dir,
+        clip_dir,
+        tmp_path,
         *runtime_overrides(
-            tiny_model_dir,
-            clip_dir,
-            tmp_path,
             redis.url,
             "runtime.run_name=int",
             "learner.max_steps=500",

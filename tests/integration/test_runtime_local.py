@@ -17,7 +17,7 @@ import pytest
 import ray
 import torch
 
-from critic_unlearn.config import RunConfig, load_config
+from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.lora import adapter_manifest, get_adapter_state
 from critic_unlearn.replay import RedisServer, ReplaySampler, WeightStore, encode_packet
 from critic_unlearn.runtime import train_local, train_ray
@@ -29,38 +29,18 @@ from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.training.snapshots import list_snapshots
 from critic_unlearn.types import WeightsPacket
+from tests._tiny_run import tiny_run_config
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 MAX_STALENESS = 2
 
 
-def runtime_overrides(
-    model_dir: Path, clip_dir: Path, run_dir: Path, redis_url: str, *extra: str
-) -> list[str]:
-    """A complete tiny run: 2 actors x 4 trajectories of 4 steps, learner batches of 4."""
+def runtime_overrides(redis_url: str, *extra: str) -> list[str]:
+    """configs/tiny_run.yaml's run on Ray: 2 actors x 4 trajectories of 4 steps, learner batches
+    of 4, short timeouts and back-offs, to 6 learner steps."""
     return [
-        f"model.pretrained={model_dir}",
-        f"reward.clip_model={clip_dir}",
-        "reward.prompts.forget=[a red circle, a red square]",
-        "reward.prompts.retain=[a blue circle, a blue square]",
-        "reward.prompts.concept=red",
-        "reward.prompts.anchor=a shape",
-        "sampler.num_steps=4",
-        "sampler.batch_size=4",
-        "sampler.guidance_scale=3.0",
-        "learner.batch_size=4",
-        "learner.minibatch_size=4",
-        "learner.train_steps=2",
         "learner.max_steps=6",
-        "learner.checkpoint_every=2",
-        "critic.warmup_steps=1",
-        "critic.hidden=16",
-        "critic.timestep_dim=16",
         f"replay.url={redis_url}",
-        "replay.min_size_to_sample=4",
-        "replay.samples_per_insert=1",
-        "replay.capacity=64",
-        "replay.error_buffer=8",
         f"replay.max_staleness={MAX_STALENESS}",
         "replay.timeout_s=20",
         "replay.retry_deadline_s=30",
@@ -69,11 +49,8 @@ def runtime_overrides(
         "actors.restart_backoff_s=0.5",
         "actors.weight_poll_s=2",
         "runtime.kind=ray",
-        "runtime.device=cpu",
-        "runtime.num_threads=1",
         "runtime.learner_cpus=0.5",
         "runtime.progress_every_s=2",
-        f"runtime.run_dir={run_dir}",
         "runtime.run_name=rt",
         *extra,
     ]
@@ -108,8 +85,8 @@ def redis() -> Iterator[RedisServer]:
 @pytest.fixture
 def make_cfg(tiny_model_dir, clip_dir, tmp_path, redis) -> Callable[..., RunConfig]:
     def make(*extra: str) -> RunConfig:
-        return load_config(
-            None, runtime_overrides(tiny_model_dir, clip_dir, tmp_path, redis.url, *extra)
+        return tiny_run_config(
+            tiny_model_dir, clip_dir, tmp_path, *runtime_overrides(redis.url, *extra)
         )
 
     return make
@@ -305,6 +282,16 @@ def test_redis_restart_mid_run_reconnects_and_completes(local_ray, make_cfg, red
     store = WeightStore(cfg.replay, "rt")  # and the durable weights were written again
     assert store.latest_version() == 8
     store.close()
+
+
+def test_actor_worker_polls_an_empty_weight_store_without_a_failure(make_cfg):
+    """A fresh run's first polls find nothing published: that is not a failed fetch (the
+    version comparison once ran before the None check and logged a TypeError per poll)."""
+    worker = ActorWorker(make_cfg(), 0, "empty-store", in_ray=False)
+    with worker.model_lock:
+        assert worker._pull_from_store() is False
+    assert worker.fetch_failures == 0 and worker.actor.version == 0
+    worker.close()
 
 
 @pytest.mark.slow

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from critic_unlearn.codec import decode_state_dict
-from critic_unlearn.config import load_config
 from critic_unlearn.runtime.local import train_local
 from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.plots import plot_run
 from critic_unlearn.training.snapshots import list_snapshots
+from tests._tiny_run import tiny_run_config
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 
@@ -23,37 +23,18 @@ def clip_dir(tmp_path_factory):
 
 
 def config(model_dir, clip_dir, run_dir, *extra):
-    return load_config(
-        None,
-        [
-            f"model.pretrained={model_dir}",
-            f"reward.clip_model={clip_dir}",
-            "reward.prompts.forget=[a red circle, a red square]",
-            "reward.prompts.retain=[a blue circle, a blue square]",
-            "reward.prompts.concept=red",
-            "reward.prompts.anchor=a shape",
-            "sampler.num_steps=4",
-            "sampler.batch_size=4",
-            "sampler.guidance_scale=3.0",
-            "learner.batch_size=4",
-            "learner.minibatch_size=2",
-            "learner.train_steps=2",
-            "learner.max_steps=3",
-            "learner.checkpoint_every=2",
-            "critic.warmup_steps=1",
-            "critic.hidden=16",
-            "critic.timestep_dim=16",
-            "replay.url=auto",
-            "replay.min_size_to_sample=4",
-            "replay.samples_per_insert=1",
-            "replay.capacity=32",
-            "replay.error_buffer=4",
-            "runtime.kind=local",
-            "runtime.device=cpu",
-            f"runtime.run_dir={run_dir}",
-            "runtime.run_name=t",
-            *extra,
-        ],
+    """configs/tiny_run.yaml in process: minibatches of 2, 3 learner steps, a smaller buffer."""
+    return tiny_run_config(
+        model_dir,
+        clip_dir,
+        run_dir,
+        "learner.minibatch_size=2",
+        "learner.max_steps=3",
+        "replay.capacity=32",
+        "replay.error_buffer=4",
+        "runtime.kind=local",
+        "runtime.run_name=t",
+        *extra,
     )
 
 
