@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from critic_unlearn.codec import decode_trajectory
@@ -29,6 +30,7 @@ def test_help_lists_the_commands():
         assert command in proc.stdout
 
 
+@pytest.mark.slow  # a fresh interpreter: ~6 s of importing torch and diffusers
 def test_sample_writes_grid_trajectories_and_config(tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     proc = cli(
@@ -56,6 +58,7 @@ def test_sample_writes_grid_trajectories_and_config(tiny_model_dir, tmp_path):
     assert load_config(out / "config.yaml").sampler.keep_steps == 2
 
 
+@pytest.mark.slow  # a fresh interpreter: ~6 s of importing torch and diffusers
 def test_sample_with_a_missing_model_fails_cleanly(tmp_path):
     proc = cli("sample", str(tmp_path / "missing"), "--prompt", "x", "--out", str(tmp_path / "o"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr

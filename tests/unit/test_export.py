@@ -158,6 +158,7 @@ def test_merged_pipeline_loads_with_from_pretrained_and_matches(run, tmp_path):
         export_run(run.dir, merged=out)
 
 
+@pytest.mark.slow  # a fresh interpreter: ~6 s of importing torch and diffusers
 def test_snapshot_exported_by_the_command_matches_our_unet(run, tiny_model_dir):
     proc = cli("export", str(run.dir), "--snapshot", "3")
     assert proc.returncode == 0, proc.stderr
@@ -171,6 +172,7 @@ def test_snapshot_exported_by_the_command_matches_our_unet(run, tiny_model_dir):
     )
 
 
+@pytest.mark.slow  # a fresh interpreter: ~6 s of importing torch and diffusers
 def test_a_bad_run_folder_is_one_line_naming_it(tmp_path):
     missing = tmp_path / "no-such-run"
     proc = cli("export", str(missing))
