@@ -190,7 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                     if r is None:
                         failed.append(tag)
     summary = summarize(load_results(Path(args.out)))
-    print(markdown_table(summary))
+    table = markdown_table(summary)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(args.out) / "table.md", table + "\n")
+    print(table)
     print(json.dumps({"robustness": summary_json(summary), "failed": failed}))
     return 1 if failed else 0
 
