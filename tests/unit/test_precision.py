@@ -5,8 +5,8 @@ the same `policy_step`: UNet in the base weights' dtype under the same autocast 
 and Gaussian log-density in fp32, LoRA weights fp32 on both sides. Re-scored in the actor's own
 batch shapes, the log ratio at equal versions is exactly 0 in fp32. The learner trains in other
 shapes (minibatches, one random step per trajectory), and whether fp32 results are then still
-bit-identical is the BLAS's business, not ours: on an AVX2 Xeon they were (ratio exactly 1, also
-in bf16, also at SD-1.5's latent size), on an AVX-512/AMX Xeon the sum over a trajectory step's
+bit-identical is the BLAS's business, not ours: on the machine of earlier sessions they were
+(ratio exactly 1, also in bf16, also at SD-1.5's latent size), on an AVX-512/AMX Xeon the sum over a trajectory step's
 log-density moves by up to 2.4e-4 on log-probs of 200-630 (7.5e-7 relative: a few fp32 ulps),
 because its GEMM kernels depend on the batch's row count. So in training shapes the test bounds
 the ratio by fp32 round-off. Before this policy the log ratio reached 30 (tiny model) and 1,438
