@@ -6,11 +6,12 @@ and Gaussian log-density in fp32, LoRA weights fp32 on both sides. Re-scored in 
 batch shapes, the log ratio at equal versions is exactly 0 in fp32. The learner trains in other
 shapes (minibatches, one random step per trajectory), and whether fp32 results are then still
 bit-identical is the BLAS's business, not ours: on the machine of earlier sessions they were
-(ratio exactly 1, also in bf16, also at SD-1.5's latent size), on an AVX-512/AMX Xeon the sum over a trajectory step's
-log-density moves by up to 2.4e-4 on log-probs of 200-630 (7.5e-7 relative: a few fp32 ulps),
-because its GEMM kernels depend on the batch's row count. So in training shapes the test bounds
-the ratio by fp32 round-off. Before this policy the log ratio reached 30 (tiny model) and 1,438
-(SD-1.5 latent size) in bf16: a precision mismatch is five orders of magnitude above that bound.
+(ratio exactly 1, also in bf16, also at SD-1.5's latent size), on an AVX-512/AMX Xeon the sum
+over a trajectory step's log-density moves by up to 2.4e-4 on log-probs of 200-630 (7.5e-7
+relative: a few fp32 ulps), because its GEMM kernels depend on the batch's row count. So in
+training shapes the test bounds the ratio by fp32 round-off. Before this policy the log ratio
+reached 30 (tiny model) and 1,438 (SD-1.5 latent size) in bf16: a precision mismatch is five
+orders of magnitude above that bound.
 """
 
 from __future__ import annotations
