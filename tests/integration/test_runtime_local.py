@@ -171,8 +171,10 @@ def test_a_checkpoint_resumes_in_the_other_runtime(local_ray, make_cfg):
     assert ray_leg.trajectories > local.trajectories
     after_ray = read_run_state(local.run_dir / CHECKPOINT)
     assert set(after_ray.actors) == {0, 1}
-    # actor 0 went on from the seed the local leg stopped at, not from its initial seed
-    assert after_ray.actors[0]["next_seed"] > after_local.actors[0]["next_seed"]
+    # actor 0 went on from the seed the local leg stopped at, not from its initial seed (0); it
+    # may not have finished a batch in this short leg (actor 1 can sample all of it while actor
+    # 0 is still building its models), so its stream may only have been carried over
+    assert after_ray.actors[0]["next_seed"] >= after_local.actors[0]["next_seed"] > 0
 
     # 3 more updates take 12 samples; the limiter lets samples run at most 4 ahead of inserts
     last = train_local(make_cfg("runtime.kind=local", "learner.max_steps=7"))
