@@ -73,6 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = [ROOT / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
 FULL = {"steps": 100, "every": 10, "images": 8, "out": Path("runs/ablation")}
 QUICK = {"steps": 40, "every": 10, "images": 4, "out": Path("runs/ablation-quick")}
+DEFAULT_SEEDS = (0, 1, 2)  # the full grid: 3 seeds per arm
 
 
 @dataclass
@@ -121,7 +122,7 @@ def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, d[key])
     if args.seeds is None:
-        args.seeds = [0] if args.quick else [0, 1, 2]
+        args.seeds = [0] if args.quick else list(DEFAULT_SEEDS)
     if args.scenarios is None:
         args.scenarios = SCENARIOS[:1] if args.quick else list(SCENARIOS)
     return args
@@ -225,7 +226,7 @@ def report(args: argparse.Namespace, scenarios: list[str], console: Console) -> 
     # the whole grid's arms and seeds, not only this invocation's: a table rebuilt after a run of
     # one arm or one seed still shows what is missing elsewhere
     arms = list(dict.fromkeys([*(args.arms if args.quick else DEFAULT_ARMS), *args.arms]))
-    expected_seeds = len(set(args.seeds) | (set() if args.quick else {0, 1, 2}))
+    expected_seeds = len(set(args.seeds) | (set() if args.quick else set(DEFAULT_SEEDS)))
     summary = summarize(results, args.target, scenarios, arms)
     table = markdown_table(summary, args.target, expected_seeds, settings_note(results))
     out.mkdir(parents=True, exist_ok=True)

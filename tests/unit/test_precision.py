@@ -92,10 +92,9 @@ def rescore(learner, batch: Batch, cond: torch.Tensor, shapes: str) -> torch.Ten
 
 
 @torch.no_grad()
-def log_ratios(
-    cfg, actor, learner, size: int | None = None, shapes: str = "training"
-) -> tuple[Batch, torch.Tensor]:
-    """Behaviour log-probs from the actor's batch of 4, re-scored by the learner (`rescore`)."""
+def log_ratios(cfg, actor, learner, size: int | None = None) -> tuple[Batch, torch.Tensor]:
+    """Behaviour log-probs from the actor's batch of 4, re-scored by the learner in training
+    shapes (`rescore`)."""
     s = cfg.sampler
     settings = SamplerSettings(s.num_steps, s.eta, s.guidance_scale, s.log_prob_reduction)
     specs = [PromptSpec(f"p{i}", t, "forget") for i, t in enumerate(PROMPTS)]
@@ -105,7 +104,7 @@ def log_ratios(
     batch = Batch.from_trajectories([t.with_reward(0.0) for t in trajs])
     learner.c.scheduler.set_timesteps(s.num_steps, device=learner.device)
     cond = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)
-    return batch, rescore(learner, batch, cond, shapes)
+    return batch, rescore(learner, batch, cond, "training")
 
 
 def assert_fp32_ratio_is_one(batch: Batch, actor_shapes: torch.Tensor,
