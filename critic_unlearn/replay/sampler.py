@@ -149,17 +149,21 @@ class ReplaySampler:
             "have stopped. Check the actors, raise timeout_s or lower samples_per_insert"
         )
 
-    def release_if_all_stale(self, min_version: int) -> StaleRelease | None:
+    def release_if_all_stale(self, min_version: int, batch: int = 1) -> StaleRelease | None:
         """Break the one deadlock the limiter and the staleness bound can make together.
 
         The limiter counts every stored record as owed samples, but records older than
         `min_version` are never drawn. When none can be drawn, the limiter would grant samples
-        and it refuses inserts, the learner waits for fresh records and the actors wait for
-        room, forever. Then the stored records are counted as consumed (the limiter goes to its
-        bottom) so actors can insert fresh ones; one Lua script decides and writes. None when
-        the limiter is not stuck that way. With several shards the other shards' counts are read
-        first, so a record arriving there meanwhile may be counted as consumed too.
+        and it refuses the actors' next batch (`batch` records: the rule of
+        `ReplayWriter.has_room`, which actors wait on), the learner waits for fresh records and
+        the actors wait for room, forever. Then the stored records are counted as consumed (the
+        limiter goes to its bottom, where a batch fits) so actors can insert fresh ones; one Lua
+        script decides and writes. None when the limiter is not stuck that way. With several
+        shards the other shards' counts are read first, so a record arriving there meanwhile may
+        be counted as consumed too.
         """
+        if batch < 1:
+            raise ValueError(f"batch = {batch} records; pass the actors' batch size, at least 1")
         kw = dict(min_version=min_version, mode=self.cfg.sampling,
                   recent_window=self.cfg.recent_window)
         other_size = other_drawable = 0
@@ -169,7 +173,7 @@ class ReplaySampler:
             other_drawable += drawable
         return self.shards[0].release_stale(
             **kw, other_size=other_size, other_drawable=other_drawable,
-            limiter=self.rate_limiter.params.as_args(),
+            limiter=self.rate_limiter.params.as_args(), batch=batch,
         )
 
     def update_priorities(self, records: Sequence[SampledRecord | RecordMeta],

@@ -46,11 +46,13 @@ local function rl_batch_need(n, spi, eb)
   return math.min(n, math.max(1, math.floor(2 * eb / spi)))
 end
 -- the deadlock breaker: when samples would be granted but no record is fresh enough to draw,
--- and inserts are refused, count the stored records as consumed (diff goes to its bottom).
+-- and an actor's batch of n is refused (the rule it waits on, rl_batch_need), count the stored
+-- records as consumed (diff goes to its bottom, where a batch fits again).
 -- -> nil (nothing to release) or inserts, samples before, samples after
-local function rl_release_stale(rl, size, spi, min_size, eb)
+local function rl_release_stale(rl, size, n, spi, min_size, eb)
   if rl_grant(rl, size, 1, spi, min_size, eb) < 1 then return nil end
-  if rl_can_insert(rl, size, 1, spi, min_size, eb) then return nil end
+  local need = rl_batch_need(n, spi, eb)
+  if rl_can_insert(rl, size, need, spi, min_size, eb) then return nil end
   local ins, smp = rl_counts(rl)
   local to = math.ceil(ins * spi - (spi * min_size - eb))
   redis.call('HSET', rl, 'samples', to)
@@ -300,9 +302,10 @@ return {redis.call('ZCARD', p .. 'ver'),
 )
 
 # The deadlock breaker on the primary shard: release only when nothing stored (here or on the
-# other shards) can be drawn at min_version, the limiter would grant samples and refuses inserts.
+# other shards) can be drawn at min_version, the limiter would grant samples and refuses an
+# actor's batch (ROOM's rule for a batch of n).
 # ARGV: prefix, capacity, min_version, mode, recent_window, size and drawable of the other
-#       shards, spi, min_size, error_buffer -> {0} or {1, size, inserts, samples, samples after}
+#       shards, spi, min_size, error_buffer, n -> {0} or {1, size, inserts, samples, samples after}
 RELEASE_STALE = (
     "#!lua flags=allow-oom\n"
     + _LIMITER
@@ -312,8 +315,8 @@ local p = ARGV[1]
 local size = redis.call('ZCARD', p .. 'ver') + tonumber(ARGV[6])
 local fresh = drawable(p, tonumber(ARGV[2]), ARGV[3], ARGV[4], tonumber(ARGV[5]))
 if fresh + tonumber(ARGV[7]) > 0 then return {0} end
-local ins, smp, to = rl_release_stale(p .. 'rl', size, tonumber(ARGV[8]), tonumber(ARGV[9]),
-                                      tonumber(ARGV[10]))
+local ins, smp, to = rl_release_stale(p .. 'rl', size, tonumber(ARGV[11]), tonumber(ARGV[8]),
+                                      tonumber(ARGV[9]), tonumber(ARGV[10]))
 if ins == nil then return {0} end
 return {1, size, ins, smp, to}
 """

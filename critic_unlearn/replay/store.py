@@ -208,11 +208,12 @@ class Shard:
         return int(size), int(fresh)
 
     def release_stale(self, *, min_version: int, mode: str, recent_window: int, other_size: int,
-                      other_drawable: int, limiter: tuple) -> StaleRelease | None:
+                      other_drawable: int, limiter: tuple, batch: int) -> StaleRelease | None:
         """The deadlock breaker on this primary shard (scripts.RELEASE_STALE); None when the
-        limiter is not stuck on stale records."""
+        limiter is not stuck on stale records. `batch`: the actors' batch, whose room they wait
+        for."""
         args = [self.keys.prefix, self.capacity, min_version, mode, recent_window, other_size,
-                other_drawable, *limiter]
+                other_drawable, *limiter, batch]
         reply = self.conn.call(lambda: self._release(keys=[self.keys.head], args=args),
                                "a rate-limiter release")
         if not int(reply[0]):

@@ -175,7 +175,7 @@ class LearnerWorker:
         blocked. Too small a max_staleness for error_buffer / learner.batch_size makes this
         frequent; the metric replay/stale_unblocks counts it."""
         released = self.sampler.release_if_all_stale(
-            self.sampler.min_version_for(self.learner.version)
+            self.sampler.min_version_for(self.learner.version), batch=self.cfg.sampler.batch_size
         )
         if released is None:
             return ""

@@ -170,3 +170,22 @@ def test_release_counts_records_on_every_shard(replay_cfg, redis_url, make_traj)
         assert s.release_if_all_stale(1) is None  # the fresh one lives on shard 1
         released = s.release_if_all_stale(2)
         assert released == StaleRelease(size=4, inserts=4, samples_before=0, samples_after=4)
+
+
+def test_release_when_stale_records_block_an_actors_batch_not_one_insert(replay_cfg, make_traj):
+    # spi 4, min size 2, error buffer 4: diff = 4 * inserts - samples must stay in [4, 12]; an
+    # actor with batches of 2 waits for room for 2 (has_room), so room for one insert does not
+    # unblock it (samples_per_insert 4 froze a toy run this way: the release asked about 1)
+    cfg = replay_cfg(capacity=64, samples_per_insert=4.0, min_size_to_sample=2, error_buffer=4.0)
+    with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:
+        _fill_to_the_top(w, make_traj, [0, 0])  # diff 8
+        s.sample(1, min_version=0, timeout_s=0.1)  # diff 7
+        assert w.has_room(1) and not w.has_room(2)  # 12 - 1 = 11 <= 12; 16 - 1 = 15 > 12
+        with pytest.raises(ReplayTimeout, match="no record has version >= 1"):
+            s.sample(1, min_version=1, timeout_s=0.1)
+        assert s.release_if_all_stale(1, batch=1) is None  # one insert would still fit
+        released = s.release_if_all_stale(1, batch=2)
+        assert released == StaleRelease(size=2, inserts=2, samples_before=1, samples_after=4)
+        assert w.has_room(2)  # the bottom: a batch of 2 fits (16 - 4 = 12)
+        with pytest.raises(ValueError, match="batch = 0"):
+            s.release_if_all_stale(1, batch=0)

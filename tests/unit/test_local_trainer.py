@@ -80,3 +80,20 @@ def test_critic_off_runs_ddpo_style(tiny_model_dir, clip_dir, tmp_path):
         (r.run_dir / "metrics.jsonl").read_text().splitlines()[0]
     )
     assert torch.isfinite(torch.tensor(r.last_metrics["policy/loss"]))
+
+
+def test_off_policy_reuse_with_a_tight_staleness_bound_completes(
+    tiny_model_dir, clip_dir, tmp_path
+):
+    # samples_per_insert 4 with max_staleness 0: after each update the stored records are too old
+    # to draw while the limiter still owes them samples, and the actor's batch of 4 has no room
+    # (one insert would). The learner's deadlock breaker must ask about the actor's batch, or
+    # the run waits forever (a toy ablation run froze at step 5 this way).
+    r = train_local(config(
+        tiny_model_dir, clip_dir, tmp_path, "replay.samples_per_insert=4",
+        "replay.max_staleness=0", "replay.error_buffer=8", "learner.max_steps=3",
+        "runtime.stall_timeout_s=60",  # a regression fails in a minute, not in 15
+    ))
+    assert r.version == 3
+    rows = read_metrics(r.run_dir / "metrics.jsonl")
+    assert rows[-1]["replay/stale_unblocks"] >= 1
