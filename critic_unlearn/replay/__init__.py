@@ -3,9 +3,9 @@
 This package is the only code that talks to Redis. Everything else (keys, Lua scripts,
 connection retries, the rate limiter's arithmetic) is an implementation detail behind these two
 classes: actors ask `ReplayWriter.wait_for_room(n, wait_s)` before sampling a batch, the learner
-`ReplaySampler.release_if_all_stale(min_version)` when the staleness bound starves it, and every
-limiter decision is made in Lua. `WeightStore` keeps the durable copy of the latest adapter;
-`RedisServer` starts a private server for tests and demos.
+`ReplaySampler.release_if_all_stale(min_version, batch)` when the staleness bound starves it,
+and every limiter decision is made in Lua. `WeightStore` keeps the durable copy of the latest
+adapter; `RedisServer` starts a private server for tests and demos.
 """
 
 from critic_unlearn.replay.errors import (
