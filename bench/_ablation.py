@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from critic_unlearn.evaluation.curve import trajectories_to
+from critic_unlearn.training.metrics import read_metrics
 
 # Each arm: config overrides applied on top of the scenario YAML (before the user's own).
 ARMS: dict[str, list[str]] = {
@@ -30,6 +31,8 @@ DEFAULT_ARMS = ["critic", "x0_pred", "no_timestep", "ddpo"]
 RESULT = "result.json"
 SETTINGS = "ablation_settings.json"  # written before training: what the folder is a run of
 CRITIC_INIT = "critic_init.json"  # written by the trainer when a pretrained critic was used
+METRICS = "metrics.jsonl"  # the trainer's per-step metrics, beside result.json
+EV_KEY = "critic/ev_t"  # + 4-digit timestep: the critic's explained variance at that state
 NOT_REACHED = math.inf  # a seed that never reaches the target sorts after every one that does
 
 
@@ -106,10 +109,35 @@ def make_result(arm: str, scenario: str, seed: int, settings: dict[str, Any], tr
     return out
 
 
+def critic_ev_by_timestep(metrics_path: Path) -> dict[str, float] | None:
+    """What the critic knew during a run: for each stored timestep, the median over learner
+    steps of the critic's explained variance of the realised reward (metrics.jsonl's
+    critic/ev_tNNNN). Keys are timesteps as strings (JSON); None without a critic or a file."""
+    if not Path(metrics_path).is_file():
+        return None
+    per_t: dict[int, list[float]] = {}
+    for row in read_metrics(metrics_path):
+        for k, v in row.items():
+            if k.startswith(EV_KEY) and isinstance(v, int | float) and math.isfinite(v):
+                per_t.setdefault(int(k[len(EV_KEY):]), []).append(float(v))
+    if not per_t:
+        return None
+    return {str(t): round(statistics.median(v), 4) for t, v in sorted(per_t.items())}
+
+
 def load_results(out: Path) -> list[dict[str, Any]]:
-    """Every readable OUT/<scenario>/<arm>/s<seed>/result.json, in path order."""
-    return [r for p in sorted(Path(out).glob(f"*/*/s*/{RESULT}"))
-            if (r := _read_json(p)) is not None]
+    """Every readable OUT/<scenario>/<arm>/s<seed>/result.json, in path order. A result
+    written before results carried `critic_ev` gets it from its run folder's metrics, where
+    that folder is still there."""
+    results = []
+    for p in sorted(Path(out).glob(f"*/*/s*/{RESULT}")):
+        r = _read_json(p)
+        if r is None:
+            continue
+        if "critic_ev" not in r and (ev := critic_ev_by_timestep(p.parent / METRICS)):
+            r["critic_ev"] = ev
+        results.append(r)
+    return results
 
 
 # ---------------------------------------------------------------- aggregation
@@ -149,7 +177,17 @@ def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, An
         "pretrain_s": _median([i.get("wall_s") for i in inits]),
         "pretrain_cached": any(i.get("cached") for i in inits),
         "pretrain_seeds": len(inits),
+        "critic_ev": _median_ev([r["critic_ev"] for r in results if r.get("critic_ev")]),
+        "ev_seeds": sum(bool(r.get("critic_ev")) for r in results),
     }
+
+
+def _median_ev(per_seed: list[dict[str, float]]) -> dict[str, float] | None:
+    """Per timestep, the median over seeds of each seed's median explained variance."""
+    ts = sorted({t for ev in per_seed for t in ev}, key=int)
+    if not ts:
+        return None
+    return {t: round(statistics.median(ev[t] for ev in per_seed if t in ev), 4) for t in ts}
 
 
 def median_to_target(cell: dict[str, Any]) -> int | None:
@@ -257,7 +295,27 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], target: float,
                   median_to_target(cells.get("critic", {})))
         lines += ["", f"DDPO / critic (median trajectories to target): "
                       f"{'—' if r is None else f'{r:.2f}x'}", ""]
+        lines += ev_table(cells)
     return "\n".join(lines)
+
+
+def ev_table(cells: dict[str, dict[str, Any]]) -> list[str]:
+    """Per arm with a critic: its explained variance of the realised reward at each stored
+    timestep, noisiest first (median over a run's learner steps, then over seeds). Empty when
+    no result carries it."""
+    evs = {arm: c for arm, c in cells.items() if c.get("critic_ev")}
+    if not evs:
+        return []
+    ts = sorted({t for c in evs.values() for t in c["critic_ev"]}, key=int, reverse=True)
+    lines = ["Critic's explained variance of the realised reward per timestep t (median over "
+             "each run's learner steps, then over seeds; 1 = predicts the reward, 0 = no "
+             "better than its mean):", "",
+             "| arm | seeds | " + " | ".join(f"t={t}" for t in ts) + " |",
+             "|" + "---|" * (len(ts) + 2)]
+    for arm, c in evs.items():
+        vals = [_num(c["critic_ev"].get(t), ".2f") for t in ts]
+        lines.append(f"| {arm} | {c['ev_seeds']} | " + " | ".join(vals) + " |")
+    return [*lines, ""]
 
 
 def settings_note(results: list[dict[str, Any]]) -> str:

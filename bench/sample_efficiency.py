@@ -49,11 +49,13 @@ from bench._ablation import (  # noqa: E402
     ARMS,
     CRITIC_INIT,
     DEFAULT_ARMS,
+    METRICS,
     RESULT,
     SETTINGS,
     aligned_band,
     cell_settings,
     cell_state,
+    critic_ev_by_timestep,
     load_results,
     make_result,
     markdown_table,
@@ -167,6 +169,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, console: Console) -> dict[str
                          trained.trajectories, curve, args.target, resumed,
                          _read_json(cell.run_dir / CRITIC_INIT))
     result["judge_s"] = curve.get("wall_s")
+    if ev := critic_ev_by_timestep(cell.run_dir / METRICS):
+        result["critic_ev"] = ev
     atomic_write_text(cell.run_dir / RESULT, json.dumps(result, indent=1))
     return result
 

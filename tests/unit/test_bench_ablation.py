@@ -15,11 +15,13 @@ if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pyt
 
 from bench._ablation import (  # noqa: E402
     ARMS,
+    METRICS,
     RESULT,
     SETTINGS,
     aligned_band,
     cell_settings,
     cell_state,
+    critic_ev_by_timestep,
     load_results,
     make_result,
     markdown_table,
@@ -209,3 +211,44 @@ def test_every_arm_is_a_valid_config(scenario: str) -> None:
     assert spi.replay.samples_per_insert == 4 and spi.replay.error_buffer == 64
     assert load_config(ROOT / "configs" / f"{scenario}.yaml",
                        ARMS["x0_pred"]).critic.input == "x0_pred"
+
+
+def _write_metrics(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"torn": ')
+
+
+def test_critic_explained_variance_per_timestep_from_the_runs_metrics(tmp_path: Path) -> None:
+    # three learner steps: medians 0.5 at t=901 and 0.2 at t=1; NaN (a constant batch) skipped
+    rows = [{"step": 1, "critic/ev_t0901": 0.1, "critic/ev_t0001": 0.2, "policy/loss": 1.0},
+            {"step": 2, "critic/ev_t0901": 0.5, "critic/ev_t0001": float("nan")},
+            {"step": 3, "critic/ev_t0901": 0.9, "critic/ev_t0001": 0.2}]
+    _write_metrics(tmp_path / "m.jsonl", rows)
+    assert critic_ev_by_timestep(tmp_path / "m.jsonl") == {"1": 0.2, "901": 0.5}
+    _write_metrics(tmp_path / "ddpo.jsonl", [{"step": 1, "policy/loss": 1.0}])
+    assert critic_ev_by_timestep(tmp_path / "ddpo.jsonl") is None
+    assert critic_ev_by_timestep(tmp_path / "missing.jsonl") is None
+
+    # load_results fills it in from the run folder for results written without it
+    run = tmp_path / "grid" / "toy_forget_red" / "critic" / "s0"
+    _write_metrics(run / METRICS, rows)
+    (run / RESULT).write_text(json.dumps(result("critic", 0, [0.5, 0.95])))
+    (loaded,) = load_results(tmp_path / "grid")
+    assert loaded["critic_ev"] == {"1": 0.2, "901": 0.5}
+
+
+def test_ev_table_medians_over_seeds_noisiest_first() -> None:
+    a = {**result("critic", 0, [0.95]), "critic_ev": {"1": 0.6, "901": 0.0}}
+    b = {**result("critic", 1, [0.95]), "critic_ev": {"1": 0.4, "901": 0.2}}
+    c = {**result("critic", 2, [0.95])}  # its run folder is gone: counted out of the EV row
+    d = result("ddpo", 0, [0.95])
+    summary = summarize([a, b, c, d], 0.9, ["toy_forget_red"], ["critic", "ddpo"])
+    cell = summary["toy_forget_red"]["critic"]
+    assert cell["critic_ev"] == {"1": 0.5, "901": 0.1} and cell["ev_seeds"] == 2
+    assert summary["toy_forget_red"]["ddpo"]["critic_ev"] is None
+    text = markdown_table(summary, 0.9, 3)
+    assert "| arm | seeds | t=901 | t=1 |" in text
+    assert "| critic | 2 | 0.10 | 0.50 |" in text
+    assert "| ddpo |" not in text.split("explained variance")[1]
+    assert "explained variance" not in markdown_table(
+        summarize([d], 0.9, ["toy_forget_red"], ["ddpo"]), 0.9, 3)
