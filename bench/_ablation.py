@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from critic_unlearn.evaluation.curve import trajectories_to
-from critic_unlearn.training.metrics import read_metrics
+from critic_unlearn.training.metrics import read_metrics, timestep_metrics
 
 # Each arm: config overrides applied on top of the scenario YAML (before the user's own).
 ARMS: dict[str, list[str]] = {
@@ -117,9 +117,9 @@ def critic_ev_by_timestep(metrics_path: Path) -> dict[str, float] | None:
         return None
     per_t: dict[int, list[float]] = {}
     for row in read_metrics(metrics_path):
-        for k, v in row.items():
-            if k.startswith(EV_KEY) and isinstance(v, int | float) and math.isfinite(v):
-                per_t.setdefault(int(k[len(EV_KEY):]), []).append(float(v))
+        for t, v in timestep_metrics(row, EV_KEY).items():
+            if math.isfinite(v):
+                per_t.setdefault(t, []).append(float(v))
     if not per_t:
         return None
     return {str(t): round(statistics.median(v), 4) for t, v in sorted(per_t.items())}

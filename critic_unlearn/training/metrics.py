@@ -65,3 +65,10 @@ def read_metrics(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def timestep_metrics(row: dict, prefix: str) -> dict[int, float]:
+    """{t: value} of one metrics row's keys named `prefix` + tNNNN (the per-timestep
+    diagnostics, e.g. critic/ev_t0901); None values are left out."""
+    return {int(k[len(prefix):]): v for k, v in row.items()
+            if k.startswith(prefix) and v is not None}

@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from critic_unlearn.training.metrics import read_metrics  # noqa: E402
+from critic_unlearn.training.metrics import read_metrics, timestep_metrics  # noqa: E402
 
 CURVES = {
     "reward.png": [
@@ -88,9 +88,10 @@ def _by_timestep(rows: list[dict], prefix: str) -> dict[int, list[tuple[float, f
     series: dict[int, list[tuple[float, float]]] = {}
     for r in rows:
         x = r.get("actor/trajectories")
-        for key, v in r.items():
-            if key.startswith(prefix) and v is not None and x is not None:
-                series.setdefault(int(key[len(prefix):]), []).append((x, v))
+        if x is None:
+            continue
+        for t, v in timestep_metrics(r, prefix).items():
+            series.setdefault(t, []).append((x, v))
     return series
 
 
