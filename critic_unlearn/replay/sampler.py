@@ -36,8 +36,11 @@ class SampledRecord:
 class ReplaySampler:
     """Samples a run's buffer for the learner; also owns priorities, size and clear()."""
 
-    def __init__(self, cfg: ReplayConfig, *, namespace: str | None = None) -> None:
+    def __init__(self, cfg: ReplayConfig, *, namespace: str | None = None,
+                 seed: int | None = None) -> None:
         self.cfg = cfg
+        # which records a draw picks: seeded, so a run is reproducible where calls are ordered
+        self.rng = random.Random(seed)
         self.shards = open_shards(cfg, namespace)
         self.rate_limiter: RateLimiter = open_limiter(cfg, self.shards)
         self.counters = Counters()
@@ -84,19 +87,19 @@ class ReplaySampler:
                   priority_exponent=self.cfg.priority_exponent)
         limits = self.rate_limiter.params.as_args()
         if len(self.shards) == 1:
-            return self.shards[0].sample(n, limiter=limits, **kw)
+            return self.shards[0].sample(n, limiter=limits, rng=self.rng, **kw)
         sizes = [s.size() for s in self.shards]
         primary = self.shards[0]
         granted = primary.limit("sample", n, sum(sizes), limits)
         if granted == 0:
             return SampleResult("blocked", [], sum(sizes))
         # split the granted draws over shards in proportion to their size
-        picks = random.choices(range(len(sizes)), weights=sizes, k=granted)
+        picks = self.rng.choices(range(len(sizes)), weights=sizes, k=granted)
         records, newest = [], -1
         for i, shard in enumerate(self.shards):
             k = picks.count(i)
             if k:
-                res = shard.sample(k, limiter=None, **kw)
+                res = shard.sample(k, limiter=None, rng=self.rng, **kw)
                 records += res.records
                 newest = max(newest, res.newest_version)
         if len(records) < granted:

@@ -124,10 +124,13 @@ class Shard:
         raise AssertionError("unreachable")
 
     def sample(self, n: int, *, min_version: int, mode: str, recent_window: int,
-               priority_exponent: float, limiter: tuple | None) -> SampleResult:
+               priority_exponent: float, limiter: tuple | None,
+               rng: random.Random | None = None) -> SampleResult:
+        """`rng` seeds the script's draws: the sampler passes its own seeded one, so a run
+        whose calls come in a fixed order (the local runtime) draws the same records each time."""
         rl = ("1", *limiter) if limiter else ("0", 0, 0, 0)
         args = [self.keys.prefix, self.capacity, n, min_version, mode, recent_window,
-                priority_exponent, random.getrandbits(31), *rl]
+                priority_exponent, (rng or random).getrandbits(31), *rl]
         reply = self.conn.call(lambda: self._sample(keys=[self.keys.head], args=args), "a sample")
         status = reply[0].decode()
         if status != "ok":

@@ -98,7 +98,7 @@ class LearnerWorker:
             self.attack_clip = load_open_clip(
                 cfg.reward.clip_model, cfg.reward.clip_pretrained, self.learner.device
             )
-        self.sampler = ReplaySampler(cfg.replay, namespace=namespace)
+        self.sampler = ReplaySampler(cfg.replay, namespace=namespace, seed=cfg.learner.seed)
         self.stale_unblocks = 0
 
     def __repr__(self) -> str:
