@@ -3,11 +3,15 @@
 For each scenario x arm x seed: train (local runtime), judge the final adapter (`evaluate_run`:
 UA, IRA on held-out seeds and templates), attack it and its base (`critic-unlearn attack`: ASR
 of the synonym/paraphrase sweep and of the learned-prompt attack), and record the wall times.
-Arms: "plain" (unlearning as configured) and "adversarial" (attack.in_loop_every > 0: the
-learned-prompt attack in the training loop; a cell fails, saying so, while the loop does not
-report adversarial metrics). Resumable per cell like bench/sample_efficiency.py (same folder
-layout and state rules, bench/_ablation.py). Prints a Markdown table, then one JSON line with
-the medians and the wall-time ratio adversarial / plain.
+Arms: "plain" (unlearning as configured), "adversarial" (attack.in_loop_every > 0: the
+learned-prompt attack in the training loop, each call from the concept words with the full
+budget) and "adversarial_warm" (each call a third of that budget, warm-started from the tokens
+the previous call found); a cell of an adversarial arm fails, saying so, while the loop does not
+report adversarial metrics. Their result.json also holds the in-loop attacks' cost and strength
+(`loop_attack_s`, and `loop_concept_prob`: the attacker's CLIP p(concept) at each call's end).
+Resumable per cell like bench/sample_efficiency.py (same folder layout and state rules,
+bench/_ablation.py). Prints a Markdown table, then one JSON line with the medians and each
+adversarial arm's wall-time ratio over plain.
 """
 
 from __future__ import annotations
@@ -30,12 +34,15 @@ from critic_unlearn.evaluation.attack_cli import attack_run_dir  # noqa: E402
 from critic_unlearn.evaluation.run import evaluate_run  # noqa: E402
 from critic_unlearn.io_utils import atomic_write_text  # noqa: E402
 from critic_unlearn.runtime.local import train_local  # noqa: E402
+from critic_unlearn.training.metrics import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = [ROOT / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
 ARMS: dict[str, list[str]] = {
     "plain": ["attack.in_loop_every=0"],
     "adversarial": ["attack.in_loop_every=10"],
+    "adversarial_warm": ["attack.in_loop_every=10", "attack.in_loop_steps=10",
+                         "attack.in_loop_warm_start=true"],
 }
 FULL = {"steps": 100, "images": 8, "attack_steps": 30, "out": Path("runs/robustness")}
 QUICK = {"steps": 10, "images": 2, "attack_steps": 3, "out": Path("runs/robustness-quick")}
@@ -97,7 +104,7 @@ def run_cell(path: Path, arm: str, seed: int, args: argparse.Namespace,
     train_s = time.perf_counter() - t0
     metrics = (run_dir / "metrics.jsonl").read_text() if (run_dir / "metrics.jsonl").is_file() \
         else ""
-    if arm == "adversarial" and ADVERSARIAL_METRIC not in metrics:
+    if arm.startswith("adversarial") and ADVERSARIAL_METRIC not in metrics:
         raise RuntimeError("the training loop logged no adversarial/ metrics: it does not run "
                            "attack.in_loop_every yet, so this arm would be plain unlearning")
     t1 = time.perf_counter()
@@ -111,9 +118,22 @@ def run_cell(path: Path, arm: str, seed: int, args: argparse.Namespace,
         "ua": ev["ua"], "ira": ev["ira"], "base_ua": ev["base_ua"], "base_ira": ev["base_ira"],
         "synonym_asr": at["synonym"]["asr"], "synonym_base_asr": at["synonym"]["base_asr"],
         "learned_asr": at["learned"]["asr"], "learned_base_asr": at["learned"]["base_asr"],
+        **loop_attack(run_dir / "metrics.jsonl"),
     }
     atomic_write_text(run_dir / RESULT, json.dumps(result, indent=1))
     return result
+
+
+def loop_attack(metrics_path: Path) -> dict[str, Any]:
+    """The in-loop attacks of a run: total seconds and p(concept) at the end of each call."""
+    if not metrics_path.is_file():
+        return {}
+    rows = read_metrics(metrics_path)
+    probs = [r["adversarial/concept_prob"] for r in rows if "adversarial/concept_prob" in r]
+    if not probs:
+        return {}
+    total = max(r.get("adversarial/attack_s_total", 0.0) for r in rows)
+    return {"loop_attack_s": round(total, 1), "loop_concept_prob": probs}
 
 
 def _med(rows: list[dict[str, Any]], key: str) -> tuple[float, float, float] | None:
@@ -128,7 +148,7 @@ def _pct(m: tuple[float, float, float] | None) -> str:
 
 
 KEYS = ("ua", "ira", "base_ira", "synonym_asr", "synonym_base_asr", "learned_asr",
-        "learned_base_asr", "train_s", "attack_s")
+        "learned_base_asr", "train_s", "attack_s", "loop_attack_s")
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -163,10 +183,11 @@ def summary_json(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any
     for scenario, arms in summary.items():
         row = {arm: {k: (None if v is None else round(v[0], 4)) for k, v in c.items()
                      if k in KEYS} | {"seeds": c["seeds"]} for arm, c in arms.items()}
-        plain, adv = arms.get("plain", {}).get("train_s"), arms.get("adversarial", {}).get(
-            "train_s")
-        row["wall_ratio_adversarial_over_plain"] = (round(adv[0] / plain[0], 3)
-                                                    if plain and adv else None)
+        plain = arms.get("plain", {}).get("train_s")
+        for arm in ("adversarial", "adversarial_warm"):
+            adv = arms.get(arm, {}).get("train_s")
+            row[f"wall_ratio_{arm}_over_plain"] = (round(adv[0] / plain[0], 3)
+                                                   if plain and adv else None)
         out[scenario] = row
     return out
 

@@ -381,6 +381,9 @@ class AttackConfig(Section):
     # adversarial prompts in the training loop: every N learner steps the learned-prompt attack
     # runs against the current adapter and its tokens join the forget prompts; 0 = off
     in_loop_every: Annotated[int, Field(ge=0)] = 0
+    in_loop_steps: PositiveInt | None = None  # Adam steps per in-loop attack; None = steps
+    # True: each in-loop attack starts from the newest pool entry's tokens, not the concept words
+    in_loop_warm_start: bool = False
     pool_size: PositiveInt = 8  # found token sets kept for the loop (oldest dropped)
     pool_fraction: Fraction = 0.5  # share of forget prompts an actor draws from the pool
 

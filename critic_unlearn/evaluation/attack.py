@@ -130,13 +130,21 @@ def learn_prompt(
     concept: str,
     s: AttackSettings,
     on_step: Callable[[int, float], None] | None = None,
+    start: Tensor | None = None,
 ) -> LearnedPrompt:
     """Optimise one set of k soft tokens for all `texts` so that each text's images are
     classified by `clip` as its `class_texts[j][0]` (against the rest of that row); `s.steps`
-    Adam steps of `s.batch_size` images on fresh seeds, the texts taking turns in the batch."""
+    Adam steps of `s.batch_size` images on fresh seeds, the texts taking turns in the batch.
+    `start` (k, E): begin from these tokens (a warm start) instead of `s.init`'s."""
     if len(texts) != len(class_texts) or not texts:
         raise ValueError(f"{len(texts)} texts but {len(class_texts)} class-text rows; one each")
-    vectors = initial_vectors(comps, s.num_tokens, s.init, concept, s.seed)
+    if start is None:
+        vectors = initial_vectors(comps, s.num_tokens, s.init, concept, s.seed)
+    elif start.shape[0] != s.num_tokens:
+        raise ValueError(f"a warm start of {start.shape[0]} tokens for attack.num_tokens = "
+                         f"{s.num_tokens}; start from tokens of the same count")
+    else:
+        vectors = start.detach().float().clone()
     vectors = vectors.to(comps.device).requires_grad_(True)
     opt = torch.optim.Adam([vectors], lr=s.lr)
     targets = [class_embeddings(clip, row) for row in class_texts]

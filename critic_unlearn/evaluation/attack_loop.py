@@ -2,8 +2,12 @@
 
 The loop calls `refresh_pool` every `attack.in_loop_every` learner steps with the learner's UNet
 (current adapter loaded). One set of soft tokens is learned against it for all forget prompts
-(`attack.steps` Adam steps, as in `critic-unlearn attack`) and added to the pool once per forget
-prompt; actors then draw `attack.pool_fraction` of their forget prompts from the pool.
+(`attack.in_loop_steps` Adam steps, default `attack.steps` as in `critic-unlearn attack`) and
+added to the pool once per forget prompt; actors then draw `attack.pool_fraction` of their forget
+prompts from the pool. With `attack.in_loop_warm_start` each attack starts from the newest pool
+entry's tokens, which worked against the adapter of N steps ago, instead of from the concept
+words: the attacker keeps its progress from one call to the next (as "free" adversarial training
+reuses its perturbation across minibatches), so fewer steps per call reach as far.
 """
 
 from __future__ import annotations
@@ -25,11 +29,15 @@ def refresh_pool(pool: SoftPromptPool, comps: SDComponents, clip: LoadedClip, cf
     t0 = time.perf_counter()
     texts = [p.text for p in load_prompts(cfg.reward.prompts).forget]
     s = attack_settings(cfg)
-    s = type(s)(**{**s.__dict__, "seed": cfg.attack.seed * 7_919 + step})  # fresh seeds per call
+    a = cfg.attack
+    s = type(s)(**{**s.__dict__, "seed": a.seed * 7_919 + step,  # fresh seeds per call
+                   "steps": a.in_loop_steps or a.steps})
+    newest = pool.prompts[-1].vectors if a.in_loop_warm_start and len(pool) else None
     found = learn_prompt(comps, clip, texts, [class_texts(t, cfg) for t in texts],
-                         cfg.reward.prompts.concept, s)
+                         cfg.reward.prompts.concept, s, start=newest)
     for text in texts:
         pool.add(text, found.vectors)
     return {"adversarial/attack_s": round(time.perf_counter() - t0, 3),
             "adversarial/concept_prob": found.concept_prob[-1],
+            "adversarial/attack_steps": float(s.steps),
             "adversarial/pool": float(len(pool))}

@@ -69,3 +69,29 @@ def test_refresh_pool_adds_one_entry_per_forget_prompt(toy) -> None:
     assert len(pool) == 2 and {p.text for p in pool.prompts} == {"a red circle", "a red square"}
     refresh_pool(pool, toy, clip, cfg, step=20)  # other seeds: new tokens, the oldest dropped
     assert len(pool) == 3 and m["adversarial/attack_s"] > 0
+
+
+def test_a_warm_started_in_loop_attack_continues_from_the_newest_tokens(toy) -> None:
+    cfg = load_config("configs/toy_forget_red.yaml", [
+        "reward.prompts.forget=[red circle]", "reward.prompts.templates=['a {}']",
+        "attack.steps=5", "attack.in_loop_steps=1", "attack.lr=0.01", "attack.batch_size=2",
+        "attack.sample_steps=2", "attack.num_tokens=2"])
+    if not hasattr(toy.unet, "peft_config"):  # the fixture is shared: attach once
+        attach_lora(toy.unet, cfg.lora)
+    clip = load_open_clip("toyworld", None, device="cpu")
+    dim = toy.text_encoder.get_input_embeddings().embedding_dim
+    far = torch.full((2, dim), 3.0)  # no word embeds near here (toy rows have norm ~0.16)
+
+    def next_tokens(warm: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        pool = SoftPromptPool(4)
+        pool.add("a red circle", far)
+        c = cfg.model_copy(update={"attack": cfg.attack.model_copy(
+            update={"in_loop_warm_start": warm})})
+        m = refresh_pool(pool, toy, clip, c, step=10)
+        return pool.prompts[-1].vectors, m
+
+    warm, m = next_tokens(True)
+    assert m["adversarial/attack_steps"] == 1  # in_loop_steps, not attack.steps
+    assert (warm - far).abs().max() <= 0.0101  # one Adam step of lr 0.01 from the newest tokens
+    cold, _ = next_tokens(False)
+    assert (cold - far).abs().min() > 2.0  # from the concept words, as `attack` starts

@@ -1,0 +1,39 @@
+"""The robustness grid's bookkeeping (bench/robustness.py) on hand-made results: no training."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pytest` needs this
+    sys.path.insert(0, str(ROOT))
+
+from bench.robustness import ARMS, loop_attack, summarize, summary_json  # noqa: E402
+from critic_unlearn.training.metrics import MetricsLogger  # noqa: E402
+
+
+def test_loop_attack_reads_the_in_loop_attacks_of_a_run(tmp_path) -> None:
+    log = MetricsLogger(tmp_path, tensorboard=False)
+    log.log(1, {"policy/loss": 0.1})
+    log.log(10, {"adversarial/concept_prob": 0.2, "adversarial/attack_s_total": 9.5})
+    log.log(20, {"adversarial/concept_prob": 0.4, "adversarial/attack_s_total": 19.25})
+    log.close()
+    assert loop_attack(tmp_path / "metrics.jsonl") == {"loop_attack_s": 19.2,
+                                                       "loop_concept_prob": [0.2, 0.4]}
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    MetricsLogger(plain, tensorboard=False).close()
+    assert loop_attack(plain / "metrics.jsonl") == {}  # no attack in the loop: nothing to add
+
+
+def test_each_adversarial_arm_gets_its_wall_ratio_over_plain() -> None:
+    assert ARMS["adversarial_warm"][-1] == "attack.in_loop_warm_start=true"
+    rows = [{"scenario": "s", "arm": a, "seed": i, "train_s": t}
+            for a, ts in (("plain", [100, 120, 110]), ("adversarial", [150, 180, 170]),
+                          ("adversarial_warm", [120, 130, 125]))
+            for i, t in enumerate(ts)]
+    out = summary_json(summarize(rows))["s"]
+    assert out["wall_ratio_adversarial_over_plain"] == 1.545  # 170 / 110
+    assert out["wall_ratio_adversarial_warm_over_plain"] == 1.136  # 125 / 110
+    assert out["plain"]["loop_attack_s"] is None
