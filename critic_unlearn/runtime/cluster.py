@@ -43,9 +43,26 @@ def ray_cluster(cfg: RunConfig) -> Iterator[None]:
         ray.shutdown()
 
 
+# Ray's switch for single-node clusters (named for laptops, where it is the default): while it is
+# 0, Ray keeps a node on 127.0.0.1. Without it Ray replaces 127.0.0.1 by the machine's routable
+# address (services.resolve_ip_for_localhost), so `_node_ip_address="127.0.0.1"` alone would
+# still put the GCS, raylet and workers on the network interface.
+SINGLE_NODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def keep_ray_on_loopback() -> None:
+    """Make the local cluster started next (and the processes it starts) listen on loopback."""
+    from ray._private import ray_constants
+
+    os.environ[SINGLE_NODE_ENV] = "0"  # the raylet's workers read it when they import Ray
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray before: read at import
+
+
 def local_cluster_kwargs(num_cpus: int | None) -> dict:
     """`ray.init` arguments for a fresh single-node cluster on loopback, whatever cluster Ray's
-    temp folder records (`ray_current_cluster`); the runtime, the tests and the benches use it."""
+    temp folder records (`ray_current_cluster`); the runtime, the tests and the benches use it.
+    Calling it keeps the cluster on loopback (`keep_ray_on_loopback`)."""
+    keep_ray_on_loopback()
     return dict(
         address="local",
         num_cpus=num_cpus,

@@ -118,6 +118,18 @@ def steps_logged(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
+def test_the_local_cluster_listens_on_loopback_only(local_ray) -> None:
+    # Ray turns _node_ip_address="127.0.0.1" into the machine's routable address unless told
+    # the cluster is single-node; the runtime, the tests and the benches start it this way
+    @ray.remote
+    def node_ip() -> str:
+        return ray.util.get_node_ip_address()
+
+    assert [n["NodeManagerAddress"] for n in ray.nodes()] == ["127.0.0.1"]
+    assert ray.get_runtime_context().gcs_address.startswith("127.0.0.1:")
+    assert ray.get(node_ip.remote()) == "127.0.0.1"  # a worker process, too
+
+
 def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, make_cfg, redis):
     cfg = make_cfg()
     r = train_ray(cfg)
