@@ -149,7 +149,6 @@ def cluster_env() -> dict[str, str]:
     env.update(
         RAY_AUTH_MODE="token",
         RAY_AUTH_TOKEN=secrets.token_hex(32),
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # single node: Ray keeps it on 127.0.0.1
         PATH=f"{BIN}:{env.get('PATH', '')}",
         HF_HUB_OFFLINE="1",
         PYTHONUNBUFFERED="1",
