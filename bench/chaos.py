@@ -17,7 +17,7 @@ and the work lost: trajectories written by killed batches, learner steps done ag
 learner's restart. The JSON last line holds faults_survived, runs_lost, half_checkpoints and
 accounting_ok with those details.
 
-    python -m bench.chaos                    # 4 actors, >= 20 faults (~10 min here)
+    python -m bench.chaos                    # 4 actors, 600 updates, >= 20 faults (~8 min here)
     python -m bench.chaos --quick            # 2 actors, one fault of each kind, by step (CI)
 """
 
@@ -193,7 +193,8 @@ def accounting(cfg, counted: int, kills: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--actors", type=int, default=4)
-    p.add_argument("--steps", type=int, default=300, help="learner.max_steps of the run")
+    # 600: at ~1.4 steps/s here the run lasts ~7 min, room for >= 20 kills at one per 20 s
+    p.add_argument("--steps", type=int, default=600, help="learner.max_steps of the run")
     p.add_argument("--actor-every", type=float, default=20.0, help="seconds between actor kills")
     p.add_argument("--max-actor-kills", type=int, default=10_000)
     p.add_argument("--actor-at-step", type=int, default=0, help="kill actors from this learner "
