@@ -74,7 +74,8 @@ class RayRuntime:
         cfg = self.cfg
         return (
             ray.remote(LearnerWorker)
-            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0)
+            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0,
+                     enable_task_events=cfg.runtime.task_events)
             .remote(cfg, self.namespace)
         )
 

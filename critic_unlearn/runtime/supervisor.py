@@ -115,6 +115,7 @@ class ActorPool:
             num_gpus=a.gpus_per_actor,
             max_restarts=0,
             max_concurrency=2,  # run_batch, and set_weights beside it (see actor_worker.py)
+            enable_task_events=cfg.runtime.task_events,
         )
         self.slots = {i: Slot(i) for i in range(n)}
         self.weights: list | None = None  # [ObjectRef] of the latest published blob

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -112,6 +113,20 @@ def when(predicate: Callable[[], bool], then: Callable[[], None], timeout_s: flo
     return done
 
 
+def task_event_names(probe: Any, timeout_s: float = 30) -> list[str]:
+    """Names of the tasks in the GCS's task-event store, once `probe`'s event has arrived
+    (workers report theirs every second or so)."""
+    from ray._private.state import state
+
+    ray.get(probe)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        names = [e.task_info.name for e in state._get_all_task_events()]
+        if "probe" in names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.5)
+
+
 def steps_logged(run_dir: Path) -> int:
     path = run_dir / "metrics.jsonl"
     return len(read_metrics(path)) if path.exists() else 0
@@ -166,6 +181,13 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     store.close()
     status = json.loads((r.run_dir / STATUS).read_text())
     assert all(a["restarts"] == 0 for a in status["actors"].values())
+    # runtime.task_events is off: the learner's and actors' many calls left no task events in
+    # Ray's GCS (they grew it without bound in a soak), while a call here with events on did
+    assert not cfg.runtime.task_events
+    names = task_event_names(ray.remote(lambda: "probe").options(name="probe").remote())
+    assert "probe" in names
+    ours = [n for n in names if n.split(".")[0] in ("ActorWorker", "LearnerWorker")]
+    assert not ours, ours
 
 
 @pytest.mark.slow
