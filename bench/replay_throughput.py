@@ -19,9 +19,15 @@ critic_unlearn/replay/allocator.py); that setting is process-wide, so once the f
 exists every variant here, raw included, runs with it. Environment allocator settings
 (GLIBC_TUNABLES, MALLOC_*_) are printed too.
 
-The last line is JSON; `ratio_mb_s_large` is ours (end to end, with the codec) / raw MB/s, in and
-out together; `ratio_mb_s_large_store_only` leaves the codec out; `..._vs_fresh_raw` compares with
-"raw SET (fresh)" instead.
+Actors write a whole batch with `ReplayWriter.write_many` (one MULTI for the batch: one round
+trip instead of one per record); "replay (codec, write_many of k)" measures that with k the
+actor's batch of each scenario (toy 32, SD 8), and "raw SET (fresh, pipelined by k)" is its raw
+counterpart (the same SETs in one pipeline).
+
+The last line is JSON; `ratio_mb_s_large` is ours (end to end, with the codec, one `write` per
+record) / raw MB/s, in and out together; `ratio_mb_s_large_store_only` leaves the codec out;
+`..._vs_fresh_raw` compares with "raw SET (fresh)" instead; `..._batched` is write_many against
+raw SET one at a time, `..._batched_vs_pipelined_raw` against the pipelined raw SETs.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import os
 import random
 import time
 import uuid
+from functools import partial
 
 import torch
 
@@ -68,16 +75,20 @@ def _rate(n: int, seconds: float, nbytes: int) -> dict[str, float]:
 
 
 def bench_raw(
-    url: str, payload: bytes, n: int, batch: int, *, fresh: bool = False
+    url: str, payload: bytes, n: int, batch: int, *, fresh: bool = False, pipeline: int = 1
 ) -> dict[str, dict[str, float]]:
-    """SET n values, then MGET batches; `fresh`: each SET sends a new copy of the bytes."""
+    """SET n values, then MGET batches; `fresh`: each SET sends a new copy of the bytes;
+    `pipeline`: SETs sent that many at a time in one round trip (a pipeline, no MULTI)."""
     import redis
 
     r = redis.Redis.from_url(url)
     prefix = f"raw-{uuid.uuid4().hex[:8]}:"
     t0 = time.perf_counter()
-    for i in range(n):
-        r.set(f"{prefix}{i % CAPACITY}", bytes(memoryview(payload)) if fresh else payload)
+    for i in range(0, n, pipeline):
+        pipe = r.pipeline(transaction=False)
+        for k in range(i, min(n, i + pipeline)):
+            pipe.set(f"{prefix}{k % CAPACITY}", bytes(memoryview(payload)) if fresh else payload)
+        pipe.execute()
     t1 = time.perf_counter()
     draws = 0
     while draws < n:
@@ -94,8 +105,10 @@ def bench_raw(
 
 
 def bench_ours(
-    url: str, traj: Trajectory, n: int, batch: int, *, codec: bool
+    url: str, traj: Trajectory, n: int, batch: int, *, codec: bool, write_batch: int = 0
 ) -> dict[str, dict[str, float]]:
+    """`write_batch` > 0: inserts go through `write_many` that many at a time (an actor's
+    batch, one round trip); otherwise one `write` (or `write_bytes`) per record."""
     cfg = ReplayConfig(
         url=url,
         namespace=f"bench-{uuid.uuid4().hex[:8]}",
@@ -107,8 +120,10 @@ def bench_ours(
     payload = encode_trajectory(traj)
     with ReplayWriter(cfg) as w, ReplaySampler(cfg) as s:
         t0 = time.perf_counter()
-        for _ in range(n):
-            if codec:
+        for i in range(0, n, write_batch or 1):
+            if write_batch:
+                w.write_many([traj] * min(write_batch, n - i))
+            elif codec:
                 w.write(traj)
             else:
                 w.write_bytes(
@@ -168,36 +183,46 @@ def main() -> None:
     random.seed(0)
     torch.manual_seed(0)
     scale = 0.2 if args.quick else 1.0
-    sizes = {"small": (25, 16, int(3000 * scale), 32), "large": (50, 64, int(150 * scale), 4)}
+    # states, latent side, records, learner's sample batch, actor's write batch (toy: 32, SD: 8)
+    sizes = {"small": (25, 16, int(3000 * scale), 32, 32),
+             "large": (50, 64, int(150 * scale), 4, 8)}
     result: dict[str, float] = {}
     tunables = {k: v for k, v in os.environ.items() if k == "GLIBC_TUNABLES" or
                 k.startswith("MALLOC_")}
     print(f"allocator settings: {tunables or 'glibc defaults'}; replay.keep_buffers: on")
     with RedisServer() as server:
-        for name, (states, side, n, batch) in sizes.items():
+        for name, (states, side, n, batch, wb) in sizes.items():
             traj = make_trajectory(states, side, 0)
             payload = encode_trajectory(traj)
-            runs: dict[str, list] = {"raw": [], "fresh": [], "ours": [], "store": []}
+            m = n // ROUNDS
+            raw_args, ours_args = (server.url, payload, m, batch), (server.url, traj, m, batch)
+            variants = {
+                "raw": partial(bench_raw, *raw_args),
+                "fresh": partial(bench_raw, *raw_args, fresh=True),
+                "piped": partial(bench_raw, *raw_args, fresh=True, pipeline=wb),
+                "ours": partial(bench_ours, *ours_args, codec=True),
+                "batched": partial(bench_ours, *ours_args, codec=True, write_batch=wb),
+                "store": partial(bench_ours, *ours_args, codec=False),
+            }
+            runs: dict[str, list] = {k: [] for k in variants}
             for _ in range(ROUNDS):  # interleaved rounds, best of each: the machine is shared
-                runs["raw"].append(bench_raw(server.url, payload, n // ROUNDS, batch))
-                runs["fresh"].append(
-                    bench_raw(server.url, payload, n // ROUNDS, batch, fresh=True)
-                )
-                runs["ours"].append(bench_ours(server.url, traj, n // ROUNDS, batch, codec=True))
-                runs["store"].append(bench_ours(server.url, traj, n // ROUNDS, batch, codec=False))
-            raw, fresh, ours, store = (_best(runs[k]) for k in ("raw", "fresh", "ours", "store"))
+                for k, run in variants.items():
+                    runs[k].append(run())
+            raw, fresh, piped, ours, batched, store = (_best(runs[k]) for k in variants)
             print(
                 f"{name}: {len(payload) / 1e3:.0f} KB records, {ROUNDS} rounds of "
-                f"{n // ROUNDS}, sample batch {batch}"
+                f"{m}, sample batch {batch}, write batch {wb}"
             )
             for label, res in (
                 ("raw SET/MGET", raw),
                 ("raw SET (fresh)", fresh),
+                (f"raw SET (fresh, pipelined by {wb})", piped),
                 ("replay (codec)", ours),
+                (f"replay (codec, write_many of {wb})", batched),
                 ("replay (bytes)", store),
             ):
                 print(
-                    f"  {label:15s} insert {res['insert']['per_s']:8.0f}/s "
+                    f"  {label:35s} insert {res['insert']['per_s']:8.0f}/s "
                     f"{res['insert']['mb_s']:7.1f} MB/s | sample {res['sample']['per_s']:8.0f}/s "
                     f"{res['sample']['mb_s']:7.1f} MB/s"
                 )
@@ -205,6 +230,10 @@ def main() -> None:
             result[f"ratio_mb_s_{name}"] = round(_ratio(ours, raw), 3)
             result[f"ratio_mb_s_{name}_store_only"] = round(_ratio(store, raw), 3)
             result[f"ratio_mb_s_{name}_vs_fresh_raw"] = round(_ratio(ours, fresh), 3)
+            result[f"ratio_mb_s_{name}_batched"] = round(_ratio(batched, raw), 3)
+            result[f"ratio_mb_s_{name}_batched_vs_pipelined_raw"] = round(_ratio(batched, piped), 3)
+            result[f"inserts_per_s_{name}_batched"] = round(batched["insert"]["per_s"], 1)
+            result[f"raw_inserts_per_s_{name}_pipelined"] = round(piped["insert"]["per_s"], 1)
             for side_ in ("insert", "sample"):
                 result[f"{side_}s_per_s_{name}"] = round(ours[side_]["per_s"], 1)
                 result[f"{side_}s_per_s_{name}_store_only"] = round(store[side_]["per_s"], 1)
@@ -212,7 +241,9 @@ def main() -> None:
     result = {k: result[k] for k in sorted(result)}
     result = {
         "ratio_mb_s_large": result.pop("ratio_mb_s_large"),
+        "ratio_mb_s_large_batched": result.pop("ratio_mb_s_large_batched"),
         "inserts_per_s_small": result.pop("inserts_per_s_small"),
+        "inserts_per_s_small_batched": result.pop("inserts_per_s_small_batched"),
         "samples_per_s_small": result.pop("samples_per_s_small"),
         **result,
     }

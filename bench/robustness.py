@@ -184,7 +184,7 @@ def summary_json(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any
         row = {arm: {k: (None if v is None else round(v[0], 4)) for k, v in c.items()
                      if k in KEYS} | {"seeds": c["seeds"]} for arm, c in arms.items()}
         plain = arms.get("plain", {}).get("train_s")
-        for arm in ("adversarial", "adversarial_warm"):
+        for arm in (a for a in ARMS if a != "plain"):  # every arm gets its cost over plain
             adv = arms.get(arm, {}).get("train_s")
             row[f"wall_ratio_{arm}_over_plain"] = (round(adv[0] / plain[0], 3)
                                                    if plain and adv else None)

@@ -33,6 +33,7 @@ import json
 import math
 import struct
 import sys
+import warnings
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -72,6 +73,11 @@ _MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
 
 if sys.byteorder != "little":  # safetensors is little-endian; tensors are written as in memory
     raise ImportError("critic_unlearn.codec supports little-endian machines only")
+
+
+# torch warns when a tensor views read-only memory (decode with copy=False, documented there);
+# only warnings raised from this module are silenced
+warnings.filterwarnings("ignore", message="The given buffer is not writable", module=__name__)
 
 
 class CodecError(ValueError):
@@ -227,9 +233,11 @@ def _parse(data: bytes | bytearray | memoryview) -> tuple[dict, list[_Entry], me
 
 
 def _unpack(
-    data: bytes | bytearray | memoryview, *schemas: str
+    data: bytes | bytearray | memoryview, *schemas: str, copy: bool = True
 ) -> tuple[dict, dict[str, Tensor], str]:
-    """Header fields, tensors and the schema (one of `schemas`) of a checked record."""
+    """Header fields, tensors and the schema (one of `schemas`) of a checked record.
+
+    `copy=False`: the tensors view `data` itself (see `decode_trajectory`)."""
     meta, entries, body = _parse(data)
     schema = meta.get("schema")
     if schema not in schemas:
@@ -259,21 +267,19 @@ def _unpack(
         raise CodecError(f"record header field is not valid JSON: {e}") from None
     if not isinstance(fields, dict):
         raise CodecError(f"record header field is a JSON {type(fields).__name__}, not an object")
-    # one copy of the data section into a writable buffer; every tensor is a view of it
-    buf = bytearray(body)
+    # one copy of the data section into a writable buffer (or none); every tensor views it
+    buf = bytearray(body) if copy else body
+    raw = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0)
     tensors = {}
     for name, code, shape, (start, end), _ in entries:
         dtype = _DTYPES[code]
-        if start == end:  # frombuffer refuses empty buffers
+        if start == end:  # nothing to view
             tensors[name] = torch.empty(shape, dtype=dtype)
-        elif start % dtype.itemsize:  # misaligned (a foreign writer): a copy of its own
-            raw = torch.frombuffer(buf, dtype=torch.uint8, count=end - start, offset=start)
-            tensors[name] = raw.clone().view(dtype).reshape(shape)
+        elif start % dtype.itemsize or (raw.data_ptr() + start) % dtype.itemsize:
+            # misaligned (a foreign writer, or memory handed in at an odd address): its own copy
+            tensors[name] = raw[start:end].clone().view(dtype).reshape(shape)
         else:
-            count = (end - start) // dtype.itemsize
-            tensors[name] = torch.frombuffer(
-                buf, dtype=dtype, count=count, offset=start
-            ).reshape(shape)
+            tensors[name] = raw[start:end].view(dtype).reshape(shape)
     return fields, tensors, schema
 
 
@@ -308,8 +314,11 @@ def encode_trajectory(traj: Trajectory) -> bytes:
     return _pack(schema, header, tensors)
 
 
-def decode_trajectory(data: bytes | bytearray | memoryview) -> Trajectory:
-    header, t, schema = _unpack(data, TRAJECTORY_SCHEMA, SOFT_TRAJECTORY_SCHEMA)
+def decode_trajectory(data: bytes | bytearray | memoryview, *, copy: bool = True) -> Trajectory:
+    """The trajectory in `data`, checked. Its tensors own one fresh buffer; with `copy=False`
+    they view `data` instead (no copy: the replay sampler's path, where the received bytes are
+    used once). Views of an immutable `bytes` must not be written in place: copy them first."""
+    header, t, schema = _unpack(data, TRAJECTORY_SCHEMA, SOFT_TRAJECTORY_SCHEMA, copy=copy)
     soft = t.get("soft_tokens")
     if (soft is not None) != (schema == SOFT_TRAJECTORY_SCHEMA) or (
         soft is not None and (soft.ndim != 2 or soft.dtype != torch.float32)

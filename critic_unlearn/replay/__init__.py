@@ -1,4 +1,4 @@
-"""Redis replay buffer: actors `ReplayWriter.write(traj)`, the learner `ReplaySampler.sample(n)`.
+"""Redis replay buffer: actors `ReplayWriter.write_many(batch)`, the learner `ReplaySampler.sample`.
 
 This package is the only code that talks to Redis. Everything else (keys, Lua scripts,
 connection retries, the rate limiter's arithmetic) is an implementation detail behind these two

@@ -22,3 +22,5 @@ class ReplayFullError(ReplayError):
 
 class ReplayTimeout(ReplayError, TimeoutError):
     """A blocking call (rate limiter, or no fresh enough record) waited its whole timeout."""
+
+    written: tuple[int, ...] = ()  # from ReplayWriter.write_many: indexes of records that went in

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SampledRecord:
+    """A drawn record. Its trajectory's tensors view the bytes Redis sent (no copy): read them
+    or copy them (the learner's batch stacks them), but do not write to them in place."""
+
     trajectory: Trajectory
     meta: RecordMeta  # shard, slot, id, version, reward, role, actor, times_sampled, priority
 
@@ -116,7 +119,7 @@ class ReplaySampler:
             if (meta.shard, meta.id) in bad:
                 continue
             try:
-                traj = decode_trajectory(payload)
+                traj = decode_trajectory(payload, copy=False)  # tensors view the reply
                 if (traj.version, traj.actor_id, traj.role) != (meta.version, meta.actor,
                                                                  meta.role):
                     raise CodecError(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.client import Pipeline
@@ -42,6 +42,19 @@ class RecordMeta:
     def key(self) -> str:
         """Human-readable record name used in logs: shard/slot#id."""
         return f"shard {self.shard} slot {self.slot} id {self.id}"
+
+
+@dataclass(frozen=True)
+class Insert:
+    """One record to insert: its encoded payload and what Redis indexes it by."""
+
+    payload: bytes
+    uid: str  # writer-chosen unique id; a retried insert with the same uid is a no-op
+    version: int
+    reward: float
+    role: str
+    actor: int
+    priority: float | None = None  # None: the highest priority seen so far
 
 
 @dataclass(frozen=True)
@@ -92,24 +105,33 @@ class Shard:
         self._census = r.register_script(scripts.CENSUS)
         self._release = r.register_script(scripts.RELEASE_STALE)
 
-    def insert(self, payload: bytes, *, uid: str, version: int, reward: float, role: str,
-               actor: int, priority: float | None, limiter: tuple | None) -> InsertResult:
+    def insert_many(self, items: Sequence[Insert], *, limiter: tuple | None
+                    ) -> list[InsertResult]:
+        """Insert records in one round trip: MULTI { SET stage; EVALSHA INSERT } per record EXEC.
+
+        Each INSERT decides on its own (duplicate uid, limiter), in order, so the limiter may
+        take the first records and hold back the rest ('blocked'): the caller retries those.
+        """
         rl = ("1", *limiter) if limiter else ("0", 0, 0, 0)
-        args = [self.keys.prefix, self.capacity, len(payload), uid, version, repr(float(reward)),
-                role, actor, "" if priority is None else repr(float(priority)), *rl]
-        stage = self.keys.stage(uid)
+
+        def args(it: Insert) -> list:
+            return [self.keys.prefix, self.capacity, len(it.payload), it.uid, it.version,
+                    repr(float(it.reward)), it.role, it.actor,
+                    "" if it.priority is None else repr(float(it.priority)), *rl]
 
         def build() -> Pipeline:
             pipe = self.conn.redis.pipeline(transaction=True)
-            pipe.set(stage, payload, px=STAGE_TTL_MS)
-            pipe.evalsha(self._insert.sha, 1, self.keys.head, *args)
+            for it in items:
+                pipe.set(self.keys.stage(it.uid), it.payload, px=STAGE_TTL_MS)
+                pipe.evalsha(self._insert.sha, 1, self.keys.head, *args(it))
             return pipe
 
         def run() -> list:
-            return self._exec_with_script(build, self._insert)[1]
+            return self._exec_with_script(build, self._insert)[1::2]
 
-        status, rid, slot, evicted = self.conn.call(run, "an insert")
-        return InsertResult(status.decode(), int(rid), int(slot), int(evicted))
+        replies = self.conn.call(run, "an insert")
+        return [InsertResult(status.decode(), int(rid), int(slot), int(evicted))
+                for status, rid, slot, evicted in replies]
 
     def _exec_with_script(self, build: Callable[[], Pipeline], script: Script) -> list:
         """EXEC a transaction that calls `script`; after a server restart, load it and redo."""

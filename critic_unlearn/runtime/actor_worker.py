@@ -212,16 +212,12 @@ class ActorWorker:
             t0 = time.perf_counter()
             trajs = self.actor.sample_batch(n)
         t1 = time.perf_counter()
-        written: list[Trajectory] = []
-        blocked = False
-        for t in trajs:
-            try:
-                self.writer.write(t)
-            except ReplayTimeout as e:
-                self._say(logging.WARNING, "%s", e)
-                blocked = True
-                break
-            written.append(t)
+        written, blocked = trajs, False
+        try:
+            self.writer.write_many(trajs)  # one round trip when the limiter takes them all
+        except ReplayTimeout as e:
+            self._say(logging.WARNING, "%s", e)
+            written, blocked = [trajs[i] for i in e.written], True
         return self._report(written, len(trajs), t0, t1, time.perf_counter(), blocked)
 
     def _wait_for_room(self, n: int, wait_s: float) -> bool:

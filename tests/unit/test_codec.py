@@ -6,6 +6,7 @@ import json
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import safetensors.torch
 import torch
@@ -178,6 +179,26 @@ def test_decoded_tensors_are_writable_and_independent_of_the_bytes():
     t = decode_trajectory(data)
     t.latents.add_(1)  # a writable copy: neither the blob nor a second decode sees it
     assert_same(decode_trajectory(data), orig)
+
+
+def test_decoding_without_copy_views_the_bytes_it_was_given():
+    orig = make_traj()
+    data = encode_trajectory(orig)
+    lo = np.frombuffer(data, dtype=np.uint8).ctypes.data  # where the bytes' memory starts
+    inside = lambda t: lo <= t.data_ptr() < lo + len(data)  # noqa: E731
+    view = decode_trajectory(data, copy=False)
+    assert_same(view, orig)
+    assert inside(view.latents) and inside(view.log_probs) and inside(view.image)
+    assert not inside(decode_trajectory(data).latents)  # the default owns its memory
+
+
+def test_decoding_without_copy_copies_what_sits_at_an_odd_address():
+    orig = make_traj()
+    shifted = memoryview(bytearray(b"x") + encode_trajectory(orig))[1:]  # every tensor off by 1
+    view = decode_trajectory(shifted, copy=False)
+    assert_same(view, orig)
+    for t in (view.latents, view.positions, view.log_probs):
+        assert t.data_ptr() % t.element_size() == 0  # its own aligned copy
 
 
 def test_checksum_names_algorithm_and_sees_every_bit():

@@ -69,16 +69,22 @@ def same_traj(a: Trajectory, b: Trajectory) -> bool:
 
 
 def check_traj(data: bytes, original: Trajectory | None = TRAJ) -> str | None:
-    """Decode `data`: CodecError with a clear message (returned), or exactly `original`."""
-    try:
-        back = decode_trajectory(data)
-    except CodecError as e:
-        msg = str(e)
-        assert "record" in msg and len(msg) < 2000 and "\n" not in msg, msg
-        return msg
-    assert original is not None, "garbage decoded as a trajectory"
-    assert same_traj(back, original), "decoded a different trajectory"
-    return None
+    """Decode `data` both ways (a copy, and views of `data` as the replay sampler decodes):
+    the same CodecError with a clear message (returned) both times, or exactly `original`."""
+    msgs = []
+    for copy in (True, False):
+        try:
+            back = decode_trajectory(data, copy=copy)
+        except CodecError as e:
+            msg = str(e)
+            assert "record" in msg and len(msg) < 2000 and "\n" not in msg, msg
+            msgs.append(msg)
+            continue
+        assert original is not None, "garbage decoded as a trajectory"
+        assert same_traj(back, original), "decoded a different trajectory"
+        msgs.append(None)
+    assert msgs[0] == msgs[1], msgs
+    return msgs[0]
 
 
 def check_state(data: bytes) -> None:
