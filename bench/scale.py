@@ -4,7 +4,7 @@
     python -m bench.scale --quick    # 1/2 actors x 1/2 shards, ~30-40 s
 
 Each simulated actor is a Ray actor with no model: it loops like `ActorWorker.run_batch` (ask the
-replay for room, spend a GPU's time on the batch, write it with `ReplayWriter.write`), with
+replay for room, spend a GPU's time on the batch, write it with `ReplayWriter.write_many`), with
 records of SD-1.5 size (Trajectory of 4x64x64 fp16 latents, 50 DDIM steps, all kept unless
 --keep-steps) at a GPU's rate (default: the H200's 50-step CFG batch of 16 in 4.9 s, 3.27
 trajectories/s). Its second thread takes pushed adapters as `ActorWorker.set_weights` does
@@ -114,15 +114,15 @@ class SyntheticActor:
                     continue
                 version = self.version  # one batch, one version (ActorWorker's model_lock)
                 time.sleep(batch / rate)  # the GPU samples and scores the batch
-                for _ in range(batch):
-                    t = replace(self.template, version=version, seed=self.next_seed)
-                    self.next_seed += 1
-                    tw = time.perf_counter()
-                    try:
-                        writer.write(t, timeout_s=max(0.1, drain_until - time.time()))
-                    except ReplayTimeout:
-                        return {"done": done, "write_ms": write_ms, "room_wait_s": room_wait_s}
-                    write_ms.append((time.perf_counter() - tw) * 1e3)
+                trajs = [replace(self.template, version=version, seed=self.next_seed + i)
+                         for i in range(batch)]
+                self.next_seed += batch
+                tw = time.perf_counter()
+                try:
+                    writer.write_many(trajs, timeout_s=max(0.1, drain_until - time.time()))
+                except ReplayTimeout:
+                    return {"done": done, "write_ms": write_ms, "room_wait_s": room_wait_s}
+                write_ms += [(time.perf_counter() - tw) * 1e3 / batch] * batch  # per record
                 done.append((time.time(), batch))
         finally:
             writer.close()
