@@ -4,8 +4,9 @@ decision atomic.
 Redis runs a script to the end without interleaving other commands, but does not roll back the
 writes a failing script already made. So every script reads and checks first and writes last.
 Payloads never pass through Lua (copying megabytes through the Lua VM costs 2-3x a plain
-SET/GET): an insert is MULTI { SET stage:<uid> payload; EVALSHA INSERT } EXEC, and INSERT
-RENAMEs the staged payload into its ring slot (O(1), no copy); a sample is SAMPLE (pick records,
+SET/GET): an insert is MULTI { SET stage:<uid> payload; EVALSHA INSERT } EXEC (an actor's batch:
+one such pair per record in one MULTI), and INSERT RENAMEs the staged payload into its ring slot
+(O(1), no copy); a sample is SAMPLE (pick records,
 return their metadata), then one pipeline of HGET meta id, GET slot, HGET meta id per record: ids
 are never reused, so equal ids around the GET prove the payload belongs to that record.
 The writing script carries a `#!lua` shebang without `allow-oom`, and Redis refuses to queue
