@@ -269,18 +269,24 @@ def _unpack(
     if not isinstance(fields, dict):
         raise CodecError(f"record header field is a JSON {type(fields).__name__}, not an object")
     # one copy of the data section into a writable buffer (or none); every tensor views it
+    # Each tensor gets a storage of its own that starts at its first byte (storage_offset 0):
+    # some torch code reads a tensor's storage from its start (torch.set_rng_state does).
     buf = bytearray(body) if copy else body
-    raw = torch.frombuffer(buf, dtype=torch.uint8) if len(buf) else torch.empty(0)
+    base = torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr() if len(buf) else 0
     tensors = {}
     for name, code, shape, (start, end), _ in entries:
         dtype = _DTYPES[code]
-        if start == end:  # nothing to view
+        if start == end:  # frombuffer refuses empty buffers
             tensors[name] = torch.empty(shape, dtype=dtype)
-        elif start % dtype.itemsize or (raw.data_ptr() + start) % dtype.itemsize:
+        elif (base + start) % dtype.itemsize:
             # misaligned (a foreign writer, or memory handed in at an odd address): its own copy
-            tensors[name] = raw[start:end].clone().view(dtype).reshape(shape)
+            raw = torch.frombuffer(buf, dtype=torch.uint8, count=end - start, offset=start)
+            tensors[name] = raw.clone().view(dtype).reshape(shape)
         else:
-            tensors[name] = raw[start:end].view(dtype).reshape(shape)
+            count = (end - start) // dtype.itemsize
+            tensors[name] = torch.frombuffer(
+                buf, dtype=dtype, count=count, offset=start
+            ).reshape(shape)
     return fields, tensors, schema
 
 

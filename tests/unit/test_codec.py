@@ -192,6 +192,20 @@ def test_decoding_without_copy_views_the_bytes_it_was_given():
     assert not inside(decode_trajectory(data).latents)  # the default owns its memory
 
 
+@pytest.mark.parametrize("copy", [True, False])
+def test_decoded_tensors_start_their_own_storage_so_an_rng_state_loads(copy):
+    # torch.set_rng_state reads the state tensor's storage from its start: a view into a
+    # shared buffer at an offset was refused ("Invalid mt19937 state") or crashed the process
+    state = torch.get_rng_state()
+    blob = encode_state_dict({"weights": torch.randn(10), "rng": state})
+    tensors, _ = decode_state_dict(blob)
+    t = decode_trajectory(encode_trajectory(make_traj()), copy=copy)
+    for x in (tensors["rng"], tensors["weights"], t.latents, t.log_probs, t.image):
+        assert x.storage_offset() == 0
+    torch.set_rng_state(tensors["rng"])
+    assert torch.equal(torch.get_rng_state(), state)
+
+
 def test_decoding_without_copy_copies_what_sits_at_an_odd_address():
     orig = make_traj()
     shifted = memoryview(bytearray(b"x") + encode_trajectory(orig))[1:]  # every tensor off by 1
