@@ -268,9 +268,9 @@ def _unpack(
         raise CodecError(f"record header field is not valid JSON: {e}") from None
     if not isinstance(fields, dict):
         raise CodecError(f"record header field is a JSON {type(fields).__name__}, not an object")
-    # one copy of the data section into a writable buffer (or none); every tensor views it
-    # Each tensor gets a storage of its own that starts at its first byte (storage_offset 0):
-    # some torch code reads a tensor's storage from its start (torch.set_rng_state does).
+    # one copy of the data section into a writable buffer (or none, copy=False); each tensor
+    # views it through a storage of its own that starts at the tensor's first byte
+    # (storage_offset 0): some torch code reads a storage from its start (torch.set_rng_state)
     buf = bytearray(body) if copy else body
     base = torch.frombuffer(buf, dtype=torch.uint8, count=1).data_ptr() if len(buf) else 0
     tensors = {}

@@ -58,7 +58,7 @@ def test_records_the_limiter_holds_back_wait_and_a_timeout_says_which_went_in(
         assert s.rate_limiter.counts() == {"inserts": 7, "samples": 3}
 
 
-def test_a_batch_for_another_shard_asks_the_primary_limiter(redis_url, replay_cfg, make_traj):
+def test_a_batch_for_another_shard_asks_the_primary_limiter(replay_cfg, make_traj):
     with RedisServer() as other:
         cfg = replay_cfg(capacity=32, shards=[other.url])
         with ReplayWriter(cfg) as w, ReplaySampler(cfg, seed=0) as s:
