@@ -4,7 +4,10 @@ Steps: load the packaged world (or build it when missing, ~40 minutes on 2 cores
 the best runtime available (Ray when `critic_unlearn.runtime` is installed and not disabled, else
 the single-process trainer); plot the curves; evaluate base vs unlearned on held-out seeds and
 templates; print the table. The last stdout line is one JSON object:
-{"ua", "ira", "base_ua", "base_ira", "unlearn_wall_s", "trajectories", "run_dir"}.
+{"ua", "ira", "base_ua", "base_ira", "unlearn_wall_s", "trajectories", "run_dir",
+"worst_retain_prompt", "worst_retain_drop_pts", "retain_share_below_10"} (the last three: the
+retain prompt that fell most below base, its drop in percentage points, and the share of retain
+prompts more than 10 points below base; `evaluation.drift`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from pathlib import Path
 from rich.console import Console
 
 from critic_unlearn.config import RunConfig, load_config
+from critic_unlearn.evaluation.drift import drift_of_rows, share_key
 
+SHARE = share_key()  # "retain_share_below_10"
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "configs" / "toy_forget_red.yaml"
 
 
@@ -60,13 +65,32 @@ def train(cfg: RunConfig, console: Console):
 
 def worst_retain_drop(per_prompt: list[dict]) -> dict | None:
     """The retain prompt whose judged accuracy fell most below the base model's (the neighbour
-    over-erasure users of erasure methods complain about); None without a judge."""
-    rows = [r for r in per_prompt if r["role"] == "retain" and r["rate"] is not None]
-    if not rows:
+    over-erasure users of erasure methods complain about), drop as a fraction; None without a
+    judge. demo.json's "worst_retain_drop"; `evaluation.drift.retain_drift` decides."""
+    drift = drift_of_rows(per_prompt)
+    if drift is None:
         return None
-    worst = max(rows, key=lambda r: r["base_rate"] - r["rate"])
-    return {"prompt": worst["prompt"], "base": worst["base_rate"], "after": worst["rate"],
-            "drop": round(worst["base_rate"] - worst["rate"], 4)}
+    return {"prompt": drift.worst_prompt, "base": drift.base, "after": drift.after,
+            "drop": round(drift.drop_pts / 100, 4)}
+
+
+def demo_summary(ev: dict, unlearn_wall_s: float, trajectories: int, run_dir: str | Path) -> dict:
+    """The demo's last stdout line from eval.json's content `ev`. Its first seven keys are read
+    by others and keep their names; beside the mean IRA (issue 23) come the worst retain prompt,
+    its drop in percentage points (base - after, positive = worse) and the share of retain
+    prompts more than 10 points below base (None without a judge)."""
+    return {
+        "ua": ev["ua"],
+        "ira": ev["ira"],
+        "base_ua": ev["base_ua"],
+        "base_ira": ev["base_ira"],
+        "unlearn_wall_s": round(unlearn_wall_s, 1),
+        "trajectories": trajectories,
+        "run_dir": str(run_dir),
+        "worst_retain_prompt": ev["worst_retain_prompt"],
+        "worst_retain_drop_pts": ev["worst_retain_drop_pts"],
+        SHARE: ev[SHARE],
+    }
 
 
 def run_demo(
@@ -101,26 +125,23 @@ def run_demo(
     if worst is not None:
         console.print(
             f"largest retain drop: {worst['prompt']!r} {worst['base']:.1%} -> {worst['after']:.1%}"
+            f" ({-ev['worst_retain_drop_pts']:+.1f} points); retain prompts more than 10 points "
+            f"below base: {ev[SHARE]:.1%}"
         )
     console.print(
         f"peak memory of the training run (driver, Ray, actors, learner, Redis; RSS summed): "
         f"{memory.peak_gb:.2f} GB"
     )
-    summary = {
-        "ua": ev["ua"],
-        "ira": ev["ira"],
-        "base_ua": ev["base_ua"],
-        "base_ira": ev["base_ira"],
-        "unlearn_wall_s": round(wall, 1),
-        "trajectories": result.trajectories,
-        "run_dir": str(result.run_dir),
-    }
+    summary = demo_summary(ev, wall, result.trajectories, result.run_dir)
     extra = {
         "peak_rss_gb": round(memory.peak_gb, 3),
         "forget_attribute_accuracy": ev["forget_attribute_accuracy"],
         "base_forget_attribute_accuracy": ev["base_forget_attribute_accuracy"],
         "ua_curve": [(p["trajectories"], p["ua"]) for p in curve["points"]],
         "worst_retain_drop": worst,
+        # per snapshot: the worst retain prompt's drop below base in points (judged like ua_curve)
+        "worst_retain_curve": [(p["trajectories"], p.get("worst_retain_drop_pts"))
+                               for p in curve["points"]],
         "critic_init": _read_json(Path(result.run_dir) / "critic_init.json"),
     }
     (Path(result.run_dir) / "demo.json").write_text(json.dumps({**summary, **extra}, indent=2))

@@ -23,15 +23,18 @@ def eval_command(
 ) -> None:
     """Judge the run's adapter against the base model; write RUN_DIR/eval/ (JSON, table, grids).
 
-    Prints the Markdown table to stderr and one JSON line with ua, ira, base_ua, base_ira and
-    clip scores to stdout.
+    Prints the Markdown table to stderr and one JSON line with ua, ira, base_ua, base_ira,
+    the worst retain prompt (worst_retain_prompt, worst_retain_drop_pts: percentage points below
+    base), retain_share_below_10 and clip scores to stdout.
     """
     from critic_unlearn.config import load_run_config
+    from critic_unlearn.evaluation.drift import share_key
     from critic_unlearn.evaluation.run import evaluate_run
 
     cfg = load_run_config(run_dir, config, overrides)
     result = evaluate_run(run_dir, cfg)
     console.print((Path(result["out_dir"]) / "eval.md").read_text(), highlight=False,
                   markup=False)
-    keys = ("ua", "ira", "base_ua", "base_ira", "clip_score", "base_clip_score", "out_dir")
+    keys = ("ua", "ira", "base_ua", "base_ira", "worst_retain_prompt", "worst_retain_drop_pts",
+            share_key(), "clip_score", "base_clip_score", "out_dir")
     print(json.dumps({k: result[k] for k in keys}))

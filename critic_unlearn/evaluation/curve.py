@@ -18,6 +18,7 @@ import torch
 from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
+from critic_unlearn.evaluation.drift import empty_summary, retain_drift
 from critic_unlearn.evaluation.generation import eval_items, generate
 from critic_unlearn.evaluation.run import (
     BASE_CACHE,
@@ -25,6 +26,7 @@ from critic_unlearn.evaluation.run import (
     eval_prompts,
     load_eval_judge,
     load_eval_model,
+    retain_prompt_rates,
     score,
 )
 from critic_unlearn.io_utils import atomic_write_text
@@ -33,11 +35,20 @@ from critic_unlearn.training.snapshots import list_snapshots
 CURVE = "curve.json"
 
 
-def _judged(images, items, judge, concept) -> dict[str, Any]:
+def _judged(images, items, prompts, n, judge, concept) -> dict[str, Any]:
     texts = [it.prompt.text for it in items]
     roles = [it.prompt.role for it in items]
     s = score(images, texts, roles, judge, concept, torch.zeros(len(items)))
-    return {k: s[k] for k in ("ua", "ira", "forget_attribute_accuracy")}
+    out = {k: s[k] for k in ("ua", "ira", "forget_attribute_accuracy")}
+    out["retain_per_prompt"] = retain_prompt_rates(s["hit"], prompts, n)
+    return out
+
+
+def _drift(point: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    """The snapshot's worst retain prompt and share > 10 points below base (`retain_drift`)."""
+    if not point["retain_per_prompt"]:
+        return empty_summary()
+    return retain_drift(point["retain_per_prompt"], base["retain_per_prompt"]).summary()
 
 
 def evaluate_curve(
@@ -47,7 +58,10 @@ def evaluate_curve(
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Judge every snapshot of the run; writes and returns {base: {...}, points: [...]} where each
-    point has step, trajectories, ua, ira and the forget prompts' kept-attribute accuracy."""
+    point has step, trajectories, ua, ira, the forget prompts' kept-attribute accuracy, each
+    retain prompt's judged accuracy (retain_per_prompt: {text: share judged right}, base too)
+    and that snapshot's retain drift against the base (`evaluation.drift`: worst_retain_prompt,
+    worst_retain_base, worst_retain_after, worst_retain_drop_pts, retain_share_below_10)."""
     if cfg.eval.judge is None:
         raise ValueError("eval.judge is None: a UA curve needs a judge (e.g. eval.judge=toyworld)")
     t0 = time.perf_counter()
@@ -65,14 +79,18 @@ def evaluate_curve(
     prompts, _ = eval_prompts(cfg)
     items = eval_items(list(prompts.all), images_per_prompt, cfg.eval.seeds_offset)
     base = base_images(comps, items, cfg, out / f"curve_{BASE_CACHE}")
+    judged_base = _judged(base, items, list(prompts.all), images_per_prompt, judge,
+                          concept)
     attach_lora(comps.unet, cfg.lora)
     points = []
     for snap in snaps:
         set_adapter_state(comps.unet, {k: v.to(device) for k, v in snap.load().items()})
-        judged = _judged(generate(comps, items, cfg), items, judge, concept)
-        points.append({"step": snap.step, "trajectories": snap.trajectories, **judged})
+        judged = _judged(generate(comps, items, cfg), items, list(prompts.all), images_per_prompt,
+                         judge, concept)
+        points.append({"step": snap.step, "trajectories": snap.trajectories, **judged,
+                       **_drift(judged, judged_base)})
     result = {
-        "base": _judged(base, items, judge, concept),
+        "base": judged_base,
         "points": points,
         "images_per_prompt": images_per_prompt,
         "wall_s": round(time.perf_counter() - t0, 2),

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from critic_unlearn.evaluation.attack_report import summary_rows as attack_summary_rows
+from critic_unlearn.evaluation.drift import THRESHOLD_PTS, share_key
 from critic_unlearn.io_utils import atomic_write_text, image_grid
 
 
@@ -71,6 +72,24 @@ def _judge_rows(s: dict[str, Any], concept: str) -> list[str]:
         f"| UA: forget images not judged \"{concept}\" | {_num(s['base_ua'])} | {_num(s['ua'])} |",
         f"| IRA: retain images judged right (colour and shape) | {_num(s['base_ira'])} | "
         f"{_num(s['ira'])} |",
+        *drift_rows(s),
+    ]
+
+
+def drift_rows(s: dict[str, Any]) -> list[str]:
+    """Beside the mean IRA: the retain prompt that fell most below base, and how many retain
+    prompts fell more than 10 points (none without a judge, or in an eval.json from before)."""
+    if s.get("worst_retain_prompt") is None:
+        return []
+    share = s[share_key()]
+    n = sum(p["role"] == "retain" for p in s.get("per_prompt", []))
+    count = f" ({round(share * n)} of {n})" if n else ""
+    return [
+        f"| worst retain prompt, judged right: \"{s['worst_retain_prompt']}\" | "
+        f"{_num(s['worst_retain_base'])} | {_num(s['worst_retain_after'])} "
+        f"({-s['worst_retain_drop_pts']:+.1f} points) |",
+        f"| retain prompts more than {THRESHOLD_PTS:g} points below base | - | "
+        f"{_num(share)}{count} |",
     ]
 
 

@@ -16,6 +16,7 @@ from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
 from critic_unlearn.evaluation.attack_run import attacker_clip, run_attacks
 from critic_unlearn.evaluation.clip_score import clip_scores
+from critic_unlearn.evaluation.drift import drift_of_rows, empty_summary
 from critic_unlearn.evaluation.generation import (
     EvalItem,
     base_fingerprint,
@@ -37,7 +38,7 @@ from critic_unlearn.evaluation.judging import (
 from critic_unlearn.evaluation.real_metrics import load_real_metrics
 from critic_unlearn.evaluation.report import grid_name, save_grid, write_report
 from critic_unlearn.rewards.openclip_loading import load_open_clip
-from critic_unlearn.rewards.prompts import PromptSet, load_prompts
+from critic_unlearn.rewards.prompts import Prompt, PromptSet, load_prompts
 
 BASE_CACHE = "base_images.safetensors"
 
@@ -77,6 +78,18 @@ def _mean(x: Tensor) -> float | None:
     return x.float().mean().item() if x.numel() else None
 
 
+def prompt_rates(hit: Tensor, prompts: list[Prompt], n: int) -> list[float | None]:
+    """Per prompt, the share of its `n` images (items are prompt-major, `eval_items`) that
+    `score` counted as a hit: for a retain prompt the share judged right."""
+    return [_mean(hit[j * n:(j + 1) * n]) for j in range(len(prompts))]
+
+
+def retain_prompt_rates(hit: Tensor, prompts: list[Prompt], n: int) -> dict[str, float]:
+    """{retain prompt text: share of its images judged right} (what `retain_drift` compares)."""
+    return {p.text: r for p, r in zip(prompts, prompt_rates(hit, prompts, n), strict=True)
+            if p.role == "retain" and r is not None}
+
+
 def score(
     images: Tensor,
     texts: list[str],
@@ -112,6 +125,12 @@ def score(
     return out
 
 
+def retain_drift_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """eval.json's retain-drift keys from its per_prompt rows (all None without a judge)."""
+    drift = drift_of_rows(rows)
+    return empty_summary() if drift is None else drift.summary()
+
+
 def evaluate_run(
     run_dir: str | Path,
     cfg: RunConfig,
@@ -125,7 +144,10 @@ def evaluate_run(
     and write eval.json, eval.md and grids/ under `out_dir` (default RUN_DIR/eval).
 
     Returns the eval.json content: ua, ira, base_ua, base_ira, clip_score, base_clip_score (UA
-    and IRA are fractions in [0, 1], None without a judge), per_prompt rows and settings.
+    and IRA are fractions in [0, 1], None without a judge); beside the mean IRA, the retain drift
+    (`evaluation.drift`): worst_retain_prompt, worst_retain_base, worst_retain_after,
+    worst_retain_drop_pts (percentage points, positive = below base) and retain_share_below_10
+    (None without a judge); per_prompt rows and settings.
     """
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
@@ -152,6 +174,8 @@ def evaluate_run(
     s_after = score(after, texts, roles, judge, concept or {}, cs_after)
 
     n = cfg.eval.images_per_prompt
+    rates_base = prompt_rates(s_base["hit"], list(prompts.all), n)
+    rates_after = prompt_rates(s_after["hit"], list(prompts.all), n)
     rows = []
     for j, prompt in enumerate(prompts.all):
         sl = slice(j * n, (j + 1) * n)
@@ -161,14 +185,16 @@ def evaluate_run(
             save_grid(out / grid, base[sl][:k], after[sl][:k])
         rows.append({
             "prompt": prompt.text, "role": prompt.role, "id": prompt.id,
-            "base_rate": _mean(s_base["hit"][sl]) if judge else None,
-            "rate": _mean(s_after["hit"][sl]) if judge else None,
+            "base_rate": rates_base[j] if judge else None,
+            "rate": rates_after[j] if judge else None,
             "base_clip_score": _mean(cs_base[sl]), "clip_score": _mean(cs_after[sl]),
             "grid": grid if grids else None,
         })
     result = {
         "ua": s_after["ua"], "ira": s_after["ira"],
         "base_ua": s_base["ua"], "base_ira": s_base["ira"],
+        # beside the mean IRA: the worst retain prompt and the share > 10 points below base
+        **retain_drift_summary(rows),
         "clip_score": s_after["clip_score"], "base_clip_score": s_base["clip_score"],
         "forget_attribute_accuracy": s_after["forget_attribute_accuracy"],
         "base_forget_attribute_accuracy": s_base["forget_attribute_accuracy"],

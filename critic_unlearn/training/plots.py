@@ -64,17 +64,39 @@ def plot_run(run_dir: Path) -> list[Path]:
     return written
 
 
+def worst_retain_series(curve: dict) -> tuple[str, list[float | None], float] | None:
+    """The retain prompt that is worst at the curve's last snapshot (its `worst_retain_prompt`,
+    from `evaluation.drift`), its judged accuracy at every snapshot and its base accuracy; None
+    for a curve without per-prompt retain accuracy (written before it was recorded)."""
+    pts = curve["points"]
+    name = pts[-1].get("worst_retain_prompt") if pts else None
+    base = (curve["base"].get("retain_per_prompt") or {}).get(name)
+    if name is None or base is None:
+        return None
+    return name, [(p.get("retain_per_prompt") or {}).get(name) for p in pts], base
+
+
 def plot_curve(run_dir: Path, curve: dict) -> Path:
-    """plots/ua_curve.png: the judge's UA and IRA at each snapshot, base model's as dashed lines."""
+    """plots/ua_curve.png: the judge's UA and mean IRA at each snapshot and the accuracy of the
+    retain prompt worst at the end (its drop below base, not the mean, is the over-erasure
+    target), base model's as dashed lines."""
     pts = curve["points"]
     x = [p["trajectories"] for p in pts]
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for key, label, colour in (("ua", "UA (forget prompts)", "C3"), ("ira", "IRA (retain)", "C0")):
+    for key, label, colour in (("ua", "UA (forget prompts)", "C3"),
+                               ("ira", "IRA (retain, mean)", "C0")):
         ys = [p[key] for p in pts]
         if all(y is not None for y in ys):
             ax.plot(x, ys, marker="o", ms=3, label=label, color=colour)
         if curve["base"].get(key) is not None:
             ax.axhline(curve["base"][key], ls="--", lw=1, color=colour, label=f"base {key.upper()}")
+    worst = worst_retain_series(curve)
+    if worst is not None:
+        name, ys, base = worst
+        drop = pts[-1]["worst_retain_drop_pts"]
+        ax.plot(x, [float("nan") if y is None else y for y in ys], marker="s", ms=3, color="C2",
+                label=f"worst retain prompt: {name!r} ({-drop:+.1f} pts at end)")
+        ax.axhline(base, ls=":", lw=1, color="C2", label="its base")
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel("trajectories sampled")
     ax.set_title("judged on held-out seeds and templates", fontsize=9)

@@ -95,6 +95,17 @@ def test_evaluate_run_writes_json_table_and_grids(world, tmp_path: Path) -> None
     for row in result["per_prompt"]:
         assert (out / row["grid"]).is_file()
     assert (out / "base_images.safetensors").is_file()
+    # beside the mean IRA: the one retain prompt is the worst, its drop read from its row
+    retain = result["per_prompt"][2]
+    assert result["worst_retain_prompt"] == retain["prompt"] == "an image of a blue circle"
+    drop = 100 * (retain["base_rate"] - retain["rate"])
+    assert result["worst_retain_drop_pts"] == pytest.approx(drop, abs=1e-6)
+    assert (result["worst_retain_base"], result["worst_retain_after"]) == (
+        retain["base_rate"], retain["rate"])
+    assert result["retain_share_below_10"] == (1.0 if drop > 10 + 1e-6 else 0.0)
+    assert f"| worst retain prompt, judged right: \"{retain['prompt']}\" |" in table
+    assert f"({-result['worst_retain_drop_pts']:+.1f} points) |" in table
+    assert "| retain prompts more than 10 points below base | - |" in table
 
 
 def test_exported_adapter_is_found_and_base_images_are_cached(world, tmp_path: Path) -> None:
@@ -134,7 +145,9 @@ def test_eval_command_reads_the_run_config_and_prints_json(world, tmp_path: Path
     result = CliRunner().invoke(app, ["eval", str(tmp_path), "eval.images_per_prompt=2"])
     assert result.exit_code == 0, result.output
     line = json.loads(result.stdout.strip().splitlines()[-1])
-    assert set(line) >= {"ua", "ira", "base_ua", "base_ira"}
+    assert set(line) >= {"ua", "ira", "base_ua", "base_ira", "worst_retain_prompt",
+                         "worst_retain_drop_pts", "retain_share_below_10"}
+    assert line["worst_retain_prompt"] == "an image of a blue circle"
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["images"] == 2 * 3 * 2
 
 
@@ -156,6 +169,16 @@ def test_curve_judges_every_snapshot_like_evaluate_run(world, tmp_path: Path) ->
     full = evaluate_run(tmp_path, cfg, moved, grids=False)
     assert (second["ua"], second["ira"]) == (full["ua"], full["ira"])  # same seeds and images
     assert curve["base"]["ua"] == full["base_ua"]
+    # per retain prompt: the zero adapter is the base model (drop 0), the moved one agrees with
+    # evaluate_run's per-prompt rows and retain drift
+    retain = {r["prompt"]: (r["base_rate"], r["rate"]) for r in full["per_prompt"]
+              if r["role"] == "retain"}
+    assert curve["base"]["retain_per_prompt"] == {t: b for t, (b, _) in retain.items()}
+    assert first["retain_per_prompt"] == curve["base"]["retain_per_prompt"]
+    assert (first["worst_retain_drop_pts"], first["retain_share_below_10"]) == (0.0, 0.0)
+    assert second["retain_per_prompt"] == {t: a for t, (_, a) in retain.items()}
+    for key in ("worst_retain_prompt", "worst_retain_drop_pts", "retain_share_below_10"):
+        assert second[key] == full[key], key
     assert json.loads((tmp_path / "eval" / "curve.json").read_text()) == curve
     assert trajectories_to(curve, 1.1) is None
     assert trajectories_to(curve, -1.0) == 320

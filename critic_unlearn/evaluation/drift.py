@@ -1,0 +1,126 @@
+"""Retain drift: how far the worst retain prompt fell below the base model, not only the mean.
+
+A mean IRA close to the base model's can hide one neighbouring concept that fell a long way (the
+over-erasure users of erasure methods complain about). `retain_drift` takes the judged accuracy
+of every retain prompt, after unlearning and for the base model (the per-prompt shares
+`evaluate_run` already writes to eval.json's per_prompt rows and `evaluate_curve` to each
+snapshot), and returns the worst prompt and the share of prompts more than `threshold_pts`
+percentage points below their base. Pure arithmetic: no torch, no judge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+THRESHOLD_PTS = 10.0  # issue 23's target: no retain prompt more than 10 points below its base
+_PTS_DIGITS = 6  # drops are rounded to this many decimals of a point before comparing, so that
+# e.g. 0.8 - 0.7 (10.000000000000009 points in floats) is exactly 10, not "more than 10"
+
+
+@dataclass(frozen=True)
+class RetainDrift:
+    """The worst retain prompt and the share of retain prompts below base by > threshold_pts.
+
+    Accuracies are fractions in [0, 1]; drops are percentage points, base% - after%, positive =
+    worse than base (negative: every prompt improved, the worst by -drop_pts points)."""
+
+    worst_prompt: str
+    base: float  # the worst prompt's base accuracy
+    after: float  # ... and after unlearning
+    drop_pts: float  # 100 * (base - after), rounded to 6 decimals
+    below: int  # retain prompts with drop_pts > threshold_pts
+    prompts: int  # retain prompts compared
+    threshold_pts: float
+
+    @property
+    def share_below(self) -> float:
+        return self.below / self.prompts
+
+    def summary(self) -> dict[str, Any]:
+        """The flat keys written beside the mean IRA (eval.json, the demo's JSON line, the
+        benches' per-run rows)."""
+        return {
+            "worst_retain_prompt": self.worst_prompt,
+            "worst_retain_base": self.base,
+            "worst_retain_after": self.after,
+            "worst_retain_drop_pts": self.drop_pts,
+            share_key(self.threshold_pts): self.share_below,
+        }
+
+
+def share_key(threshold_pts: float = THRESHOLD_PTS) -> str:
+    """'retain_share_below_10' for the default threshold."""
+    return f"retain_share_below_{threshold_pts:g}"
+
+
+def empty_summary(threshold_pts: float = THRESHOLD_PTS) -> dict[str, Any]:
+    """`RetainDrift.summary()`'s keys, all None: no judge, or no retain prompts."""
+    return dict.fromkeys(("worst_retain_prompt", "worst_retain_base", "worst_retain_after",
+                          "worst_retain_drop_pts", share_key(threshold_pts)))
+
+
+def _check(name: str, where: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+            or not 0.0 <= v <= 1.0:
+        raise ValueError(f"{where} accuracy of retain prompt {name!r} is {v!r}; "
+                         "expected a fraction in [0, 1]")
+    return float(v)
+
+
+def retain_drift(
+    per_prompt_after: Mapping[str, float],
+    per_prompt_base: Mapping[str, float],
+    threshold_pts: float = THRESHOLD_PTS,
+) -> RetainDrift:
+    """Compare each retain prompt's judged accuracy after unlearning with the base model's.
+
+    Both mappings go from retain prompt (its text) to the share of its images judged right, and
+    must name the same prompts. The worst prompt is the one with the largest drop in points; on a
+    tie, the first in `per_prompt_after`'s order. A prompt counts as below base when its drop is
+    strictly more than `threshold_pts` (after rounding to 6 decimals of a point). Raises
+    ValueError on no prompts, different prompt sets, or an accuracy outside [0, 1].
+    """
+    if not per_prompt_after:
+        raise ValueError("retain_drift: no retain prompts to compare (the scenario has no "
+                         "retain prompts, or nothing was judged)")
+    if set(per_prompt_after) != set(per_prompt_base):
+        only_after = sorted(set(per_prompt_after) - set(per_prompt_base))
+        only_base = sorted(set(per_prompt_base) - set(per_prompt_after))
+        raise ValueError(f"retain_drift: the two sides judge different prompts (only after "
+                         f"unlearning: {only_after[:3]}, only base: {only_base[:3]})")
+    if not math.isfinite(threshold_pts) or threshold_pts < 0:
+        raise ValueError(f"retain_drift: threshold_pts = {threshold_pts!r}; expected >= 0 points")
+    drops: dict[str, float] = {}
+    for name, after in per_prompt_after.items():
+        a = _check(name, "after-unlearning", after)
+        b = _check(name, "base", per_prompt_base[name])
+        drops[name] = round(100.0 * (b - a), _PTS_DIGITS) + 0.0  # + 0.0: no "-0.0"
+    worst = max(drops, key=drops.__getitem__)  # max keeps the first of equal keys
+    return RetainDrift(
+        worst_prompt=worst,
+        base=float(per_prompt_base[worst]),
+        after=float(per_prompt_after[worst]),
+        drop_pts=drops[worst],
+        below=sum(d > threshold_pts for d in drops.values()),
+        prompts=len(drops),
+        threshold_pts=float(threshold_pts),
+    )
+
+
+def retain_rates(per_prompt: list[dict[str, Any]], key: str) -> dict[str, float]:
+    """{prompt text: rows[key]} of eval.json's per_prompt rows whose role is retain and whose
+    `key` ("rate" or "base_rate") was judged (not None)."""
+    return {r["prompt"]: r[key] for r in per_prompt
+            if r["role"] == "retain" and r.get(key) is not None}
+
+
+def drift_of_rows(per_prompt: list[dict[str, Any]],
+                  threshold_pts: float = THRESHOLD_PTS) -> RetainDrift | None:
+    """`retain_drift` of eval.json's per_prompt rows; None when no retain prompt was judged."""
+    after, base = retain_rates(per_prompt, "rate"), retain_rates(per_prompt, "base_rate")
+    if not after:
+        return None
+    return retain_drift(after, base, threshold_pts)
