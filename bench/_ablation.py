@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from critic_unlearn.evaluation.curve import trajectories_to
+from critic_unlearn.evaluation.drift import empty_summary, share_key
 from critic_unlearn.training.metrics import read_metrics, timestep_metrics
 
 # Each arm: config overrides applied on top of the scenario YAML (before the user's own).
@@ -102,6 +103,10 @@ def make_result(arm: str, scenario: str, seed: int, settings: dict[str, Any], tr
         "final_ira": final["ira"],
         "base_ua": curve["base"]["ua"],
         "base_ira": curve["base"]["ira"],
+        # beside the final IRA: the last snapshot's worst retain prompt (name, base and final
+        # accuracy, drop in points) and share of retain prompts > 10 points below base; None for
+        # a curve judged before per-prompt retain accuracy was recorded
+        **{k: final.get(k) for k in empty_summary()},
         "curve": {"base": curve["base"], "points": curve["points"]},
     }
     if critic_init is not None:
@@ -172,6 +177,7 @@ def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, An
         "final_ua": _median([r.get("final_ua") for r in results]),
         "final_ira": _median([r.get("final_ira") for r in results]),
         "ira_pct_of_base": _median(ira_pct),
+        **retain_drift_cell(results),
         "train_s": _median([r.get("train_s") for r in results]),
         "pretrain_trajectories": _median([i.get("trajectories") for i in inits]),
         "pretrain_s": _median([i.get("wall_s") for i in inits]),
@@ -180,6 +186,41 @@ def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, An
         "critic_ev": _median_ev([r["critic_ev"] for r in results if r.get("critic_ev")]),
         "ev_seeds": sum(bool(r.get("critic_ev")) for r in results),
     }
+
+
+def worst_over_seeds(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The seed whose worst retain prompt fell furthest below base: {"prompt", "seed",
+    "drop_pts"} (the first such seed on a tie); None when no result has a retain drift."""
+    rows = [r for r in results if r.get("worst_retain_drop_pts") is not None]
+    if not rows:
+        return None
+    w = max(rows, key=lambda r: r["worst_retain_drop_pts"])
+    return {"prompt": w["worst_retain_prompt"], "seed": w["seed"],
+            "drop_pts": w["worst_retain_drop_pts"]}
+
+
+def retain_drift_cell(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One cell's retain drift over seeds: the worst retain drop in points as (median, min,
+    max) over seeds, the seed and prompt of the largest, and the median share of retain prompts
+    more than 10 points below base."""
+    return {
+        "worst_retain_drop": median_range([r["worst_retain_drop_pts"] for r in results
+                                           if r.get("worst_retain_drop_pts") is not None]),
+        "worst_retain": worst_over_seeds(results),
+        "retain_share_below": _median([r.get(share_key()) for r in results]),
+    }
+
+
+def drift_text(c: dict[str, Any]) -> tuple[str, str]:
+    """Markdown cells: 'median [min, max]' of the worst retain drop in points with the prompt
+    and seed of the largest, and the median share of retain prompts > 10 points below base."""
+    if c.get("worst_retain_drop") is None:
+        return "—", "—"
+    med, lo, hi = c["worst_retain_drop"]
+    w = c["worst_retain"]
+    drop = f"{med:.1f} [{lo:.1f}, {hi:.1f}]; max \"{w['prompt']}\" (s{w['seed']})"
+    return drop, _num(None if c["retain_share_below"] is None
+                      else 100 * c["retain_share_below"], ".1f") + "%"
 
 
 def _median_ev(per_seed: list[dict[str, float]]) -> dict[str, float] | None:
@@ -222,13 +263,25 @@ def summarize(results: list[dict[str, Any]], target: float, scenarios: list[str]
     return out
 
 
+def drift_json(c: dict[str, Any]) -> dict[str, Any]:
+    """A cell's retain drift for the bench's JSON: the largest worst-retain drop over seeds (in
+    points; the issue-23 target is <= 10 on every seed), its prompt, the median drop and the
+    median share of retain prompts > 10 points below base (None: no seed has it)."""
+    mr, w = c.get("worst_retain_drop"), c.get("worst_retain")
+    return {"max_worst_retain_drop_pts": None if mr is None else mr[2],
+            "worst_retain_prompt": None if w is None else w["prompt"],
+            "median_worst_retain_drop_pts": None if mr is None else mr[0],
+            f"median_{share_key()}": c.get("retain_share_below")}
+
+
 def summary_json(summary: dict[str, dict[str, dict[str, Any]]], target: float,
                  out: str) -> dict[str, Any]:
     """The machine-readable last line of the bench."""
     scenarios = {}
     for sc, cells in summary.items():
         arms = {arm: {"median_trajectories_to_target": median_to_target(c),
-                      "reached": c["reached"], "seeds": c["seeds"]} for arm, c in cells.items()}
+                      "reached": c["reached"], "seeds": c["seeds"], **drift_json(c)}
+                for arm, c in cells.items()}
         r = ratio(arms.get("ddpo", {}).get("median_trajectories_to_target"),
                   arms.get("critic", {}).get("median_trajectories_to_target"))
         scenarios[sc] = {"arms": arms, "median_ratio_ddpo_over_critic": r}
@@ -270,8 +323,9 @@ def table_row(arm: str, c: dict[str, Any], expected_seeds: int) -> str:
     ira = _num(c["final_ira"], ".3f")
     if c["ira_pct_of_base"] is not None:
         ira += f" ({c['ira_pct_of_base']:.1f}% of base)"
+    drop, share = drift_text(c)
     return (f"| {arm} | {seeds} | {_to_target_text(c)} | {_num(c['final_ua'], '.3f')} | {ira} "
-            f"| {_num(c['train_s'], '.0f')} | {_pretrain_text(c)} |")
+            f"| {drop} | {share} | {_num(c['train_s'], '.0f')} | {_pretrain_text(c)} |")
 
 
 def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], target: float,
@@ -282,14 +336,17 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], target: float,
         lines += [settings_note, ""]
     lines += [
         "Medians over seeds; [min, max] over seeds; a seed that never reached the target counts "
-        "as 'not reached' (after every seed that did). Final UA/IRA: last snapshot. "
-        "Pretraining: the critic's pretraining cost, not included in the trajectories.",
+        "as 'not reached' (after every seed that did). Final UA/IRA: last snapshot. Worst "
+        "retain drop: at the last snapshot, the retain prompt furthest below its base accuracy, "
+        "in points (positive = worse), and the prompt and seed of the largest; > 10 pts: the "
+        "share of retain prompts more than 10 points below base. Pretraining: the critic's "
+        "pretraining cost, not included in the trajectories.",
         "",
     ]
-    head = ("| arm | seeds | trajectories to target | final UA | final IRA | train s "
-            "| critic pretraining |")
+    head = ("| arm | seeds | trajectories to target | final UA | final IRA "
+            "| worst retain drop, pts | retain > 10 pts below | train s | critic pretraining |")
     for sc, cells in summary.items():
-        lines += [f"## {sc}", "", head, "|" + "---|" * 7]
+        lines += [f"## {sc}", "", head, "|" + "---|" * 9]
         lines += [table_row(arm, c, expected_seeds) for arm, c in cells.items()]
         r = ratio(median_to_target(cells.get("ddpo", {})),
                   median_to_target(cells.get("critic", {})))

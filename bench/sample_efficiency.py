@@ -11,9 +11,14 @@ OUT/<scenario>/<arm>/s<seed>/; seed s sets runtime.seed and learner.seed, so the
 share sampling and evaluation seeds. After training, the judge scores every adapter snapshot
 (evaluate_curve) and the run's result.json is written. Then, from whatever results exist:
 OUT/table.md (also printed): trajectories to first judged UA >= --target (median [min, max] over
-seeds, how many reached), final UA, final IRA and IRA as % of base, train time, critic
-pretraining cost; OUT/ua_vs_trajectories.png; and, last on stdout, JSON with the medians and the
-DDPO / critic ratio per scenario.
+seeds, how many reached), final UA, final IRA and IRA as % of base, beside it the worst retain
+prompt's drop below base in points (median [min, max] over seeds, the prompt and seed of the
+largest) and the share of retain prompts more than 10 points below base, train time, critic
+pretraining cost; OUT/ua_vs_trajectories.png; and, last on stdout, JSON with the medians (per arm
+also max_worst_retain_drop_pts, worst_retain_prompt, median_worst_retain_drop_pts and
+median_retain_share_below_10) and the DDPO / critic ratio per scenario. Each result.json has the
+last snapshot's worst_retain_prompt, worst_retain_base, worst_retain_after,
+worst_retain_drop_pts and retain_share_below_10 (evaluation/drift.py).
 
 Cost: one run is ~5-10 min of training at 100 learner steps on 2 CPU cores plus ~1-2 min of
 judging, so the default grid (2 scenarios x 4 arms x 3 seeds = 24 runs) takes roughly 3-5 hours.
@@ -191,8 +196,9 @@ def run_grid(cells: list[Cell], args: argparse.Namespace, console: Console) -> l
             failed.append(tag)
             continue
         console.print(f"{tag}: {r['trajectories']} trajectories, final UA {r['final_ua']}, "
-                      f"IRA {r['final_ira']}, to target {r['trajectories_to_target']}, "
-                      f"{r['train_s']} s")
+                      f"IRA {r['final_ira']} (worst retain prompt {r['worst_retain_prompt']!r} "
+                      f"{r['worst_retain_drop_pts']} points below base), to target "
+                      f"{r['trajectories_to_target']}, {r['train_s']} s")
     return failed
 
 

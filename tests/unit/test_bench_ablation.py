@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from critic_unlearn.evaluation.drift import retain_drift
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pytest` needs this
     sys.path.insert(0, str(ROOT))
@@ -34,6 +36,8 @@ from bench._ablation import (  # noqa: E402
     summary_json,
 )
 
+NO_DRIFT = {"max_worst_retain_drop_pts": None, "worst_retain_prompt": None,
+            "median_worst_retain_drop_pts": None, "median_retain_share_below_10": None}
 SETTINGS_A = cell_settings(100, 10, 8, run_overrides("critic", 0, 100, 10, []))
 
 
@@ -62,6 +66,54 @@ def test_make_result_records_curve_target_and_final_numbers() -> None:
     assert len(r["curve"]["points"]) == 3
     assert "critic_init" not in result("ddpo", 1, [0.2])
     json.dumps(r)  # result.json must serialize
+
+
+BASE_RATES = {"a blue circle": 0.9375, "a green S": 1.0, "a yellow S": 0.875}
+
+
+def drifted(arm: str, seed: int, after: dict[str, float], **kw) -> dict:
+    """A result whose last snapshot judged each retain prompt (`after`) as evaluate_curve does:
+    retain_per_prompt and its retain drift against BASE_RATES."""
+    c = curve([0.95])
+    c["base"]["retain_per_prompt"] = BASE_RATES
+    c["points"][-1] |= {"retain_per_prompt": after, **retain_drift(after, BASE_RATES).summary()}
+    return make_result(arm, "toy_forget_red", seed, SETTINGS_A, train_s=100.0, trajectories=320,
+                       curve=c, target=0.9, resumed=False, critic_init=None, **kw)
+
+
+def test_retain_drift_per_seed_and_over_seeds_beside_the_ira() -> None:
+    results = [
+        # seed 0: 'a blue circle' 93.75 -> 81.25 (12.5 points) and 'a green S' 100 -> 87.5
+        drifted("critic", 0, {"a blue circle": 0.8125, "a green S": 0.875, "a yellow S": 0.875}),
+        # seed 1: 'a yellow S' 87.5 -> 81.25 (6.25 points), none > 10
+        drifted("critic", 1, {"a blue circle": 0.9375, "a green S": 1.0, "a yellow S": 0.8125}),
+        # seed 2: every prompt as good or better: worst drop 0 ('a green S', unchanged)
+        drifted("critic", 2, {"a blue circle": 1.0, "a green S": 1.0, "a yellow S": 0.9375}),
+    ]
+    r = results[0]
+    assert (r["worst_retain_prompt"], r["worst_retain_drop_pts"]) == ("a blue circle", 12.5)
+    assert (r["worst_retain_base"], r["worst_retain_after"]) == (0.9375, 0.8125)
+    assert r["retain_share_below_10"] == pytest.approx(2 / 3)
+    assert make_result("critic", "x", 0, SETTINGS_A, 1.0, 1, curve([0.5]), 0.9, False,
+                       None)["worst_retain_prompt"] is None  # a curve from before: no drift
+    summary = summarize(results, 0.9, ["toy_forget_red"], ["critic", "ddpo"])
+    c = summary["toy_forget_red"]["critic"]
+    assert c["worst_retain_drop"] == (6.25, 0.0, 12.5)
+    assert c["worst_retain"] == {"prompt": "a blue circle", "seed": 0, "drop_pts": 12.5}
+    assert c["retain_share_below"] == 0.0  # shares 2/3, 0, 0
+    arms = summary_json(summary, 0.9, "o")["scenarios"]["toy_forget_red"]["arms"]
+    assert arms["critic"] == {"median_trajectories_to_target": 320, "reached": 3, "seeds": 3,
+                              "max_worst_retain_drop_pts": 12.5,
+                              "worst_retain_prompt": "a blue circle",
+                              "median_worst_retain_drop_pts": 6.25,
+                              "median_retain_share_below_10": 0.0}
+    assert arms["ddpo"]["max_worst_retain_drop_pts"] is None
+    md = markdown_table(summary, 0.9, 3)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 6.2 [0.0, 12.5]; max \"a blue circle\" (s0) | 0.0% |" in rows["critic"]
+    assert "| — | — |" in rows["ddpo"]
+    head = rows["arm"].split("|")
+    assert head.index(" final IRA ") + 1 == head.index(" worst retain drop, pts ")
 
 
 def test_median_range_and_not_reached() -> None:
@@ -115,9 +167,9 @@ def test_summary_json_and_missing_cells() -> None:
     out = summary_json(summary, 0.9, "runs/x")
     red = out["scenarios"]["toy_forget_red"]
     assert red["arms"]["critic"] == {"median_trajectories_to_target": 320, "reached": 2,
-                                     "seeds": 2}
+                                     "seeds": 2, **NO_DRIFT}
     assert red["arms"]["x0_pred"] == {"median_trajectories_to_target": None, "reached": 0,
-                                      "seeds": 0}
+                                      "seeds": 0, **NO_DRIFT}
     assert red["median_ratio_ddpo_over_critic"] == 3.0
     circle = out["scenarios"]["toy_forget_red_circle"]
     assert circle["median_ratio_ddpo_over_critic"] is None  # ddpo missing, critic not reached
