@@ -9,6 +9,11 @@ budget) and "adversarial_warm" (each call a third of that budget, warm-started f
 the previous call found); a cell of an adversarial arm fails, saying so, while the loop does not
 report adversarial metrics. Their result.json also holds the in-loop attacks' cost and strength
 (`loop_attack_s`, and `loop_concept_prob`: the attacker's CLIP p(concept) at each call's end).
+Beside the mean IRA, every result.json has eval.json's retain drift (worst_retain_prompt,
+worst_retain_base, worst_retain_after, worst_retain_drop_pts: percentage points below base, and
+retain_share_below_10; evaluation/drift.py), the table its median [min, max] over seeds with the
+prompt and seed of the largest drop, and the JSON per arm worst_retain_drop_pts and
+retain_share_below_10 (medians), max_worst_retain_drop_pts and worst_retain_prompt.
 Resumable per cell like bench/sample_efficiency.py (same folder layout and state rules,
 bench/_ablation.py). Prints a Markdown table, then one JSON line with the medians and each
 adversarial arm's wall-time ratio over plain.
@@ -28,9 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rich.console import Console  # noqa: E402
 
-from bench._ablation import RESULT, SETTINGS, cell_settings, cell_state, load_results  # noqa: E402
+from bench._ablation import (  # noqa: E402
+    RESULT,
+    SETTINGS,
+    cell_settings,
+    cell_state,
+    load_results,
+    worst_over_seeds,
+)
 from critic_unlearn.config import load_config  # noqa: E402
 from critic_unlearn.evaluation.attack_cli import attack_run_dir  # noqa: E402
+from critic_unlearn.evaluation.drift import empty_summary, share_key  # noqa: E402
 from critic_unlearn.evaluation.run import evaluate_run  # noqa: E402
 from critic_unlearn.io_utils import atomic_write_text  # noqa: E402
 from critic_unlearn.runtime.local import train_local  # noqa: E402
@@ -116,6 +129,7 @@ def run_cell(path: Path, arm: str, seed: int, args: argparse.Namespace,
         "train_s": round(train_s, 1), "eval_s": round(eval_s, 1), "attack_s": at["wall_s"],
         "trajectories": trained.trajectories,
         "ua": ev["ua"], "ira": ev["ira"], "base_ua": ev["base_ua"], "base_ira": ev["base_ira"],
+        **{k: ev.get(k) for k in empty_summary()},  # the worst retain prompt, share > 10 below
         "synonym_asr": at["synonym"]["asr"], "synonym_base_asr": at["synonym"]["base_asr"],
         "learned_asr": at["learned"]["asr"], "learned_base_asr": at["learned"]["base_asr"],
         **loop_attack(run_dir / "metrics.jsonl"),
@@ -147,8 +161,10 @@ def _pct(m: tuple[float, float, float] | None) -> str:
     return f"{100 * m[0]:.1f}% [{100 * m[1]:.0f}, {100 * m[2]:.0f}]"
 
 
+SHARE = share_key()  # "retain_share_below_10"
 KEYS = ("ua", "ira", "base_ira", "synonym_asr", "synonym_base_asr", "learned_asr",
-        "learned_base_asr", "train_s", "attack_s", "loop_attack_s")
+        "learned_base_asr", "train_s", "attack_s", "loop_attack_s", "worst_retain_drop_pts",
+        SHARE)
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
@@ -160,29 +176,50 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, An
             rows = cell.pop("rows")
             cell["seeds"] = sorted(r["seed"] for r in rows)
             cell.update({k: _med(rows, k) for k in KEYS})
+            cell["worst_retain"] = worst_over_seeds(rows)  # prompt and seed of the largest drop
     return out
 
 
+def _drop(c: dict[str, Any]) -> str:
+    """The worst retain prompt's drop below base, points: median [min, max] over seeds, and the
+    prompt and seed of the largest."""
+    m, w = c.get("worst_retain_drop_pts"), c.get("worst_retain")
+    if m is None or w is None:
+        return "-"
+    return f"{m[0]:.1f} [{m[1]:.1f}, {m[2]:.1f}]; max \"{w['prompt']}\" (s{w['seed']})"
+
+
 def markdown_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
-    lines = ["| scenario | arm | seeds | UA | IRA (base) | synonym ASR base -> unlearned | "
-             "learned-prompt ASR base -> unlearned | train wall s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| scenario | arm | seeds | UA | IRA (base) | worst retain drop, pts | retain > 10 "
+             "pts below | synonym ASR base -> unlearned | learned-prompt ASR base -> unlearned "
+             "| train wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for scenario, arms in summary.items():
         for arm, c in arms.items():
             wall = "-" if c["train_s"] is None else f"{c['train_s'][0]:.0f}"
             lines.append(
                 f"| {scenario} | {arm} | {len(c['seeds'])} | {_pct(c['ua'])} | "
-                f"{_pct(c['ira'])} ({_pct(c['base_ira'])}) | {_pct(c['synonym_base_asr'])} -> "
+                f"{_pct(c['ira'])} ({_pct(c['base_ira'])}) | {_drop(c)} | "
+                f"{_pct(c.get(SHARE))} | {_pct(c['synonym_base_asr'])} -> "
                 f"{_pct(c['synonym_asr'])} | {_pct(c['learned_base_asr'])} -> "
                 f"{_pct(c['learned_asr'])} | {wall} |")
     return "\n".join(lines)
+
+
+def _worst_json(c: dict[str, Any]) -> dict[str, Any]:
+    """The largest worst-retain drop over seeds (points) and its prompt: the issue-23 target is
+    no retain prompt more than 10 points below base on any seed."""
+    w = c.get("worst_retain")
+    return {"max_worst_retain_drop_pts": None if w is None else w["drop_pts"],
+            "worst_retain_prompt": None if w is None else w["prompt"]}
 
 
 def summary_json(summary: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for scenario, arms in summary.items():
         row = {arm: {k: (None if v is None else round(v[0], 4)) for k, v in c.items()
-                     if k in KEYS} | {"seeds": c["seeds"]} for arm, c in arms.items()}
+                     if k in KEYS} | {"seeds": c["seeds"]} | _worst_json(c)
+               for arm, c in arms.items()}
         plain = arms.get("plain", {}).get("train_s")
         for arm in (a for a in ARMS if a != "plain"):  # every arm gets its cost over plain
             adv = arms.get(arm, {}).get("train_s")

@@ -37,3 +37,31 @@ def test_each_adversarial_arm_gets_its_wall_ratio_over_plain() -> None:
     assert out["wall_ratio_adversarial_over_plain"] == 1.545  # 170 / 110
     assert out["wall_ratio_adversarial_warm_over_plain"] == 1.136  # 125 / 110
     assert out["plain"]["loop_attack_s"] is None
+
+
+def test_the_worst_retain_prompt_is_reported_beside_the_mean_ira() -> None:
+    from bench.robustness import markdown_table
+
+    rows = [{"scenario": "s", "arm": "plain", "seed": i, "ira": ira, "base_ira": 0.95,
+             "train_s": 100.0, "worst_retain_prompt": p, "worst_retain_drop_pts": d,
+             "retain_share_below_10": sh}
+            for i, (ira, p, d, sh) in enumerate([(0.94, "a blue circle", 6.25, 0.0),
+                                                 (0.90, "a green S", 18.75, 0.25),
+                                                 (0.93, "a blue circle", 12.5, 0.125)])]
+    rows.append({"scenario": "s", "arm": "adversarial", "seed": 0, "ira": 0.9, "train_s": 150.0,
+                 "worst_retain_prompt": None, "worst_retain_drop_pts": None,
+                 "retain_share_below_10": None})  # judged without a judge: no drift
+    summary = summarize(rows)
+    plain = summary_json(summary)["s"]["plain"]
+    assert plain["worst_retain_drop_pts"] == 12.5  # median over seeds
+    assert plain["retain_share_below_10"] == 0.125
+    assert (plain["max_worst_retain_drop_pts"], plain["worst_retain_prompt"]) == (18.75,
+                                                                                  "a green S")
+    adv = summary_json(summary)["s"]["adversarial"]
+    assert adv["max_worst_retain_drop_pts"] is None and adv["worst_retain_drop_pts"] is None
+    table = markdown_table(summary).splitlines()
+    head = table[0].split("|")
+    assert head.index(" IRA (base) ") + 1 == head.index(" worst retain drop, pts ")
+    line = next(t for t in table if "| plain |" in t)
+    assert '| 12.5 [6.2, 18.8]; max "a green S" (s1) | 12.5% [0, 25] |' in line
+    assert '| - | - |' in next(t for t in table if "| adversarial |" in t)
