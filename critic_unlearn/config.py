@@ -133,7 +133,13 @@ class RewardConfig(Section):
 
 class CriticConfig(Section):
     enabled: bool = True  # False: terminal reward broadcast to every step (DDPO)
+    # "learned": the critic network below; "oracle": no network, V(s_i) = the reward model on
+    # the decoded predicted x0 of state i (the ceiling of per-step credit: at t ~ 0 it is r)
+    kind: Literal["learned", "oracle"] = "learned"
     input: Literal["noisy", "x0_pred"] = "noisy"
+    # the head also reads the reward model's score of the decoded input state, with a learned
+    # timestep-dependent weight: where the state is nearly clean, that score is the reward
+    reward_feature: bool = True
     timestep_input: bool = True
     fusion: Literal["film", "concat"] = "concat"
     hidden: PositiveInt = 256  # width of the MLP head
@@ -141,7 +147,9 @@ class CriticConfig(Section):
     text_cache_size: PositiveInt = 4096  # prompts whose CLIP text embedding is kept
     decode_batch_size: PositiveInt = 64  # stored states per VAE decode for the critic
     diagnostics_window: PositiveInt = 8  # learner steps pooled for the per-timestep EV metrics
-    train_image_tower: bool = True  # False: only the head learns (saves memory at SD scale)
+    # True: the image tower trains too (the toy worlds' held-out EV went negative: it overfits);
+    # False: only the head learns, on features computed once per learner step
+    train_image_tower: bool = False
     lr: PositiveFloat = 1e-4
     loss: Literal["mse", "huber"] = "mse"
     # stored states per trajectory in each critic update; None = all of them. Every stored
@@ -161,6 +169,15 @@ class CriticConfig(Section):
     pretrain_val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25  # held out for the EV
     pretrain_seed: int = 7_777  # seeds of the pretraining trajectories (disjoint from runs)
 
+    @model_validator(mode="after")
+    def _check(self) -> CriticConfig:
+        if self.reward_feature and self.train_image_tower:
+            raise ValueError(
+                "critic.reward_feature = true reads frozen image features, but "
+                "critic.train_image_tower = true; set one of them to false"
+            )
+        return self
+
 
 class LearnerConfig(Section):
     algorithm: Literal["ppo", "esd"] = "ppo"
@@ -177,7 +194,10 @@ class LearnerConfig(Section):
     clip_range: PositiveFloat = 0.2  # PPO epsilon (use ~1e-4 with log_prob_reduction = mean)
     kl_weight: float = Field(0.0, ge=0)  # beta in + beta * KL(pi_theta || pi_base)
     advantage: Literal["gae", "vtrace", "terminal"] = "gae"
-    gae_lambda: Fraction = 0.9
+    gae_lambda: Fraction = 0.9  # lambda of the advantages (GAE / V-trace)
+    # lambda of the critic's TD(lambda) / V-trace targets; None = gae_lambda. Short-horizon
+    # advantages (small gae_lambda) can then pair with Monte Carlo-like targets (1.0)
+    target_lambda: Fraction | None = None
     rho_bar: PositiveFloat = 1.0
     c_bar: PositiveFloat = 1.0
     value_target: Literal["mc", "td_lambda", "vtrace"] = "td_lambda"

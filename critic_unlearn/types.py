@@ -54,6 +54,11 @@ class Trajectory:
     soft_tokens: Tensor | None = field(default=None, compare=False)
 
     @property
+    def key(self) -> str:
+        """Unique in a run: an actor never reuses a seed within a policy version."""
+        return f"{self.actor_id}:{self.seed}:{self.version}"
+
+    @property
     def num_kept(self) -> int:
         return int(self.steps.shape[0])
 
@@ -87,6 +92,9 @@ class Batch:
     sampler: SamplerSettings
     # per trajectory its (k, E) soft tokens or None; None here: every prompt is plain text
     soft_tokens: list[Tensor | None] | None = None
+    # per trajectory "actor:seed:version", unique in a run: a trajectory drawn twice from the
+    # replay enters the reward statistics once; None: every row is a distinct trajectory
+    ids: list[str] | None = None
 
     @staticmethod
     def from_trajectories(trajs: list[Trajectory]) -> Batch:
@@ -110,6 +118,7 @@ class Batch:
             soft_tokens=[t.soft_tokens for t in trajs]
             if any(t.soft_tokens is not None for t in trajs)
             else None,
+            ids=[t.key for t in trajs],
         )
 
 

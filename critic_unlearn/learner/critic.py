@@ -11,6 +11,16 @@ enter advantages and the values the critic is trained on come from one and the s
 
 The learner decodes each stored state once per step (`inputs`) and reuses the preprocessed
 pixels for values and every critic update (`score`).
+
+What it predicts: the raw reward, through a fixed affine set once from the pretraining rewards
+(`set_reward_affine`; the head's output is in those units, `score` returns reward units). The
+target then never moves under the critic, unlike per-prompt z-scores from running windows; the
+learner maps values through the tracker's current per-prompt affine when it forms advantages.
+
+With `reward_feature` the head also reads the reward model's score of the decoded input state
+(`inputs(..., reward=...)` appends it to the frozen image features), added to the output with a
+learned weight per timestep: near t = 0 the state is the final image up to sigma ~ 0.02 and
+that score is nearly the reward itself, so the critic predicts where prediction is possible.
 """
 
 from __future__ import annotations
@@ -28,6 +38,7 @@ from critic_unlearn.rewards.openclip_loading import LoadedClip
 from critic_unlearn.rewards.preprocess import clip_pixels
 
 Decode = Callable[[Tensor], Tensor]  # latents (B, C, h, w) -> pixels (B, 3, H, W) in [-1, 1]
+StateReward = Callable[[Tensor], Tensor]  # pixels (B, 3, H, W) in [-1, 1] -> (B,) raw rewards
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -64,6 +75,11 @@ class Critic(nn.Module):
         self.visual = visual  # open_clip image tower: (B, 3, S, S) -> (B, image_dim)
         self.visual.requires_grad_(cfg.train_image_tower)
         self.train_image_tower = cfg.train_image_tower
+        self.reward_feature = cfg.reward_feature
+        # raw reward = head output * scale + shift; fixed once (set_reward_affine), saved with
+        # the weights, so a checkpoint predicts in the units it was trained in
+        self.register_buffer("reward_shift", torch.zeros(()))
+        self.register_buffer("reward_scale", torch.ones(()))
         self.preprocess_cfg = dict(preprocess_cfg)
         self.input, self.fusion = cfg.input, cfg.fusion
         self.timestep_input, self.timestep_dim = cfg.timestep_input, cfg.timestep_dim
@@ -84,6 +100,27 @@ class Critic(nn.Module):
             nn.init.zeros_(self.film[1].weight)
             nn.init.zeros_(self.film[1].bias)
             self.head = _mlp(h, h)
+        # weight of the reward feature per timestep (a constant without the timestep input);
+        # starts at 0: the head alone, until the fit says how far the feature can be trusted
+        self.feature_gate = (
+            (nn.Linear(cfg.timestep_dim, 1) if cfg.timestep_input else nn.Linear(1, 1))
+            if cfg.reward_feature
+            else None
+        )
+        if self.feature_gate is not None:
+            nn.init.zeros_(self.feature_gate.weight)
+            nn.init.zeros_(self.feature_gate.bias)
+
+    def set_reward_affine(self, shift: float, scale: float) -> None:
+        """Fix the units of the head's output: raw reward = output * scale + shift."""
+        if not scale > 0:
+            raise ValueError(f"reward scale must be positive, got {scale}")
+        self.reward_shift.fill_(float(shift))
+        self.reward_scale.fill_(float(scale))
+
+    def normalized(self, rewards: Tensor) -> Tensor:
+        """Raw rewards (or values) -> the head's units, where the regression loss is taken."""
+        return (rewards.float() - self.reward_shift) / self.reward_scale
 
     @classmethod
     def from_clip(cls, clip: LoadedClip, cfg: CriticConfig) -> Critic:
@@ -103,8 +140,9 @@ class Critic(nn.Module):
         """Pixels (B,3,H,W) in [-1, 1] -> the image tower's normalised input (B,3,S,S)."""
         return clip_pixels((pixels.float() + 1.0) / 2.0, self.preprocess_cfg)
 
-    def forward(self, pixels: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
-        return self.score(self._frozen_part(self.preprocess(pixels)), timesteps, text_emb)
+    def forward(self, pixels: Tensor, timesteps: Tensor, text_emb: Tensor,
+                reward: StateReward | None = None) -> Tensor:
+        return self.score(self._features(pixels, reward), timesteps, text_emb)
 
     def _frozen_part(self, x: Tensor) -> Tensor:
         """With a frozen image tower its features are an input like the pixels: computed once."""
@@ -114,23 +152,34 @@ class Critic(nn.Module):
             return self.visual(x).float()
 
     def score(self, x: Tensor, timesteps: Tensor, text_emb: Tensor) -> Tensor:
-        """V from `inputs(...)`: preprocessed pixels (B,3,S,S), or with a frozen image tower its
-        features (B, image_dim); timesteps (B,) and text (B, D)."""
+        """V in reward units from `inputs(...)`: preprocessed pixels (B,3,S,S), or with a frozen
+        image tower its features (B, image_dim), plus the state's reward in the head's units as
+        a last column with `reward_feature`; timesteps (B,) and text (B, D)."""
         b = x.shape[0]
         if timesteps.shape != (b,) or text_emb.ndim != 2 or text_emb.shape[0] != b:
             raise ValueError(
                 f"critic expects pixels (B,3,H,W), timesteps (B,), text_emb (B,D); got "
                 f"{tuple(x.shape)}, {tuple(timesteps.shape)}, {tuple(text_emb.shape)}"
             )
-        feats = self.visual(x).float() if self.train_image_tower else x.float()
+        feats, state_reward = x.float(), None
+        if self.reward_feature:
+            feats, state_reward = feats[:, :-1], feats[:, -1]
+        if self.train_image_tower:
+            feats = self.visual(x).float()
         img = self.image_proj(feats)  # (B, h)
         cond = [self.text_proj(text_emb.float())]
+        temb = timestep_embedding(timesteps, self.timestep_dim)
         if self.time_mlp is not None:
-            cond.append(self.time_mlp(timestep_embedding(timesteps, self.timestep_dim)))
+            cond.append(self.time_mlp(temb))
         if self.film is None:
-            return self.head(torch.cat([img, *cond], dim=-1)).squeeze(-1)
-        scale, shift = self.film(torch.cat(cond, dim=-1)).chunk(2, dim=-1)
-        return self.head(img * (1.0 + scale) + shift).squeeze(-1)
+            out = self.head(torch.cat([img, *cond], dim=-1)).squeeze(-1)
+        else:
+            scale, shift = self.film(torch.cat(cond, dim=-1)).chunk(2, dim=-1)
+            out = self.head(img * (1.0 + scale) + shift).squeeze(-1)
+        if state_reward is not None:
+            gate_in = temb if self.time_mlp is not None else torch.ones_like(temb[:, :1])
+            out = out + self.feature_gate(gate_in).squeeze(-1) * state_reward
+        return out * self.reward_scale + self.reward_shift
 
     def value(
         self,
@@ -139,14 +188,17 @@ class Critic(nn.Module):
         text_emb: Tensor,
         decode: Decode,
         x0_pred: Tensor | None = None,
+        reward: StateReward | None = None,
     ) -> Tensor:
         """V from latents: decodes x_t (input "noisy") or `x0_pred` (input "x0_pred") first."""
-        return self.score(self.inputs(latents, decode, x0_pred), timesteps, text_emb)
+        return self.score(self.inputs(latents, decode, x0_pred, reward), timesteps, text_emb)
 
     @torch.no_grad()
-    def inputs(self, latents: Tensor, decode: Decode, x0_pred: Tensor | None = None) -> Tensor:
+    def inputs(self, latents: Tensor, decode: Decode, x0_pred: Tensor | None = None,
+               reward: StateReward | None = None) -> Tensor:
         """What `score` reads for these states: x_t (input "noisy") or `x0_pred` (input
-        "x0_pred") decoded and preprocessed, and through the image tower when it is frozen.
+        "x0_pred") decoded and preprocessed, and through the image tower when it is frozen;
+        with `reward_feature`, the reward model's score of the decoded state appended.
         Only frozen parts run here (no gradients), so the result is computed once and reused by
         every critic update of a learner step."""
         if self.input == "x0_pred":
@@ -156,7 +208,20 @@ class Critic(nn.Module):
                     "(see predict_x0), or set critic.input = 'noisy'"
                 )
             latents = x0_pred
-        return self._frozen_part(self.preprocess(decode(latents)))
+        return self._features(decode(latents), reward)
+
+    def _features(self, pixels: Tensor, reward: StateReward | None) -> Tensor:
+        x = self._frozen_part(self.preprocess(pixels))
+        if not self.reward_feature:
+            return x
+        if reward is None:
+            raise ValueError(
+                "critic.reward_feature = true: pass reward (pixels -> raw rewards of the states' "
+                "prompts), or set critic.reward_feature = false"
+            )
+        with torch.no_grad():
+            r = self.normalized(reward(pixels).to(x.device))
+        return torch.cat([x, r[:, None].to(x.dtype)], dim=1)
 
 
 def predict_x0(
@@ -167,6 +232,21 @@ def predict_x0(
     abar = abar.view(-1, *([1] * (latents.ndim - 1)))
     x0 = (latents.float() - (1.0 - abar).sqrt() * noise_pred.float()) / abar.sqrt()
     return x0.to(latents.dtype)
+
+
+def pixels_to_images(pixels: Tensor) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, as the actors turn x0 into images."""
+    x = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu()
+
+
+def state_reward(reward_model: Callable, prompts: list[str], roles: list[str]) -> StateReward:
+    """The reward model as a function of decoded states whose prompts and roles are these."""
+
+    def score(pixels: Tensor) -> Tensor:
+        return reward_model(pixels_to_images(pixels), list(prompts), list(roles)).float()
+
+    return score
 
 
 def make_vae_decode(vae: nn.Module) -> Decode:
@@ -181,8 +261,9 @@ def make_vae_decode(vae: nn.Module) -> Decode:
 
 
 def build_critic(cfg: CriticConfig, clip: LoadedClip) -> Critic | None:
-    """The critic described by `cfg`, or None when `critic.enabled` is False (DDPO broadcast)."""
-    return Critic.from_clip(clip, cfg) if cfg.enabled else None
+    """The critic described by `cfg`, or None when `critic.enabled` is False (DDPO broadcast)
+    or the values come from the oracle (critic.kind = oracle), which has nothing to train."""
+    return Critic.from_clip(clip, cfg) if cfg.enabled and cfg.kind == "learned" else None
 
 
 def text_embedder(clip: LoadedClip, cfg: CriticConfig) -> TextEmbeddingCache:

@@ -1,8 +1,8 @@
 """A pretrained critic's checkpoint: what `critic.init` loads (written by training/critic_pretrain).
 
 The file is a training checkpoint (`learner/checkpoint.py`: safetensors, JSON tree, checksum, no
-pickle) holding the critic's weights, the reward statistics its targets were standardised with,
-and a JSON meta (kind, architecture, explained variance per timestep, cost). It loads only into a
+pickle) holding the critic's weights (with the fixed affine of its raw-reward targets) and a JSON
+meta (kind, architecture, explained variance per timestep, cost). It loads only into a
 critic of the same architecture; anything else is one clear error naming the file.
 """
 
@@ -15,17 +15,15 @@ from critic_unlearn.config import CriticConfig
 from critic_unlearn.learner.checkpoint import load_checkpoint
 from critic_unlearn.learner.critic import Critic
 
-KIND = "critic-pretrain/1"
+KIND = "critic-pretrain/2"  # 2: raw-reward targets through a fixed affine
 # critic settings that change the network: a checkpoint loads only into the same architecture
-ARCH_FIELDS = ("input", "timestep_input", "fusion", "hidden", "timestep_dim", "train_image_tower")
+ARCH_FIELDS = ("input", "timestep_input", "fusion", "hidden", "timestep_dim", "train_image_tower",
+               "reward_feature")
 
 
-def load_pretrained(
-    path: str | Path, critic: Critic, cc: CriticConfig
-) -> tuple[dict, dict | None]:
-    """Load a pretrained critic into `critic` (same architecture, else a clear error).
-
-    Returns (meta, reward_stats)."""
+def load_pretrained(path: str | Path, critic: Critic, cc: CriticConfig) -> dict:
+    """Load a pretrained critic into `critic` (same architecture, else a clear error); its
+    meta."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -35,7 +33,11 @@ def load_pretrained(
     state = load_checkpoint(path)
     meta = json.loads(state.get("meta", "{}"))
     if meta.get("kind") != KIND:
-        raise ValueError(f"critic.init = {str(path)!r} is not a pretrained critic checkpoint")
+        raise ValueError(
+            f"critic.init = {str(path)!r} is not a pretrained critic checkpoint of this version "
+            f"(kind {meta.get('kind')!r}, expected {KIND!r}); pretrain it again with "
+            "`critic-unlearn critic pretrain`, or set critic.init = auto"
+        )
     want = {f: getattr(cc, f) for f in ARCH_FIELDS}
     if meta.get("critic") != want:
         raise ValueError(
@@ -43,4 +45,4 @@ def load_pretrained(
             f", this run has {want}; pretrain for these settings or set critic.init = auto"
         )
     critic.load_state_dict(state["critic"])
-    return meta, state.get("reward_stats")
+    return meta

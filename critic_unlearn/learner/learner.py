@@ -2,9 +2,12 @@
 
 `step(batch) -> metrics` reads top to bottom as docs/algorithm.md does:
   1. the current policy's log-probs when V-trace or the x0-prediction critic needs them; every
-     stored state decoded once for the critic, and its value V(s_k);
-  2. per-step advantages (GAE / V-trace / terminal broadcast), normalised over the transitions
-     that are trained, and value targets;
+     stored state decoded once for the critic, and its value V(s_k) in reward units (a learned
+     critic, or the oracle: the reward model on the decoded predicted x0);
+  2. each trajectory's reward enters the per-prompt statistics once (draws repeat it); rewards
+     and values go through the same per-prompt affine, then per-step advantages (GAE / V-trace /
+     terminal broadcast), normalised over the transitions that are trained; value targets in
+     the critic's own fixed units;
   3. per minibatch: a critic step on `critic.train_states` random stored states of each
      trajectory (every state's value enters a target, so every state is fitted), then (after
      warm-up) a PPO step on `train_steps` random trainable transitions of each trajectory, with
@@ -41,7 +44,7 @@ from critic_unlearn.diffusion.policy import (
 )
 from critic_unlearn.diffusion.soft_pool import encode_conditioning
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
-from critic_unlearn.learner.critic import Critic, make_vae_decode
+from critic_unlearn.learner.critic import Critic, make_vae_decode, state_reward
 from critic_unlearn.learner.diagnostics import WindowedDiagnostics
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
 from critic_unlearn.learner.publisher import Publisher
@@ -49,6 +52,7 @@ from critic_unlearn.rewards.normalization import PerPromptStatTracker
 from critic_unlearn.types import Batch, WeightsPacket
 
 TextEmbed = Callable[[list[str]], Tensor]  # prompts -> (B, D) CLIP text embeddings
+RewardFn = Callable[[Tensor, list[str], list[str]], Tensor]  # images, prompts, roles -> (B,)
 
 
 class Learner:
@@ -62,13 +66,22 @@ class Learner:
         critic_text: TextEmbed | None = None,
         publisher: Publisher | None = None,
         reward_tracker: PerPromptStatTracker | None = None,
+        reward_model: RewardFn | None = None,
     ) -> None:
+        cc = cfg.critic
         if self.uses_critic(cfg) and (critic is None or critic_text is None):
             raise ValueError("critic.enabled = true needs a critic and its text embedder")
+        if self.needs_reward_model(cfg) and reward_model is None:
+            raise ValueError(
+                f"critic.kind = {cc.kind!r} with critic.reward_feature = {cc.reward_feature} "
+                "needs the reward model in the learner; pass reward_model"
+            )
         self.cfg, self.c = cfg, components
         self.device = components.device
         self.critic = critic.to(self.device) if self.uses_critic(cfg) else None
         self.critic_text = critic_text
+        self.reward_model = reward_model
+        self.oracle = cfg.critic.enabled and cc.kind == "oracle"
         self.publisher = publisher
         self.reward_tracker = reward_tracker  # per-prompt standardisation (DDPO), or None
         lc = cfg.learner
@@ -99,8 +112,15 @@ class Learner:
 
     @staticmethod
     def uses_critic(cfg: RunConfig) -> bool:
-        """Whether this learner trains a critic (ESD and critic-off runs do not)."""
-        return cfg.critic.enabled
+        """Whether this learner trains a critic (ESD, critic-off and oracle runs do not)."""
+        return cfg.critic.enabled and cfg.critic.kind == "learned"
+
+    @staticmethod
+    def needs_reward_model(cfg: RunConfig) -> bool:
+        """The oracle's values and the critic's reward feature score decoded states."""
+        cc = cfg.critic
+        return (cfg.learner.algorithm == "ppo" and cc.enabled
+                and (cc.kind == "oracle" or cc.reward_feature))
 
     # -- the step -------------------------------------------------------------------------
     def step(self, batch: Batch) -> dict[str, float]:
@@ -110,17 +130,19 @@ class Learner:
         lat, nxt = batch.latents.to(dev), batch.next_latents.to(dev)
         ts, old_lp = batch.timesteps.to(dev), batch.log_probs.to(dev)
         raw_rewards = batch.rewards.to(dev, torch.float32)
-        rewards = raw_rewards
-        if self.reward_tracker is not None:
-            rewards = self.reward_tracker.update(batch.prompts, raw_rewards)
+        scale, shift = self._reward_affine(batch, raw_rewards)  # (B,) each
+        rewards = scale * raw_rewards + shift  # standardised per prompt (or raw)
         staleness = (self.version - batch.versions).float().mean().item()
         cond = self.conditioning(batch)
         self.c.scheduler.set_timesteps(batch.sampler.num_steps, device=dev)
 
         log_rhos, x0 = self._current_policy(batch, lat, nxt, ts, old_lp, cond)
         text = self.critic_text(batch.prompts).to(dev) if self.critic is not None else None
-        inputs = self._critic_inputs(lat, x0)  # (B, K, 3, S, S) or None: decoded once
-        values = self._values(inputs, ts, text)  # (B, K) or None
+        inputs = self._critic_inputs(lat, x0, batch)  # (B, K, F) or None: decoded once
+        raw_values = self._values(inputs, ts, text)  # (B, K) reward units, or None
+        if self.oracle:
+            raw_values = self._oracle_values(x0, batch)
+        values = None if raw_values is None else scale[:, None] * raw_values + shift[:, None]
         eligible = step_std(self.c.scheduler, ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
         n = min(lc.train_steps or k, int(eligible.sum(1).min()))
         if n == 0:
@@ -128,7 +150,7 @@ class Learner:
                 f"learner.min_train_std = {lc.min_train_std} leaves no transition to train on "
                 "in some trajectory; lower it"
             )
-        kind = lc.advantage if self.critic is not None else "terminal"
+        kind = lc.advantage if values is not None else "terminal"
         raw_adv = step_advantages(
             kind,
             rewards,
@@ -141,12 +163,12 @@ class Learner:
         )
         adv = normalize_and_clip(raw_adv, lc.advantage_clip, mask=eligible)
         targets = None
-        if self.critic is not None:
+        if self.critic is not None:  # in the critic's own units: raw rewards, raw values
             targets = value_targets(
                 lc.value_target,
-                values,
-                rewards,
-                lam=lc.gae_lambda,
+                raw_values,
+                raw_rewards,
+                lam=lc.gae_lambda if lc.target_lambda is None else lc.target_lambda,
                 log_rhos=log_rhos,
                 rho_bar=lc.rho_bar,
                 c_bar=lc.c_bar,
@@ -191,6 +213,16 @@ class Learner:
             metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
         return metrics
 
+    def _reward_affine(self, batch: Batch, raw_rewards: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift) of the per-prompt standardisation, after the batch's new trajectories
+        entered the statistics (each once, whatever the draws repeat); (1, 0) without it."""
+        if self.reward_tracker is None:
+            ones = torch.ones_like(raw_rewards)
+            return ones, torch.zeros_like(raw_rewards)
+        self.reward_tracker.add(batch.prompts, raw_rewards, batch.ids)
+        scale, shift = self.reward_tracker.affine(batch.prompts)
+        return scale.to(raw_rewards), shift.to(raw_rewards)
+
     def conditioning(self, batch: Batch) -> Tensor:
         """(B, L, D) prompt embeddings to re-score with: the function the actors sampled with,
         fed the soft tokens the trajectories carry (adversarial pool prompts), so the learner
@@ -214,7 +246,7 @@ class Learner:
         """log pi_theta - log mu and x0_hat at every stored step, only when something needs them."""
         lc, cc = self.cfg.learner, self.cfg.critic
         need_rho = lc.advantage == "vtrace" or lc.value_target == "vtrace"
-        need_x0 = self.critic is not None and cc.input == "x0_pred"
+        need_x0 = self.oracle or (self.critic is not None and cc.input == "x0_pred")
         if not (need_rho or need_x0):
             return None, None
         rhos, x0s = [], []
@@ -241,20 +273,47 @@ class Learner:
             reduction=s.log_prob_reduction,  # as the behaviour log-probs were
         )
 
+    def _state_chunks(self, states: Tensor, batch: Batch):
+        """(B, K, ...) states -> chunks of flattened states, each with its states' reward fn."""
+        k = states.shape[1]
+        prompts = [p for p in batch.prompts for _ in range(k)]
+        roles = [r for r in batch.roles for _ in range(k)]
+        n = self.cfg.critic.decode_batch_size
+        for start, part in zip(range(0, len(prompts), n), states.flatten(0, 1).split(n),
+                               strict=True):
+            reward = None
+            if self.reward_model is not None:
+                reward = state_reward(self.reward_model, prompts[start:start + n],
+                                      roles[start:start + n])
+            yield part, reward
+
     @torch.no_grad()
-    def _critic_inputs(self, lat, x0) -> Tensor | None:
+    def _critic_inputs(self, lat, x0, batch: Batch) -> Tensor | None:
         """Every stored state decoded and preprocessed for the critic, once per learner step
-        (all B x K states in one batched call: the VAE decode is most of the critic's cost)."""
+        (all B x K states in one batched call: the VAE decode is most of the critic's cost).
+        The decoded state is x_t, or with critic.input = x0_pred the predicted x0: x0 is also
+        computed for V-trace's ratios, and a noisy-input critic must never be fed it."""
         if self.critic is None:
             return None
         b, k = lat.shape[:2]
-        states = (lat if x0 is None else x0).flatten(0, 1)
+        states = x0 if self.cfg.critic.input == "x0_pred" else lat
         chunks = []
-        for part in states.split(self.cfg.critic.decode_batch_size):
+        for part, reward in self._state_chunks(states, batch):
             with self._autocast():  # x0_pred input: the predicted latents are what is decoded
-                chunks.append(self.critic.inputs(part, self.decode, part))
+                chunks.append(self.critic.inputs(part, self.decode, part, reward))
         flat = torch.cat(chunks)
         return flat.view(b, k, *flat.shape[1:])
+
+    @torch.no_grad()
+    def _oracle_values(self, x0: Tensor, batch: Batch) -> Tensor:
+        """V_i = r(decode(x0_hat_i)): the reward model on each state's predicted clean image
+        under the current policy, in reward units; needs no training (critic.kind = oracle)."""
+        b, k = x0.shape[:2]
+        vals = []
+        for part, reward in self._state_chunks(x0, batch):
+            with self._autocast():
+                vals.append(reward(self.decode(part)).to(self.device, torch.float32))
+        return torch.cat(vals).view(b, k)
 
     @torch.no_grad()
     def _values(self, inputs, ts, text) -> Tensor | None:
@@ -273,7 +332,8 @@ class Learner:
         r, i = rows.reshape(-1), idx.reshape(-1)
         with self._autocast():
             pred = self.critic.score(inputs[r, i], ts[r, i], text[r])
-        loss = value_loss(pred.float(), targets[r, i], self.cfg.critic.loss)
+        norm = self.critic.normalized  # the loss in the head's fixed units
+        loss = value_loss(norm(pred.float()), norm(targets[r, i]), self.cfg.critic.loss)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.learner.max_grad_norm)

@@ -7,14 +7,22 @@ state (Monte Carlo targets: unbiased whatever the critic knows). They are kept i
 than drawn from the Redis buffer, because a regression with a held-out split needs a fixed set,
 which the buffer's with-replacement draws do not give.
 
-Targets are the rewards as the learner will see them: standardised by the run's per-prompt
-tracker, batch by batch in sampling order; the tracker's state ships with the checkpoint and
-seeds the run's, so the critic's scale and the run's targets agree from the first step.
+Targets are the raw rewards through one fixed affine (the training split's mean and std, saved
+in the critic): a target that never moves. The learner maps values through its per-prompt
+standardisation when it forms advantages (learner/critic.py).
 
-Output (a folder): `critic.safetensors` (checkpoint format, no pickle: critic weights, reward
-statistics, meta with the per-timestep explained variance on held-out trajectories and the cost),
+What it measures, per timestep on held-out trajectories: `ev_held_out`, the explained variance
+of the raw reward (prompts differ, so part of it is the prompt's mean), and
+`ev_held_out_within_prompt`, of the reward standardised per prompt (each prompt's mean and std
+over the pretraining set, applied to values and rewards alike): what advantages see. With
+`reward_feature`, `ev_reward_feature_*` is the same for the reward model's own score of the
+decoded state alone, and the oracle's (`ev_oracle_*`: the score of the decoded predicted x0)
+where computed. `cost_ms_per_state` is the critic's input cost (decode, tower, reward feature).
+
+Output (a folder): `critic.safetensors` (checkpoint format, no pickle: critic weights and meta),
 `pretrain.json` (the same meta) and `critic_ev.png`. `critic.init = "auto"` keeps one such folder
 per key under `critic.cache_dir`, so a second run with the same world and settings pays nothing.
+The checkpoint is written last, whole: a reader never finds it without its pretrain.json.
 """
 
 from __future__ import annotations
@@ -33,12 +41,17 @@ from critic_unlearn.codec import decode_trajectory, encode_trajectory
 from critic_unlearn.config import RunConfig
 from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
-from critic_unlearn.learner.critic import Critic, build_critic, make_vae_decode, text_embedder
+from critic_unlearn.learner.critic import (
+    Critic,
+    build_critic,
+    make_vae_decode,
+    state_reward,
+    text_embedder,
+)
 from critic_unlearn.learner.critic_checkpoint import ARCH_FIELDS, KIND
 from critic_unlearn.learner.diagnostics import ev_by_timestep
 from critic_unlearn.learner.losses import value_loss
-from critic_unlearn.rewards import build_stat_tracker
-from critic_unlearn.rewards.normalization import PerPromptStatTracker
+from critic_unlearn.rewards import build_reward
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.types import Batch
@@ -68,12 +81,16 @@ def _folder_fingerprint(kind: str, name: str) -> str:
 
 
 def pretrain_key(cfg: RunConfig) -> str:
-    """What the pretrained critic depends on: model, reward, prompts, sampler, critic, pretrain."""
+    """What the pretrained critic depends on: model, reward, prompts, sampler, critic, pretrain,
+    and the learner settings the fit uses (gradient clipping; the learner's batch size no longer
+    enters: targets are raw rewards, not standardised batch by batch)."""
     critic = cfg.critic.model_dump(mode="json", exclude={"init", "cache_dir", "warmup_steps",
                                                           "train_states", "text_cache_size",
                                                           "decode_batch_size",
                                                           "diagnostics_window"})
     parts = {
+        "version": KIND,
+        "max_grad_norm": cfg.learner.max_grad_norm,
         "model": _folder_fingerprint("model", cfg.model.pretrained),
         "model_cfg": cfg.model.model_dump(mode="json"),
         "clip": _folder_fingerprint("reward_clip", cfg.reward.clip_model),
@@ -101,20 +118,28 @@ def sample_dataset(cfg: RunConfig, console: Console) -> list:
     return trajs
 
 
-def _targets(cfg: RunConfig, batch: Batch) -> tuple[torch.Tensor, PerPromptStatTracker | None]:
-    """Rewards as the learner will regress on them, and the tracker that produced them.
+def within_prompt(prompts: list[str], rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (N,): each prompt's rewards standardised by their own mean and std
+    (ddof 0); applied to values and rewards alike, it measures what the values explain within
+    a prompt, which is what advantages use."""
+    r = rewards.double()
+    stats = {}
+    for p in dict.fromkeys(prompts):
+        sel = r[torch.tensor([q == p for q in prompts])]
+        sd = float(sel.std(correction=0)) + 1e-6
+        stats[p] = (1.0 / sd, -float(sel.mean()) / sd)
+    return (torch.tensor([stats[p][0] for p in prompts], dtype=torch.float64),
+            torch.tensor([stats[p][1] for p in prompts], dtype=torch.float64))
 
-    Standardised batch by batch in sampling order, as a run standardises each batch on arrival:
-    every reward is then standardised by a window that holds it, so its z-score stays bounded
-    (a later window of a nearly constant prompt would map an early reward to a huge z)."""
-    tracker = build_stat_tracker(cfg.reward)
-    if tracker is None:
-        return batch.rewards.float(), None
-    parts = []
-    for rows in torch.arange(len(batch.prompts)).split(cfg.learner.batch_size):
-        prompts = [batch.prompts[i] for i in rows.tolist()]
-        parts.append(tracker.update(prompts, batch.rewards[rows]))
-    return torch.cat(parts).float(), tracker
+
+def ev_report(values: torch.Tensor, rewards: torch.Tensor, ts: torch.Tensor,
+              prompts: list[str]) -> tuple[dict[str, float], dict[str, float]]:
+    """(raw, within-prompt) explained variance per timestep of `values` (N, K) for `rewards`."""
+    scale, shift = within_prompt(prompts, rewards)
+    v_w = scale[:, None] * values.double() + shift[:, None]
+    r_w = scale * rewards.double() + shift
+    return (_rounded(ev_by_timestep(values, rewards, ts)),
+            _rounded(ev_by_timestep(v_w, r_w, ts)))
 
 
 def _rounded(ev: dict[int, float]) -> dict[str, float]:
@@ -137,11 +162,13 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
                     device: str | torch.device = "cpu") -> PretrainResult:
     """Sample, fit, measure, write `out_dir/critic.safetensors` (+ pretrain.json, critic_ev.png)."""
     from critic_unlearn.diffusion.loading import load_components
-    from critic_unlearn.training.plots import plot_ev_by_timestep
 
     console = console or Console(stderr=True)
-    if not cfg.critic.enabled:
-        raise ValueError("critic.enabled = false: there is no critic to pretrain")
+    if not cfg.critic.enabled or cfg.critic.kind != "learned":
+        raise ValueError(
+            f"critic.enabled = {cfg.critic.enabled}, critic.kind = {cfg.critic.kind!r}: there is "
+            "no learned critic to pretrain (the oracle needs no training)"
+        )
     if cfg.runtime.num_threads:  # as the run itself: tiny models lose to thread oversubscription
         torch.set_num_threads(cfg.runtime.num_threads)
     cc = cfg.critic
@@ -150,12 +177,21 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
     sample_s = time.perf_counter() - t0
     device = torch.device(device)
     batch = Batch.from_trajectories(trajs)
-    targets, tracker = _targets(cfg, batch)
+    targets = batch.rewards.float()
+    n, k = batch.timesteps.shape
+    g = torch.Generator().manual_seed(cc.pretrain_seed)
+    order = torch.randperm(n, generator=g)
+    n_val = max(1, int(round(n * cc.pretrain_val_fraction)))
+    val, train = order[:n_val], order[n_val:]
 
     torch.manual_seed(cc.pretrain_seed)
     clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, device)
     critic = build_critic(cc, clip).to(device)
+    # the fixed affine of the targets: the training split's rewards, mean 0 and std 1
+    critic.set_reward_affine(float(targets[train].mean()),
+                             float(targets[train].std(correction=0)) + 1e-6)
     text = text_embedder(clip, cc)(batch.prompts).to(device)
+    reward_model = build_reward(cfg.reward, device) if cc.reward_feature else None
     m = cfg.model
     comps = load_components(m.pretrained, revision=m.revision, dtype=m.dtype, device=device,
                             local_files_only=m.local_files_only)
@@ -165,22 +201,24 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
         x0 = _predicted_x0(cfg, comps, batch, device)
     lat, ts = batch.latents.to(device), batch.timesteps.to(device)
     chunk = cfg.sampler.batch_size
-    inputs = torch.cat([
-        torch.stack([
-            critic.inputs(lat[rows, j], decode, None if x0 is None else x0[rows, j])
-            for j in range(lat.shape[1])
-        ], 1)
-        for rows in torch.arange(lat.shape[0]).split(chunk)
-    ])  # (N, K, 3, S, S): every state decoded once
+    t_inputs = time.perf_counter()
+    parts = []
+    for rows in torch.arange(n).split(chunk):
+        reward = None
+        if reward_model is not None:
+            reward = state_reward(reward_model, [batch.prompts[i] for i in rows.tolist()],
+                                  [batch.roles[i] for i in rows.tolist()])
+        parts.append(torch.stack([
+            critic.inputs(lat[rows, j], decode, None if x0 is None else x0[rows, j], reward)
+            for j in range(k)
+        ], 1))
+    inputs = torch.cat(parts)  # (N, K, F): every state decoded once
+    cost_ms = 1000 * (time.perf_counter() - t_inputs) / (n * k)
     del comps
 
-    n, k = ts.shape
-    g = torch.Generator().manual_seed(cc.pretrain_seed)
-    order = torch.randperm(n, generator=g)
-    n_val = max(1, int(round(n * cc.pretrain_val_fraction)))
-    val, train = order[:n_val], order[n_val:]
     opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=cc.lr)
     tgt = targets.to(device)
+    norm = critic.normalized
     states = torch.stack(torch.meshgrid(train, torch.arange(k), indexing="ij"), -1).view(-1, 2)
     losses, best = [], (float("inf"), -1, None)
     for epoch in range(cc.pretrain_epochs):
@@ -188,14 +226,14 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
         for sel in states[torch.randperm(len(states), generator=g)].split(cc.pretrain_batch_size):
             r, i = sel[:, 0], sel[:, 1]
             pred = critic.score(inputs[r, i], ts[r, i], text[r])
-            loss = value_loss(pred.float(), tgt[r], cc.loss)
+            loss = value_loss(norm(pred.float()), norm(tgt[r]), cc.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.learner.max_grad_norm)
             opt.step()
             losses.append(loss.item())
         held = _values(critic, inputs[val], ts[val], text[val], cc.pretrain_batch_size)
-        held_loss = float(((held - tgt[val, None]) ** 2).mean())
+        held_loss = float(((norm(held) - norm(tgt[val, None])) ** 2).mean())
         if held_loss < best[0]:  # early stopping: keep the epoch that predicts held-out best
             best = (held_loss, epoch, {k: v.clone() for k, v in critic.state_dict().items()})
         console.print(
@@ -204,6 +242,11 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
             highlight=False)
     critic.load_state_dict(best[2])
     values = _values(critic, inputs, ts, text, cc.pretrain_batch_size).cpu()
+    val_prompts = [batch.prompts[i] for i in val.tolist()]
+    train_prompts = [batch.prompts[i] for i in train.tolist()]
+    ev_val, ev_val_w = ev_report(values[val], targets[val], batch.timesteps[val], val_prompts)
+    ev_train, ev_train_w = ev_report(values[train], targets[train], batch.timesteps[train],
+                                     train_prompts)
     meta = {
         "kind": KIND,
         "key": pretrain_key(cfg),
@@ -215,18 +258,37 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
         "held_out_loss": round(best[0], 5),
         "sample_s": round(sample_s, 1),
         "wall_s": round(time.perf_counter() - t0, 1),
+        "cost_ms_per_state": round(cost_ms, 3),
         "critic": {f: getattr(cc, f) for f in ARCH_FIELDS},
-        "ev_held_out": _rounded(ev_by_timestep(values[val], targets[val], batch.timesteps[val])),
-        "ev_train": _rounded(ev_by_timestep(values[train], targets[train], batch.timesteps[train])),
+        "target_affine": [round(float(critic.reward_shift), 6),
+                          round(float(critic.reward_scale), 6)],
+        "ev_held_out": ev_val,
+        "ev_held_out_within_prompt": ev_val_w,
+        "ev_train": ev_train,
+        "ev_train_within_prompt": ev_train_w,
         "final_loss": round(sum(losses[-50:]) / len(losses[-50:]), 5),
     }
+    if cc.reward_feature:  # what the feature alone explains (the critic should beat it)
+        scale, shift = float(critic.reward_scale), float(critic.reward_shift)
+        feature = inputs[val][..., -1].float().cpu() * scale + shift  # back to reward units
+        meta["ev_reward_feature_held_out"], meta["ev_reward_feature_held_out_within_prompt"] = \
+            ev_report(feature, targets[val], batch.timesteps[val], val_prompts)
     out_dir = Path(out_dir)
-    state = {"critic": critic.state_dict(), "meta": json.dumps(meta),
-             "reward_stats": None if tracker is None else tracker.state_dict()}
-    save_checkpoint(out_dir / CHECKPOINT, state)
-    atomic_write_text(out_dir / "pretrain.json", json.dumps(meta, indent=1))
-    plot_ev_by_timestep(out_dir / "critic_ev.png", meta["ev_held_out"], meta["ev_train"])
+    write_pretrained(out_dir, {"critic": critic.state_dict(), "meta": json.dumps(meta)}, meta)
     return PretrainResult(out_dir / CHECKPOINT, meta, cached=False)
+
+
+def write_pretrained(out_dir: Path, state: dict, meta: dict) -> None:
+    """pretrain.json and the plot first, the checkpoint last (each file written whole): a
+    reader that finds the checkpoint (`critic.init = auto` looks for it) finds its meta."""
+    from critic_unlearn.training.plots import plot_ev_by_timestep
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "pretrain.json", json.dumps(meta, indent=1))
+    plot_ev_by_timestep(out_dir / "critic_ev.png", meta["ev_held_out_within_prompt"],
+                        meta["ev_train_within_prompt"])
+    save_checkpoint(out_dir / CHECKPOINT, state)
 
 
 @torch.no_grad()
@@ -261,7 +323,7 @@ def resolve_critic_init(cfg: RunConfig, console: Console | None = None) -> tuple
     Returns the config with an absolute `critic.init` path, and what it cost
     ({path, trajectories, wall_s, cached}); ({}) when the run uses no pretrained critic."""
     cc = cfg.critic
-    if not cc.enabled or cc.init is None or cfg.learner.algorithm != "ppo":
+    if not cc.enabled or cc.kind != "learned" or cc.init is None or cfg.learner.algorithm != "ppo":
         return cfg, {}
     if cc.init != "auto":
         path = Path(cc.init).expanduser().resolve()

@@ -81,8 +81,10 @@ def build_learner(
     if cfg.learner.algorithm == "esd":
         return ESDLearner(cfg, _components(cfg, dev), publisher=publisher)
     critic = text = None
+    # every arm's standardisation starts empty: a pretrained critic predicts raw rewards, so it
+    # brings no reward statistics, and the critic and DDPO arms differ only in the critic
     tracker = build_stat_tracker(cfg.reward)
-    if cfg.critic.enabled:
+    if Learner.uses_critic(cfg):
         clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, dev)
         critic, text = build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic)
         if cfg.critic.init is not None:
@@ -91,10 +93,10 @@ def build_learner(
                     "critic.init = 'auto' must be resolved before the learner is built "
                     "(training.critic_pretrain.resolve_critic_init)"
                 )
-            _, stats = load_pretrained(cfg.critic.init, critic, cfg.critic)
-            if tracker is not None and stats is not None:
-                tracker.load_state_dict(stats)  # the scale the critic was pretrained on
-    return Learner(cfg, _components(cfg, dev), critic, text, publisher, reward_tracker=tracker)
+            load_pretrained(cfg.critic.init, critic, cfg.critic)
+    reward = build_reward(cfg.reward, dev) if Learner.needs_reward_model(cfg) else None
+    return Learner(cfg, _components(cfg, dev), critic, text, publisher, reward_tracker=tracker,
+                   reward_model=reward)
 
 
 @dataclass

@@ -58,7 +58,8 @@ def _synthetic(n: int, abar: torch.Tensor, g: torch.Generator, t: int | None = N
 
 def test_critic_learns_terminal_reward_better_as_t_goes_to_zero(clip: LoadedClip) -> None:
     torch.manual_seed(0)
-    critic = Critic.from_clip(clip, CriticConfig(hidden=64, timestep_dim=32))
+    critic = Critic.from_clip(clip, CriticConfig(hidden=64, timestep_dim=32, train_image_tower=True,
+                                                 reward_feature=False))
     abar = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod  # linear betas: abar_999 ~ 4e-5
     text = torch.randn(1, 32)
     opt = torch.optim.AdamW(critic.parameters(), lr=2e-3)
@@ -92,7 +93,7 @@ def test_every_variant_runs_forward_and_backward(
     clip: LoadedClip, vae: AutoencoderKL, inp: str, timestep_input: bool, fusion: str
 ) -> None:
     cfg = CriticConfig(input=inp, timestep_input=timestep_input, fusion=fusion, hidden=32,
-                       timestep_dim=16)
+                       timestep_dim=16, train_image_tower=True, reward_feature=False)
     critic = build_critic(cfg, clip)
     assert critic is not None
     latents = torch.randn(3, 4, 16, 16)
@@ -110,7 +111,8 @@ def test_every_variant_runs_forward_and_backward(
 
 
 def test_without_timestep_input_values_ignore_t(clip: LoadedClip) -> None:
-    critic = Critic.from_clip(clip, CriticConfig(timestep_input=False, hidden=32)).eval()
+    critic = Critic.from_clip(clip, CriticConfig(timestep_input=False, hidden=32,
+                                                 reward_feature=False)).eval()
     pixels, text = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 32)
     with torch.no_grad():
         a = critic(pixels, torch.tensor([1, 2]), text)
@@ -119,7 +121,8 @@ def test_without_timestep_input_values_ignore_t(clip: LoadedClip) -> None:
 
 
 def test_critic_tower_is_a_copy_of_the_reward_clip(clip: LoadedClip) -> None:
-    critic = Critic.from_clip(clip, CriticConfig(hidden=32))
+    critic = Critic.from_clip(clip, CriticConfig(hidden=32, train_image_tower=True,
+                                                 reward_feature=False))
     for k, v in clip.model.visual.state_dict().items():
         torch.testing.assert_close(critic.visual.state_dict()[k], v, rtol=0, atol=0)
     assert all(p.requires_grad for p in critic.visual.parameters())
@@ -138,7 +141,7 @@ def test_x0_pred_input_needs_predicted_latents(clip: LoadedClip) -> None:
 
 
 def test_shape_errors_are_explained(clip: LoadedClip) -> None:
-    critic = Critic.from_clip(clip, CriticConfig(hidden=32))
+    critic = Critic.from_clip(clip, CriticConfig(hidden=32, reward_feature=False))
     with pytest.raises(ValueError, match=r"timesteps \(B,\)"):
         critic(torch.zeros(2, 3, 32, 32), torch.tensor([1]), torch.zeros(2, 32))
 
@@ -179,7 +182,8 @@ def test_values_for_advantages_equal_values_in_training(tmp_path) -> None:
     state depend on its minibatch, and differ from the eval-mode values used for advantages.
     The critic keeps BatchNorm's statistics frozen, so both modes give the same values."""
     clip = tiny_clip(tmp_path, "resnet")
-    critic = Critic.from_clip(clip, CriticConfig(hidden=16, timestep_dim=16))
+    critic = Critic.from_clip(clip, CriticConfig(hidden=16, timestep_dim=16,
+                                                 train_image_tower=True, reward_feature=False))
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in critic.modules())
     g = torch.Generator().manual_seed(0)
     pixels = torch.rand(6, 3, 32, 32, generator=g) * 2 - 1
@@ -200,7 +204,7 @@ def test_frozen_tower_features_are_computed_once_as_inputs(clip: LoadedClip, vae
     """With train_image_tower = false the tower's features are what `inputs` returns (frozen,
     reusable across minibatches and epochs), and values from them equal the full forward."""
     critic = Critic.from_clip(clip, CriticConfig(hidden=16, timestep_dim=16,
-                                                 train_image_tower=False)).eval()
+                                                 reward_feature=False)).eval()
     g = torch.Generator().manual_seed(1)
     lat = torch.randn(3, 4, 16, 16, generator=g)
     t, text = torch.tensor([900, 500, 1]), torch.randn(3, 32, generator=g)
@@ -212,3 +216,71 @@ def test_frozen_tower_features_are_computed_once_as_inputs(clip: LoadedClip, vae
     critic.score(x, t, text).sum().backward()
     assert all(p.grad is None for p in critic.visual.parameters())
     assert critic.image_proj[1].weight.grad is not None
+
+
+def _colour_reward(pixels: torch.Tensor) -> torch.Tensor:
+    """The synthetic task's reward read off pixels: mean red - mean blue (a deterministic
+    function of the image, as the CLIP reward is)."""
+    return pixels[:, 0].mean((1, 2)) - pixels[:, 2].mean((1, 2))
+
+
+def _fit(critic: Critic, abar, steps: int, reward=None) -> dict[int, float]:
+    opt = torch.optim.AdamW([p for p in critic.parameters() if p.requires_grad], lr=2e-3)
+    g = torch.Generator().manual_seed(1)
+    text = torch.zeros(1, 32)
+    for _ in range(steps):
+        x_t, t, r = _synthetic(64, abar, g)
+        loss = ((critic(x_t, t, text.expand(64, -1), reward) - r) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    critic.eval()
+    g = torch.Generator().manual_seed(2)
+    out = {}
+    with torch.no_grad():
+        for t in (0, 999):
+            x_t, ts, r = _synthetic(256, abar, g, t)
+            err = (critic(x_t, ts, text.expand(256, -1), reward) - r).var(correction=0)
+            out[t] = float(1 - err / r.var(correction=0))
+    return out
+
+
+def test_reward_feature_makes_the_critic_predict_where_the_state_is_clean(clip) -> None:
+    """Near t = 0 the state is the final image, and the reward a function of it: with the
+    reward model's score of the state as a feature, a frozen-tower critic explains nearly all
+    of the reward there within a short fit; without it, the same fit leaves more unexplained. At
+    t = 999 the feature is noise and the critic does not trust it (EV stays near 0, not < 0)."""
+    abar = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
+    torch.manual_seed(0)
+    plain = Critic.from_clip(clip, CriticConfig(hidden=32, timestep_dim=32,
+                                                reward_feature=False))
+    torch.manual_seed(0)
+    shaped = Critic.from_clip(clip, CriticConfig(hidden=32, timestep_dim=32))
+    ev_plain = _fit(plain, abar, 150)
+    ev_shaped = _fit(shaped, abar, 150, _colour_reward)
+    assert ev_shaped[0] > 0.95, ev_shaped
+    # what is left unexplained near x0 at least halves (measured: 0.012 against 0.078)
+    assert 1 - ev_shaped[0] < 0.5 * (1 - ev_plain[0]), (ev_shaped, ev_plain)
+    assert ev_shaped[999] > -0.1, ev_shaped
+    with pytest.raises(ValueError, match="reward_feature = true: pass reward"):
+        shaped(torch.zeros(1, 3, 32, 32), torch.tensor([1]), torch.zeros(1, 32))
+
+
+def test_values_are_in_reward_units_through_the_fixed_affine(clip) -> None:
+    critic = Critic.from_clip(clip, CriticConfig(hidden=16, timestep_dim=16,
+                                                 reward_feature=False)).eval()
+    x, t, text = torch.randn(3, 32), torch.tensor([900, 500, 1]), torch.randn(3, 32)
+    with torch.no_grad():
+        unit = critic.score(x, t, text)
+        critic.set_reward_affine(shift=5.0, scale=2.0)
+        scaled = critic.score(x, t, text)
+    torch.testing.assert_close(scaled, 2.0 * unit + 5.0)
+    torch.testing.assert_close(critic.normalized(scaled), unit)
+    assert float(critic.state_dict()["reward_scale"]) == 2.0  # saved with the weights
+    with pytest.raises(ValueError, match="scale must be positive"):
+        critic.set_reward_affine(0.0, 0.0)
+
+
+def test_reward_feature_and_a_trainable_tower_do_not_mix() -> None:
+    with pytest.raises(ValueError, match="train_image_tower"):
+        CriticConfig(train_image_tower=True)

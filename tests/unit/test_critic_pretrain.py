@@ -64,8 +64,16 @@ def test_pretrain_writes_a_checkpoint_a_run_starts_from(tiny_model_dir, clip_dir
     learner = build_learner(config(tiny_model_dir, clip_dir, tmp_path, f"critic.init={r.path}"))
     for name, p in learner.critic.state_dict().items():
         torch.testing.assert_close(p, state["critic"][name], rtol=0, atol=0)
-    # the run's reward standardisation starts from the statistics the critic was fitted to
-    assert learner.reward_tracker.state_dict() == state["reward_stats"]
+    # the critic predicts raw rewards: it brings no reward statistics, so the run's
+    # standardisation starts empty, exactly as a DDPO run's does
+    assert learner.reward_tracker.state_dict()["rewards"] == {}
+    assert "reward_stats" not in state
+    # the fixed affine of its targets: the training split's reward mean and std
+    shift, scale = meta["target_affine"]
+    assert scale > 0 and float(learner.critic.reward_scale) == pytest.approx(scale, rel=1e-5)
+    assert set(meta["ev_held_out_within_prompt"]) == set(meta["ev_held_out"])
+    assert set(meta["ev_reward_feature_held_out"]) == set(meta["ev_held_out"])
+    assert meta["cost_ms_per_state"] > 0
     fresh = build_learner(cfg)
     assert any(not torch.equal(p, state["critic"][n])
                for n, p in fresh.critic.state_dict().items())
@@ -94,22 +102,43 @@ def test_auto_init_pretrains_once_then_uses_the_cache(tiny_model_dir, clip_dir, 
     assert resolve_critic_init(config(tiny_model_dir, clip_dir, tmp_path))[1] == {}
 
 
-def test_pretraining_targets_are_standardised_batch_by_batch(tiny_model_dir, clip_dir, tmp_path):
-    """Each reward is standardised by a window that holds it, so no target explodes when a
-    prompt's later rewards are nearly constant (the final window would map the early ones to
-    |z| ~ 1e5)."""
-    from critic_unlearn.training.critic_pretrain import _targets
-    from critic_unlearn.types import Batch
+def test_within_prompt_ev_removes_what_the_prompt_alone_explains() -> None:
+    """Values equal to each prompt's mean reward explain the raw reward's between-prompt
+    variance and nothing within a prompt; the report says both."""
+    from critic_unlearn.training.critic_pretrain import ev_report
 
-    cfg = config(tiny_model_dir, clip_dir, tmp_path, "learner.batch_size=4",
-                 "learner.minibatch_size=4", "reward.standardize_buffer=4",
-                 "reward.standardize_min_count=4")
-    rewards = torch.tensor([0.0, 1.0, 0.0, 1.0] + [0.5] * 4 + [0.5 + 1e-6, 0.5, 0.5, 0.5])
-    batch = Batch(latents=torch.zeros(12, 1), next_latents=torch.zeros(12, 1),
-                  timesteps=torch.zeros(12, 1), steps=torch.zeros(12, 1),
-                  log_probs=torch.zeros(12, 1), rewards=rewards,
-                  versions=torch.zeros(12, dtype=torch.int64), prompts=["p"] * 12,
-                  roles=["forget"] * 12, sampler=None)
-    targets, tracker = _targets(cfg, batch)
-    assert targets.abs().max() <= 3**0.5 + 1e-4  # sqrt(n - 1) for a window of n = 4
-    assert tracker is not None and len(tracker.state_dict()["rewards"]["p"]) == 4
+    prompts = ["a", "a", "b", "b"]
+    r = torch.tensor([0.0, 2.0, 10.0, 12.0])
+    v = torch.tensor([[1.0], [1.0], [11.0], [11.0]])
+    raw, within = ev_report(v, r, torch.full((4, 1), 500), prompts)
+    assert raw["500"] > 0.9 and within["500"] == pytest.approx(0.0, abs=1e-6)
+    raw, within = ev_report(r[:, None].clone(), r, torch.full((4, 1), 500), prompts)
+    assert within["500"] == pytest.approx(1.0)
+
+
+def test_the_cache_key_follows_every_setting_the_fit_uses(tiny_model_dir, clip_dir, tmp_path):
+    from critic_unlearn.training.critic_pretrain import pretrain_key
+
+    base = pretrain_key(config(tiny_model_dir, clip_dir, tmp_path))
+    assert pretrain_key(config(tiny_model_dir, clip_dir, tmp_path,
+                               "learner.max_grad_norm=0.5")) != base
+    assert pretrain_key(config(tiny_model_dir, clip_dir, tmp_path,
+                               "critic.reward_feature=false")) != base
+    # what the fit does not read leaves the cache entry alone
+    assert pretrain_key(config(tiny_model_dir, clip_dir, tmp_path,
+                               "critic.warmup_steps=3")) == base
+
+
+def test_a_reader_never_finds_the_checkpoint_without_its_meta(tmp_path, monkeypatch):
+    """`critic.init = auto` takes the checkpoint's presence as "done" and then reads
+    pretrain.json: a crash between the two writes must not leave the checkpoint alone."""
+    from critic_unlearn.training import critic_pretrain
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(critic_pretrain, "atomic_write_text", crash)
+    meta = {"ev_held_out_within_prompt": {"1": 0.5}, "ev_train_within_prompt": {"1": 0.5}}
+    with pytest.raises(OSError, match="disk full"):
+        critic_pretrain.write_pretrained(tmp_path / "pre", {"meta": "{}"}, meta)
+    assert not (tmp_path / "pre" / CHECKPOINT).exists()

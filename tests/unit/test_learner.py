@@ -13,6 +13,8 @@ from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.critic import build_critic, text_embedder
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.learner.publisher import RecordingPublisher
+from critic_unlearn.rewards.clip_concept import ClipConceptReward
+from critic_unlearn.rewards.normalization import PerPromptStatTracker
 from critic_unlearn.types import Batch, SamplerSettings
 from tests.unit._clip_fixtures import tiny_clip
 
@@ -56,13 +58,16 @@ def make_batch(components, cfg, seed: int = 0, version: int = 0) -> Batch:
     )
 
 
-def make_learner(model_dir, clip, overrides, publisher=None):
+def make_learner(model_dir, clip, overrides, publisher=None, tracker=None):
     cfg = load_config(None, BASE + overrides)
     comps = load_components(str(model_dir))
     torch.manual_seed(0)
     critic = build_critic(cfg.critic, clip)
     text = text_embedder(clip, cfg.critic) if critic is not None else None
-    return Learner(cfg, comps, critic, text, publisher), cfg, comps
+    reward = ClipConceptReward(clip, "red", "a shape") if Learner.needs_reward_model(cfg) else None
+    learner = Learner(cfg, comps, critic, text, publisher, reward_tracker=tracker,
+                      reward_model=reward)
+    return learner, cfg, comps
 
 
 def params(module) -> dict[str, torch.Tensor]:
@@ -142,7 +147,11 @@ ABLATIONS = [
     ["learner.gae_lambda=1.0"],
     ["sampler.log_prob_reduction=mean", "learner.clip_range=1e-4"],
     ["sampler.keep_steps=3", "learner.epochs=2"],
-    ["critic.train_image_tower=false"],
+    ["critic.train_image_tower=true", "critic.reward_feature=false"],
+    ["critic.reward_feature=false"],
+    ["critic.kind=oracle"],
+    ["critic.kind=oracle", "learner.advantage=vtrace", "learner.value_target=vtrace"],
+    ["learner.gae_lambda=0.5", "learner.target_lambda=1.0"],
     ["learner.min_train_std=0.1"],
 ]
 
@@ -254,3 +263,90 @@ def test_diagnostics_pool_the_last_window_of_batches() -> None:
     assert blind["critic/ev_t0500"] == pytest.approx(0.0)  # the exact batch left the window
     off = WindowedDiagnostics(window=2).update(ts, r, None, r[:, None], trained)
     assert "critic/ev_t0500" not in off and off["advantage/var_share_t0500"] == pytest.approx(1.0)
+
+
+def test_a_redrawn_trajectory_enters_the_reward_statistics_once(tiny_model_dir, clip):
+    """Draws with replacement repeat trajectories; the tracker must count each one once."""
+    tracker = PerPromptStatTracker(buffer_size=16, min_count=2)
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, [], tracker=tracker)
+    batch = make_batch(comps, cfg)
+    learner.step(batch)
+    learner.step(batch)  # the same four trajectories drawn again
+    counts = {p: v["count"] for p, v in tracker.stats().items()}
+    assert counts == {"a red circle": 2, "a blue square": 2}
+    state = learner.state_dict()["reward_stats"]
+    assert len(state["seen"]) == 4  # and the checkpoint remembers which were counted
+
+
+def test_a_noisy_input_critic_reads_the_noisy_states_under_vtrace(tiny_model_dir, clip):
+    """V-trace computes x0_hat for its ratios; a critic trained on x_t must still read x_t."""
+    learner, cfg, comps = make_learner(
+        tiny_model_dir, clip, ["learner.advantage=vtrace", "learner.value_target=vtrace"])
+    batch = make_batch(comps, cfg)
+    decoded = []
+    original = learner.decode
+
+    def spy(latents):
+        decoded.append(latents.detach().clone())
+        return original(latents)
+
+    learner.decode = spy
+    learner.step(batch)
+    seen = torch.cat(decoded)
+    assert torch.equal(seen, batch.latents.flatten(0, 1))
+
+
+def test_target_lambda_pairs_one_step_advantages_with_monte_carlo_targets(tiny_model_dir, clip):
+    """gae_lambda = 0 for the advantages, target_lambda = 1 for the critic: TD(1) targets are
+    the trajectory's reward at every state (in the critic's raw units)."""
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, [
+        "learner.gae_lambda=0.0", "learner.target_lambda=1.0", "learner.value_target=td_lambda"])
+    batch = make_batch(comps, cfg)
+    seen = []
+    original = learner._critic_update
+
+    def spy(inputs, ts, text, targets, rows, idx):
+        seen.append(targets)
+        return original(inputs, ts, text, targets, rows, idx)
+
+    learner._critic_update = spy
+    learner.step(batch)
+    want = batch.rewards[:, None].expand(-1, batch.timesteps.shape[1])
+    torch.testing.assert_close(seen[0], want, rtol=0, atol=1e-6)
+
+
+def test_the_oracle_values_are_the_reward_of_the_decoded_predicted_x0(tiny_model_dir, clip):
+    """critic.kind = oracle: no network, nothing to train; V_i = r(decode(x0_hat_i)) under the
+    current policy, mapped with the rewards' standardisation."""
+    from critic_unlearn.diffusion.policy import encode_prompts, policy_step
+    from critic_unlearn.learner.critic import make_vae_decode, pixels_to_images
+
+    learner, cfg, comps = make_learner(tiny_model_dir, clip, ["critic.kind=oracle"])
+    assert learner.critic is None and learner.critic_opt is None
+    batch = make_batch(comps, cfg)
+    got = []
+    original = learner._oracle_values
+    learner._oracle_values = lambda x0, b: got.append(original(x0, b)) or got[-1]
+    lora0 = {k: v.clone() for k, v in learner.weights().state_dict.items()}
+    m = learner.step(batch)
+    assert learner.version == 1 and "critic/loss" not in m
+    assert any(not torch.equal(v, lora0[k]) for k, v in learner.weights().state_dict.items())
+
+    reward = ClipConceptReward(clip, "red", "a shape")
+    comps.scheduler.set_timesteps(cfg.sampler.num_steps)
+    cond = encode_prompts(comps.tokenizer, comps.text_encoder, batch.prompts)
+    uncond = encode_prompts(comps.tokenizer, comps.text_encoder, [""]).expand_as(cond)
+    decode = make_vae_decode(comps.vae)
+    with torch.no_grad():
+        from critic_unlearn.diffusion.lora import base_policy
+
+        with base_policy(comps.unet):  # the policy the step scored with: LoRA still a no-op
+            cols = []
+            for j in range(batch.timesteps.shape[1]):
+                out = policy_step(comps.unet, comps.scheduler, batch.latents[:, j],
+                                  batch.timesteps[:, j], cond, uncond,
+                                  guidance_scale=cfg.sampler.guidance_scale, eta=cfg.sampler.eta,
+                                  prev_sample=batch.next_latents[:, j])
+                images = pixels_to_images(decode(out.pred_original_sample))
+                cols.append(reward(images, batch.prompts, batch.roles))
+    torch.testing.assert_close(got[0], torch.stack(cols, 1), rtol=0, atol=1e-5)

@@ -336,6 +336,39 @@ def test_stat_tracker_state_is_json_and_resumes_exactly() -> None:
     assert b.state_dict() == a.state_dict()
 
 
+def test_a_trajectory_enters_the_statistics_once_however_often_it_is_drawn() -> None:
+    """Replay draws repeat trajectories (samples_per_insert > 1): with ids, a window of 4 holds
+    4 distinct rewards, not one reward 4 times; state (ids included) survives a JSON trip."""
+    t = PerPromptStatTracker(buffer_size=4, min_count=2)
+    t.add(["p", "p"], torch.tensor([1.0, 2.0]), ids=["a", "b"])
+    t.add(["p", "p", "p"], torch.tensor([1.0, 2.0, 2.0]), ids=["a", "b", "b"])  # redrawn
+    assert t.stats()["p"]["count"] == 2
+    z = t.update(["p", "p"], torch.tensor([3.0, 3.0]), ids=["c", "c"])  # twice in one batch
+    assert t.stats()["p"]["count"] == 3  # window [1, 2, 3]
+    torch.testing.assert_close(z, torch.full((2,), 1 / ((2 / 3) ** 0.5 + 1e-6)))
+    u = PerPromptStatTracker(buffer_size=4, min_count=2)
+    u.load_state_dict(json.loads(json.dumps(t.state_dict())))
+    u.add(["p"], torch.tensor([9.0]), ids=["a"])
+    assert u.stats()["p"]["count"] == 3
+    with pytest.raises(ValueError, match="2 trajectory ids for 1 rewards"):
+        t.add(["p"], torch.tensor([1.0]), ids=["x", "y"])
+
+
+def test_stat_tracker_affine_is_the_standardisation() -> None:
+    """z = scale * r + shift per prompt, mixing per-prompt and pooled statistics as
+    `transform` does: values mapped through it share the rewards' scale."""
+    t = PerPromptStatTracker(buffer_size=8, min_count=4)
+    t.add(["a", "a", "b", "b", "b"], torch.tensor([1.0, 3.0, -2.0, 0.0, 5.0]))
+    prompts, r = ["a", "b", "c", "a"], torch.tensor([2.0, 1.0, -1.0, 7.0])
+    scale, shift = t.affine(prompts)
+    torch.testing.assert_close(scale * r.double() + shift, t.transform(prompts, r).double())
+    # 'a': w = 2/4 of its own window (mean 2, std 1) and 2/4 of the pool
+    pool = torch.tensor([1.0, 3.0, -2.0, 0.0, 5.0], dtype=torch.float64)
+    pm, ps = pool.mean(), pool.std(correction=0) + 1e-6
+    want = 0.5 * (2.0 - 2.0) / (1 + 1e-6) + 0.5 * (2.0 - pm) / ps
+    assert float(scale[0] * 2.0 + shift[0]) == pytest.approx(float(want), rel=1e-9)
+
+
 def test_build_stat_tracker_follows_config() -> None:
     assert build_stat_tracker(RewardConfig(standardize=False)) is None
     tracker = build_stat_tracker(RewardConfig(standardize_buffer=5, standardize_min_count=3))
