@@ -24,9 +24,20 @@ ARMS: dict[str, list[str]] = {
     "x0_pred": ["critic.enabled=true", "critic.input=x0_pred"],
     "no_timestep": ["critic.enabled=true", "critic.timestep_input=false"],
     "ddpo": ["critic.enabled=false"],
-    # off-policy reuse: each trajectory is learned from ~4 times (same seeds, same staleness bound)
+    # the ceiling of per-step credit: V_i = the reward of the decoded predicted x0 (no training)
+    "oracle": ["critic.enabled=true", "critic.kind=oracle"],
+    # short-horizon advantages on Monte Carlo-trained values
+    "critic_lam0_mc": ["critic.enabled=true", "learner.gae_lambda=0.0", "learner.value_target=mc"],
+    "critic_lam05_mc": ["critic.enabled=true", "learner.gae_lambda=0.5",
+                        "learner.value_target=mc"],
+    # off-policy reuse: each trajectory is learned from ~4 times. One actor batch of 32 is then
+    # 4 learner steps (4 versions), so records must stay drawable for 4 + 2 versions, or every
+    # batch is born too stale and the run lives on the replay's deadlock breaker
     "critic_spi4": ["critic.enabled=true", "critic.input=noisy", "critic.timestep_input=true",
-                    "replay.samples_per_insert=4", "replay.error_buffer=64"],
+                    "replay.samples_per_insert=4", "replay.error_buffer=64",
+                    "replay.max_staleness=6"],
+    "ddpo_spi4": ["critic.enabled=false", "replay.samples_per_insert=4", "replay.error_buffer=64",
+                  "replay.max_staleness=6"],
 }
 DEFAULT_ARMS = ["critic", "x0_pred", "no_timestep", "ddpo"]
 RESULT = "result.json"

@@ -7,6 +7,7 @@ for people: the field, the value, what is allowed.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -517,3 +518,24 @@ def load_run_config(
             "`critic-unlearn train`, or pass --config SCENARIO.yaml"
         )
     return load_config(path, overrides or [])
+
+
+def staleness_advice(cfg: RunConfig) -> str:
+    """What to set when the deadlock breaker fires: with samples_per_insert S, one actor batch
+    of A trajectories is drawn S * A times, S * A / B learner steps (policy versions), so a
+    batch sampled at the start of that window is that many versions old by its end."""
+    r, spi = cfg.replay, cfg.replay.samples_per_insert
+    actors = cfg.actors.num if isinstance(cfg.actors.num, int) else 1
+    steps = math.ceil(spi * cfg.sampler.batch_size * actors / cfg.learner.batch_size)
+    need = steps + 2
+    if r.max_staleness < need:
+        return (
+            f"With replay.samples_per_insert = {spi:g}, {actors} actor(s) of sampler.batch_size "
+            f"= {cfg.sampler.batch_size} and learner.batch_size = {cfg.learner.batch_size}, one "
+            f"round of actor batches is ~{steps} policy versions: set replay.max_staleness >= "
+            f"{need} (now {r.max_staleness})"
+        )
+    return (
+        "The bound is large enough for this reuse; a slow actor (or a restart) held the rest "
+        "back: it is harmless when rare"
+    )

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import torch
 
-from critic_unlearn.config import ConfigError, RunConfig
+from critic_unlearn.config import ConfigError, RunConfig, staleness_advice
 from critic_unlearn.diffusion.soft_pool import SoftPromptPool
 from critic_unlearn.evaluation.attack_loop import refresh_pool
 from critic_unlearn.replay import ReplaySampler, ReplayTimeout, WeightStore
@@ -183,10 +183,13 @@ class LearnerWorker:
         msg = (
             f"; all {released.size} stored records are older than the staleness bound and the "
             f"rate limiter blocked the actors: counted them as consumed (samples "
-            f"{released.samples_before} -> {released.samples_after}). If this repeats, raise "
-            "replay.max_staleness or lower replay.error_buffer"
+            f"{released.samples_before} -> {released.samples_after})."
         )
-        log.warning("learner: replay deadlock broken%s", msg)
+        if self.stale_unblocks == 1 or self.stale_unblocks % 50 == 0:  # advice once, not dozens
+            msg += " " + staleness_advice(self.cfg) + f" ({self.stale_unblocks} so far)"
+            log.warning("learner: replay deadlock broken%s", msg)
+        else:
+            log.debug("learner: replay deadlock broken%s", msg)
         return msg
 
     def _report(
@@ -228,3 +231,4 @@ class LearnerWorker:
     def close(self) -> None:
         self.sampler.close()
         self.store.close()
+

@@ -101,3 +101,16 @@ def test_cli_config_show_prints_resolved_yaml():
     proc = run_cli("config", "show", str(path), "learner.lr=0.5")
     assert proc.returncode == 0, proc.stderr
     assert "lr: 0.5" in proc.stdout
+
+
+def test_the_deadlock_message_names_the_staleness_the_reuse_needs() -> None:
+    """At samples_per_insert = 4 one actor batch of 32 is 4 learner steps of 32: a bound of 2
+    versions makes every batch too stale; the advice says what bound fits, not "lower it"."""
+    from critic_unlearn.config import staleness_advice
+
+    cfg = load_config(None, ["replay.samples_per_insert=4", "replay.max_staleness=2",
+                             "sampler.batch_size=32", "learner.batch_size=32", "actors.num=1"])
+    assert "replay.max_staleness >= 6 (now 2)" in staleness_advice(cfg)
+    ok = load_config(None, ["replay.samples_per_insert=4", "replay.max_staleness=6",
+                            "sampler.batch_size=32", "learner.batch_size=32", "actors.num=1"])
+    assert "large enough" in staleness_advice(ok)
