@@ -4,7 +4,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench clean compose-smoke
 
 setup: $(STAMP)  ## create .venv and install (quick no-op when nothing changed)
 
@@ -24,6 +24,9 @@ test-fast: setup  ## the unit tests without the slow ones: under 2 minutes, for 
 lint: setup  ## ruff, then the layer contracts in pyproject.toml ([tool.importlinter])
 	$(VENV)/bin/ruff check critic_unlearn tests bench
 	$(VENV)/bin/lint-imports
+
+compose-smoke: setup  ## docker-compose.yml as real containers: build, up, the toy job, checks, down
+	$(PY) deploy/compose_smoke.py
 
 bench: setup
 	$(PY) -m bench.sampler_overhead
