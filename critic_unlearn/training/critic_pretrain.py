@@ -13,8 +13,8 @@ standardisation when it forms advantages (learner/critic.py).
 
 What it measures, per timestep on held-out trajectories: `ev_held_out`, the explained variance
 of the raw reward (prompts differ, so part of it is the prompt's mean), and
-`ev_held_out_within_prompt`, of the reward standardised per prompt (each prompt's mean and std
-over the pretraining set, applied to values and rewards alike): what advantages see. With
+`ev_held_out_within_prompt`, of the reward less its prompt's mean (over the pretraining set,
+taken from values and rewards alike): what advantages see, since a prompt's mean cancels there. With
 `reward_feature`, `ev_reward_feature_*` is the same for the reward model's own score of the
 decoded state alone, and the oracle's (`ev_oracle_*`: the score of the decoded predicted x0)
 where computed. `cost_ms_per_state` is the critic's input cost (decode, tower, reward feature).
@@ -118,28 +118,25 @@ def sample_dataset(cfg: RunConfig, console: Console) -> list:
     return trajs
 
 
-def within_prompt(prompts: list[str], rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (N,): each prompt's rewards standardised by their own mean and std
-    (ddof 0); applied to values and rewards alike, it measures what the values explain within
-    a prompt, which is what advantages use."""
+def prompt_means(prompts: list[str], rewards: torch.Tensor) -> dict[str, float]:
+    """Each prompt's mean reward over the whole pretraining set."""
     r = rewards.double()
-    stats = {}
-    for p in dict.fromkeys(prompts):
-        sel = r[torch.tensor([q == p for q in prompts])]
-        sd = float(sel.std(correction=0)) + 1e-6
-        stats[p] = (1.0 / sd, -float(sel.mean()) / sd)
-    return (torch.tensor([stats[p][0] for p in prompts], dtype=torch.float64),
-            torch.tensor([stats[p][1] for p in prompts], dtype=torch.float64))
+    return {p: float(r[torch.tensor([q == p for q in prompts])].mean())
+            for p in dict.fromkeys(prompts)}
 
 
 def ev_report(values: torch.Tensor, rewards: torch.Tensor, ts: torch.Tensor,
-              prompts: list[str]) -> tuple[dict[str, float], dict[str, float]]:
-    """(raw, within-prompt) explained variance per timestep of `values` (N, K) for `rewards`."""
-    scale, shift = within_prompt(prompts, rewards)
-    v_w = scale[:, None] * values.double() + shift[:, None]
-    r_w = scale * rewards.double() + shift
+              prompts: list[str], means: dict[str, float] | None = None
+              ) -> tuple[dict[str, float], dict[str, float]]:
+    """(raw, within-prompt) explained variance per timestep of `values` (N, K) for `rewards`.
+
+    Within prompt: each prompt's mean reward (`means`, default these rewards') is subtracted
+    from values and rewards alike. The residual is unchanged; the variance to explain is only
+    what lies within a prompt, which is what advantages use (a prompt's mean cancels in them)."""
+    means = means or prompt_means(prompts, rewards)
+    m = torch.tensor([means[p] for p in prompts], dtype=torch.float64)
     return (_rounded(ev_by_timestep(values, rewards, ts)),
-            _rounded(ev_by_timestep(v_w, r_w, ts)))
+            _rounded(ev_by_timestep(values.double() - m[:, None], rewards.double() - m, ts)))
 
 
 def _rounded(ev: dict[int, float]) -> dict[str, float]:
@@ -244,9 +241,11 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
     values = _values(critic, inputs, ts, text, cc.pretrain_batch_size).cpu()
     val_prompts = [batch.prompts[i] for i in val.tolist()]
     train_prompts = [batch.prompts[i] for i in train.tolist()]
-    ev_val, ev_val_w = ev_report(values[val], targets[val], batch.timesteps[val], val_prompts)
+    means = prompt_means(batch.prompts, targets)
+    ev_val, ev_val_w = ev_report(values[val], targets[val], batch.timesteps[val], val_prompts,
+                                 means)
     ev_train, ev_train_w = ev_report(values[train], targets[train], batch.timesteps[train],
-                                     train_prompts)
+                                     train_prompts, means)
     meta = {
         "kind": KIND,
         "key": pretrain_key(cfg),
@@ -272,7 +271,7 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
         scale, shift = float(critic.reward_scale), float(critic.reward_shift)
         feature = inputs[val][..., -1].float().cpu() * scale + shift  # back to reward units
         meta["ev_reward_feature_held_out"], meta["ev_reward_feature_held_out_within_prompt"] = \
-            ev_report(feature, targets[val], batch.timesteps[val], val_prompts)
+            ev_report(feature, targets[val], batch.timesteps[val], val_prompts, means)
     out_dir = Path(out_dir)
     write_pretrained(out_dir, {"critic": critic.state_dict(), "meta": json.dumps(meta)}, meta)
     return PretrainResult(out_dir / CHECKPOINT, meta, cached=False)

@@ -114,6 +114,10 @@ def test_within_prompt_ev_removes_what_the_prompt_alone_explains() -> None:
     assert raw["500"] > 0.9 and within["500"] == pytest.approx(0.0, abs=1e-6)
     raw, within = ev_report(r[:, None].clone(), r, torch.full((4, 1), 500), prompts)
     assert within["500"] == pytest.approx(1.0)
+    # a prompt seen once adds no variance to explain and no blow-up (no per-prompt std):
+    # r - m = [-1, 1, 0], v - m = [0, 0, 1]: 1 - Var([-1, 1, -1]) / Var([-1, 1, 0]) = -1/3
+    _, within = ev_report(v[:3], r[:3], torch.full((3, 1), 500), prompts[:3])
+    assert within["500"] == pytest.approx(-1 / 3, abs=1e-4)
 
 
 def test_the_cache_key_follows_every_setting_the_fit_uses(tiny_model_dir, clip_dir, tmp_path):
