@@ -193,7 +193,13 @@ class LearnerConfig(Section):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: PositiveFloat = 1.0
     clip_range: PositiveFloat = 0.2  # PPO epsilon (use ~1e-4 with log_prob_reduction = mean)
-    kl_weight: float = Field(0.0, ge=0)  # beta in + beta * KL(pi_theta || pi_base)
+    kl_weight: float = Field(0.0, ge=0)  # beta in + beta * KL(pi_theta || pi_base), all transitions
+    # anchors to the base model where it must not change (learner/anchors.py): the KL of the
+    # adapted step to the base step on the transitions named in anchor_on, times this weight
+    anchor_weight: float = Field(0.0, ge=0)
+    # "retain": retain prompts' transitions; "neighbours": forget states conditioned on the
+    # prompt with the concept replaced by one of reward.prompts.anchor_substitutes
+    anchor_on: list[Literal["retain", "neighbours"]] = ["retain", "neighbours"]
     advantage: Literal["gae", "vtrace", "terminal"] = "gae"
     gae_lambda: Fraction = 0.9  # lambda of the advantages (GAE / V-trace)
     # lambda of the critic's TD(lambda) / V-trace targets; None = gae_lambda. Short-horizon
@@ -430,6 +436,14 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
+        lc = self.learner
+        if (lc.anchor_weight > 0 and "neighbours" in lc.anchor_on
+                and not self.reward.prompts.anchor_substitutes):
+            raise ValueError(
+                "learner.anchor_on includes 'neighbours' but reward.prompts.anchor_substitutes "
+                "is empty; list the concept's neighbours there, or set learner.anchor_on = "
+                "[retain]"
+            )
         k = self.sampler.keep_steps or self.sampler.num_steps
         n = self.learner.train_steps
         if self.learner.algorithm == "ppo" and n is not None and n > k:

@@ -44,6 +44,7 @@ from critic_unlearn.diffusion.policy import (
 )
 from critic_unlearn.diffusion.soft_pool import encode_conditioning
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
+from critic_unlearn.learner.anchors import draw_neighbours
 from critic_unlearn.learner.critic import Critic, make_vae_decode, state_reward
 from critic_unlearn.learner.diagnostics import WindowedDiagnostics
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
@@ -350,6 +351,7 @@ class Learner:
             "policy/clip_fraction": 0.0,
             "policy/ratio_mean": 0.0,
             "policy/kl_base": 0.0,
+            "policy/anchor_kl": 0.0,
         }
         for j in range(n):
             r, i = rows[:, j], idx[:, j]
@@ -366,6 +368,10 @@ class Learner:
                 ).mean()
                 loss = loss + lc.kl_weight * kl
                 stats["policy/kl_base"] += kl.item() / n
+            if lc.anchor_weight > 0:
+                anchor = self._anchor_kl(out, lat[r, i], nxt[r, i], ts[r, i], cond[r], r, batch)
+                loss = loss + lc.anchor_weight * anchor
+                stats["policy/anchor_kl"] += anchor.item() / n
             (loss / n).backward()
             stats["policy/loss"] += loss.item() / n
             stats["policy/approx_kl"] += float(info["approx_kl"]) / n
@@ -376,6 +382,38 @@ class Learner:
         )
         self.policy_opt.step()
         return stats
+
+    def _anchor_kl(self, out, x, x_prev, t, cond, rows, batch: Batch) -> Tensor:
+        """Mean KL of the adapted step to the base step over this pick's anchored transitions
+        (learner/anchors.py): retain rows with their own conditioning (`out` is their adapted
+        step already), forget rows re-conditioned on a neighbour of their prompt."""
+        lc, cc = self.cfg.learner, self.cfg.reward.prompts
+        roles = [batch.roles[j] for j in rows.tolist()]
+        red = batch.sampler.log_prob_reduction
+        kls = []
+
+        def base_step(keep, c):
+            with torch.no_grad(), base_policy(self.c.unet):
+                return self._score(x[keep], x_prev[keep], t[keep], c, batch)
+
+        retain = torch.tensor([r == "retain" for r in roles], device=x.device)
+        if "retain" in lc.anchor_on and retain.any():
+            base = base_step(retain, cond[retain])
+            kls.append(gaussian_kl_same_sigma(out.mean[retain].float(), base.mean.float(),
+                                              out.std[retain], red))
+        forget = ~retain
+        if "neighbours" in lc.anchor_on and forget.any():
+            texts = [batch.prompts[j] for j, f in zip(rows.tolist(), forget.tolist(),
+                                                      strict=True) if f]
+            near = draw_neighbours(texts, cc.concept, cc.anchor_substitutes, self.gen)
+            ncond = encode_conditioning(self.c.tokenizer, self.c.text_encoder, near, None)
+            adapted = self._score(x[forget], x_prev[forget], t[forget], ncond, batch)
+            base = base_step(forget, ncond)
+            kls.append(gaussian_kl_same_sigma(adapted.mean.float(), base.mean.float(),
+                                              adapted.std, red))
+        if not kls:
+            return out.log_prob.new_zeros(())
+        return torch.cat(kls).mean()
 
     # -- weights and state ------------------------------------------------------------------
     def weights(self) -> WeightsPacket:

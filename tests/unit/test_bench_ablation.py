@@ -257,10 +257,12 @@ def test_every_arm_is_a_valid_config(scenario: str) -> None:
     for arm in ARMS:
         cfg = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides(arm, 1, 40, 10, []))
         assert cfg.learner.seed == 1 and cfg.runtime.seed == 1
-        assert cfg.critic.enabled == (arm != "ddpo")
-    spi = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides("critic_spi4", 0, 40,
-                                                                            10, []))
-    assert spi.replay.samples_per_insert == 4 and spi.replay.error_buffer == 64
+        assert cfg.critic.enabled == (not arm.startswith("ddpo"))
+        assert (cfg.critic.kind == "oracle") == (arm == "oracle")
+    for arm in ("critic_spi4", "ddpo_spi4"):  # the same reuse, with a bound that fits it
+        spi = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides(arm, 0, 40, 10, []))
+        assert spi.replay.samples_per_insert == 4 and spi.replay.error_buffer == 64
+        assert spi.replay.max_staleness == 6
     assert load_config(ROOT / "configs" / f"{scenario}.yaml",
                        ARMS["x0_pred"]).critic.input == "x0_pred"
 

@@ -350,3 +350,60 @@ def test_the_oracle_values_are_the_reward_of_the_decoded_predicted_x0(tiny_model
                 images = pixels_to_images(decode(out.pred_original_sample))
                 cols.append(reward(images, batch.prompts, batch.roles))
     torch.testing.assert_close(got[0], torch.stack(cols, 1), rtol=0, atol=1e-5)
+
+
+def test_neighbours_replace_the_concept_and_errors_name_the_fix():
+    from critic_unlearn.learner.anchors import draw_neighbours, neighbour_prompt
+
+    assert neighbour_prompt("a red circle", "red", "blue") == "a blue circle"
+    g = torch.Generator().manual_seed(0)
+    near = draw_neighbours(["a red circle"] * 64, "red", ["blue", "green"], g)
+    assert set(near) == {"a blue circle", "a green circle"}
+    with pytest.raises(ValueError, match="does not contain the concept"):
+        neighbour_prompt("a circle", "red", "blue")
+    with pytest.raises(ValueError, match="anchor_substitutes is empty"):
+        draw_neighbours(["a red circle"], "red", [], g)
+    with pytest.raises(Exception, match="anchor_substitutes"):
+        load_config(None, ["learner.anchor_weight=1.0"])
+
+
+def _drift(learner, comps, batch, cfg, prompts):
+    """Mean KL of the adapted step to the base step on `batch`'s states under `prompts`."""
+    from critic_unlearn.diffusion.lora import base_policy
+    from critic_unlearn.diffusion.policy import encode_prompts
+    from critic_unlearn.learner.losses import gaussian_kl_same_sigma
+
+    comps.scheduler.set_timesteps(cfg.sampler.num_steps)
+    cond = encode_prompts(comps.tokenizer, comps.text_encoder, prompts)
+    total = 0.0
+    with torch.no_grad():
+        for j in range(batch.timesteps.shape[1]):
+            args = (batch.latents[:, j], batch.next_latents[:, j], batch.timesteps[:, j], cond,
+                    batch)
+            adapted = learner._score(*args)
+            with base_policy(comps.unet):
+                base = learner._score(*args)
+            total += gaussian_kl_same_sigma(adapted.mean, base.mean, adapted.std).mean().item()
+    return total
+
+
+@pytest.mark.slow
+def test_anchors_hold_retain_prompts_and_neighbours_closer_to_the_base(tiny_model_dir, clip):
+    """The same batches, the same seeds: with the anchor, the adapted model's steps on the
+    retain prompts and on the forget prompts' neighbours stay closer to the base model's."""
+    anchor = ["reward.prompts.concept=red", "reward.prompts.anchor_substitutes=[blue, green]",
+              "learner.lr=3e-2", "learner.minibatch_size=4"]  # one update per step
+    drifts = {}
+    for name, extra in (("free", []), ("anchored", ["learner.anchor_weight=1.0"])):
+        learner, cfg, comps = make_learner(tiny_model_dir, clip, anchor + extra)
+        batches = [make_batch(comps, cfg, seed=s) for s in (0, 10)]
+        metrics = [learner.step(batches[s % 2]) for s in range(4)]
+        if extra:
+            assert metrics[0]["policy/anchor_kl"] == 0.0  # LoRA starts as a no-op
+            assert metrics[-1]["policy/anchor_kl"] > 0.0
+        retain = ["a blue square"] * 4
+        near = ["a blue circle"] * 4  # "a red circle" with red -> blue
+        drifts[name] = (_drift(learner, comps, batches[0], cfg, retain),
+                        _drift(learner, comps, batches[0], cfg, near))
+    assert drifts["anchored"][0] < drifts["free"][0], drifts
+    assert drifts["anchored"][1] < drifts["free"][1], drifts
