@@ -174,20 +174,44 @@ class LocalCompose:
         return ["nsenter", f"--net=/proc/{self.holder.pid}/ns/net", "--", *argv]
 
     def open(self) -> LocalCompose:
-        """Make the private network namespace (held by a sleeping process) with `lo` up."""
+        """Make the private network namespace (held by a sleeping process) with `lo` up.
+
+        `unshare` is running once Popen returns, but it may not have called unshare(2) yet: until
+        it has, /proc/PID/ns/net is still this process's namespace, and an `ip link set lo up`
+        entered through it succeeds on the host's `lo`, leaving the new namespace's `lo` down
+        (seen here in 11% of 200 tries on an idle machine). Every service then started in the
+        namespace, Ray's head included, could not reach 127.0.0.1, and the test failed after
+        the head's whole healthcheck budget (~150 s). So: wait for the namespace to differ from
+        ours, then bring `lo` up, then check that it is up there."""
         self.holder = subprocess.Popen(
             ["unshare", "--net", "sleep", "3600"],
             env={**self.base_env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        ours = os.readlink("/proc/self/ns/net")
         deadline = time.monotonic() + 10
+        detail = "the holder never entered a namespace of its own"
         while time.monotonic() < deadline:
-            up = subprocess.run(self._ns(["ip", "link", "set", "lo", "up"]), capture_output=True)
-            if up.returncode == 0:
-                return self
+            if self.holder.poll() is not None:
+                raise RuntimeError(f"`unshare --net` exited with status {self.holder.returncode}")
+            try:
+                theirs = os.readlink(f"/proc/{self.holder.pid}/ns/net")
+            except OSError:
+                theirs = ours
+            if theirs != ours:
+                up = subprocess.run(
+                    self._ns(["ip", "link", "set", "lo", "up"]), capture_output=True
+                )
+                show = subprocess.run(
+                    self._ns(["ip", "-o", "link", "show", "lo"]), capture_output=True
+                )
+                flags = show.stdout.decode().split("<", 1)[-1].split(">", 1)[0].split(",")
+                if up.returncode == 0 and "UP" in flags:
+                    return self
+                detail = (up.stderr or show.stderr).decode() or f"lo is not up: {flags}"
             time.sleep(0.05)
-        raise RuntimeError(f"could not bring up lo in the namespace: {up.stderr.decode()}")
+        raise RuntimeError(f"could not bring up lo in the namespace: {detail}")
 
     def run(self, argv: list[str], name: str, timeout: float) -> subprocess.CompletedProcess:
         """A one-off command in a service's environment (healthchecks, probes)."""
