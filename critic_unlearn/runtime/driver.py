@@ -10,6 +10,7 @@ reference. It turns finished calls into the loop's events; the loop decides ever
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -60,6 +61,10 @@ class Broadcast:
 class RayRuntime:
     def __init__(self, cfg: RunConfig, namespace: str) -> None:
         self.cfg, self.namespace = cfg, namespace
+        # The pretrained critic goes to the learner as bytes in the object store: its path is on
+        # this (the driver's) node, and the learner may run on another one.
+        init = Path(cfg.critic.init) if cfg.critic.init not in (None, "auto") else None
+        self.critic_init = ray.put(init.read_bytes()) if init and init.is_file() else None
         self.learner = self._new_learner()
         self.learner_pid: int | None = None
         self.learner_restarts = 0
@@ -76,7 +81,7 @@ class RayRuntime:
             ray.remote(LearnerWorker)
             .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0,
                      enable_task_events=cfg.runtime.task_events)
-            .remote(cfg, self.namespace)
+            .remote(cfg, self.namespace, critic_init=self.critic_init)
         )
 
     def start(self, state: RunState | None) -> StepReport:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -72,11 +74,30 @@ class LearnerWorker:
     """Holds the learner, the replay sampler and the weight publisher."""
 
     def __init__(
-        self, cfg: RunConfig, namespace: str, publisher: ReportingPublisher | None = None
+        self,
+        cfg: RunConfig,
+        namespace: str,
+        publisher: ReportingPublisher | None = None,
+        critic_init: bytes | None = None,
     ) -> None:
-        """`publisher`: the local runtime's in-process one; default: object store + Redis."""
+        """`publisher`: the local runtime's in-process one; default: object store + Redis.
+        `critic_init`: the bytes of the pretrained critic the driver resolved `critic.init` to.
+        The driver's path names a file on the driver's node (its `.cache/critics`), which a
+        learner on another node does not have; the Ray runtime sends the file itself."""
         if publisher is None:
             quiet_worker_logging()
+        if critic_init is not None:
+            with tempfile.TemporaryDirectory(prefix="critic-init-") as folder:
+                local = Path(folder) / Path(cfg.critic.init or "critic.safetensors").name
+                local.write_bytes(critic_init)
+                critic = cfg.critic.model_copy(update={"init": str(local)})
+                self._init(cfg.model_copy(update={"critic": critic}), namespace, publisher)
+        else:
+            self._init(cfg, namespace, publisher)
+
+    def _init(
+        self, cfg: RunConfig, namespace: str, publisher: ReportingPublisher | None
+    ) -> None:
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
         self.cfg = cfg
