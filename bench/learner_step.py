@@ -30,6 +30,7 @@ from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
 from critic_unlearn.learner.critic import build_critic, text_embedder
 from critic_unlearn.learner.learner import Learner
+from critic_unlearn.rewards.clip_concept import ClipConceptReward
 from critic_unlearn.rewards.openclip_loading import LoadedClip
 from critic_unlearn.types import Batch, SamplerSettings
 
@@ -109,7 +110,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("overrides", nargs="*", help="KEY=VALUE config overrides, e.g. "
-                    "critic.train_image_tower=false (the toy scenarios' critic)")
+                    "critic.reward_feature=false (the critic without the reward feature)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch_size = args.batch or (16 if args.sd15 else 8)
@@ -134,7 +135,11 @@ def main() -> None:
         ],
     )
     clip = random_clip(args.sd15, device)
-    learner = Learner(cfg, comps, build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic))
+    # the critic's reward feature scores decoded states with the reward model (the run's CLIP)
+    reward = (ClipConceptReward(clip, cfg.reward.prompts.concept, cfg.reward.prompts.anchor)
+              if Learner.needs_reward_model(cfg) else None)
+    learner = Learner(cfg, comps, build_critic(cfg.critic, clip), text_embedder(clip, cfg.critic),
+                      reward_model=reward)
     off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
     ddpo = Learner(off_cfg, comps)  # same UNet and LoRA parameters, no critic
     batch = synthetic_batch(comps, batch_size, num_steps)
