@@ -292,6 +292,27 @@ class Project:
                 raise SmokeError(f"{service} never became healthy; see {log}")
             time.sleep(interval)
 
+    def wait_resolves(self, service: str, names: list[str], log: Path, timeout: float = 30):
+        """Inside `service`, every name in `names` resolves (the compose network's DNS)."""
+        probe = "import socket, sys; [socket.gethostbyname(n) for n in sys.argv[1:]]"
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.engine(
+                "exec", self.container(service), "python", "-c", probe, *names, check=False
+            )
+            if r.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                with log.open("a") as out:
+                    out.write(f"\nname resolution in {service}:\n{r.stdout}{r.stderr}\n")
+                    for f in sorted(Path("/run/containers/networks/aardvark-dns").glob("*")):
+                        out.write(f"--- {f}\n{f.read_text(errors='replace')}\n")
+                raise SmokeError(
+                    f"{names} do not resolve inside {service} after {timeout:.0f} s: "
+                    f"{(r.stderr or r.stdout).strip().splitlines()[-1:]}; see {log}"
+                )
+            time.sleep(1)
+
     def dump_logs(self, log_dir: Path) -> None:
         for service in ("redis", "ray-head", "ray-worker", "submit"):
             try:
@@ -358,7 +379,9 @@ def smoke(engine: Engine, job_timeout: float) -> None:
         project.wait_healthy("redis", up_log)
         project.wait_healthy("ray-head", up_log)
         project.compose("up", "-d", "--no-build", "--no-deps", "ray-worker", log=up_log)
-        phase("up", t0, "redis and ray-head healthy, ray-worker started")
+        project.wait_resolves("ray-head", ["redis", "ray-head"], up_log)
+        project.wait_resolves("ray-worker", ["redis", "ray-head"], up_log)
+        phase("up", t0, "redis and ray-head healthy, ray-worker started, names resolve")
 
         t0 = time.monotonic()
         project.compose("up", "-d", "--no-build", "--no-deps", "submit", log=up_log)
