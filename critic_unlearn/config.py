@@ -137,7 +137,11 @@ class CriticConfig(Section):
     # "learned": the critic network below; "oracle": no network, V(s_i) = the reward model on
     # the decoded predicted x0 of state i (the ceiling of per-step credit: at t ~ 0 it is r)
     kind: Literal["learned", "oracle"] = "learned"
-    input: Literal["noisy", "x0_pred"] = "noisy"
+    # what the critic reads: the decoded x_t ("noisy"), the decoded predicted x0 ("x0_pred"),
+    # or the latent x_t itself through a small trainable conv encoder ("latent", DPOK's choice:
+    # no VAE decode and no CLIP pass, so no reward feature either)
+    input: Literal["noisy", "x0_pred", "latent"] = "noisy"
+    latent_channels: PositiveInt = 4  # channels of the model's latents (input = latent)
     # the head also reads the reward model's score of the decoded input state, with a learned
     # timestep-dependent weight: where the state is nearly clean, that score is the reward
     reward_feature: bool = True
@@ -172,6 +176,11 @@ class CriticConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> CriticConfig:
+        if self.input == "latent" and self.reward_feature:
+            raise ValueError(
+                "critic.input = 'latent' reads latents without decoding them, so there is no "
+                "image for critic.reward_feature; set critic.reward_feature = false"
+            )
         if self.reward_feature and self.train_image_tower:
             raise ValueError(
                 "critic.reward_feature = true reads frozen image features, but "

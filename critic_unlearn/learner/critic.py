@@ -53,6 +53,23 @@ def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10_000.0
     return nn.functional.pad(emb, (0, dim - 2 * half))
 
 
+class LatentEncoder(nn.Module):
+    """x_t latents (B, C, h, w) -> (B, out_dim) features, trained with the head: the critic
+    of `input = "latent"`, which skips the VAE decode and the CLIP tower (DPOK's critic reads
+    latents too). Two strided convolutions and a mean pool: any latent size."""
+
+    def __init__(self, channels: int, out_dim: int, width: int = 64) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, width, 3, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(width, out_dim, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+
+    def forward(self, latents: Tensor) -> Tensor:
+        return self.net(latents.float())
+
+
 def _mlp(d_in: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Linear(d_in, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -72,9 +89,11 @@ class Critic(nn.Module):
         cfg: CriticConfig,
     ) -> None:
         super().__init__()
+        if cfg.input == "latent":  # no pixels: a trainable encoder of the latents instead
+            visual = LatentEncoder(cfg.latent_channels, image_dim)
         self.visual = visual  # open_clip image tower: (B, 3, S, S) -> (B, image_dim)
-        self.visual.requires_grad_(cfg.train_image_tower)
-        self.train_image_tower = cfg.train_image_tower
+        self.train_image_tower = cfg.train_image_tower or cfg.input == "latent"
+        self.visual.requires_grad_(self.train_image_tower)
         self.reward_feature = cfg.reward_feature
         # raw reward = head output * scale + shift; fixed once (set_reward_affine), saved with
         # the weights, so a checkpoint predicts in the units it was trained in
@@ -138,10 +157,13 @@ class Critic(nn.Module):
 
     def preprocess(self, pixels: Tensor) -> Tensor:
         """Pixels (B,3,H,W) in [-1, 1] -> the image tower's normalised input (B,3,S,S)."""
+        if self.input == "latent":
+            return pixels.float()  # latents, read as they are
         return clip_pixels((pixels.float() + 1.0) / 2.0, self.preprocess_cfg)
 
     def forward(self, pixels: Tensor, timesteps: Tensor, text_emb: Tensor,
                 reward: StateReward | None = None) -> Tensor:
+        """V of pixels in [-1, 1] (or latents, with input = "latent")."""
         return self.score(self._features(pixels, reward), timesteps, text_emb)
 
     def _frozen_part(self, x: Tensor) -> Tensor:
@@ -208,6 +230,8 @@ class Critic(nn.Module):
                     "(see predict_x0), or set critic.input = 'noisy'"
                 )
             latents = x0_pred
+        if self.input == "latent":
+            return self._features(latents, None)
         return self._features(decode(latents), reward)
 
     def _features(self, pixels: Tensor, reward: StateReward | None) -> Tensor:

@@ -18,7 +18,7 @@ from critic_unlearn.learner.critic import Critic
 KIND = "critic-pretrain/2"  # 2: raw-reward targets through a fixed affine
 # critic settings that change the network: a checkpoint loads only into the same architecture
 ARCH_FIELDS = ("input", "timestep_input", "fusion", "hidden", "timestep_dim", "train_image_tower",
-               "reward_feature")
+               "reward_feature", "latent_channels")
 
 
 def load_pretrained(path: str | Path, critic: Critic, cc: CriticConfig) -> dict:

@@ -77,6 +77,12 @@ class Learner:
                 f"critic.kind = {cc.kind!r} with critic.reward_feature = {cc.reward_feature} "
                 "needs the reward model in the learner; pass reward_model"
             )
+        latent_channels = int(components.vae.config.latent_channels)
+        if self.uses_critic(cfg) and cc.input == "latent" and cc.latent_channels != latent_channels:
+            raise ValueError(
+                f"critic.latent_channels = {cc.latent_channels}, but the model's latents have "
+                f"{latent_channels} channels; set critic.latent_channels = {latent_channels}"
+            )
         self.cfg, self.c = cfg, components
         self.device = components.device
         self.critic = critic.to(self.device) if self.uses_critic(cfg) else None

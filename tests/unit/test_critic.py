@@ -22,15 +22,6 @@ from critic_unlearn.learner.critic import (
 from critic_unlearn.rewards.openclip_loading import LoadedClip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> LoadedClip:
     return tiny_clip(tmp_path_factory.mktemp("clip"), "vit")
@@ -284,3 +275,21 @@ def test_values_are_in_reward_units_through_the_fixed_affine(clip) -> None:
 def test_reward_feature_and_a_trainable_tower_do_not_mix() -> None:
     with pytest.raises(ValueError, match="train_image_tower"):
         CriticConfig(train_image_tower=True)
+
+
+def test_a_latent_critic_reads_latents_without_decoding(clip) -> None:
+    """input = latent: no decode, no CLIP tower; a small encoder trains with the head."""
+    critic = Critic.from_clip(clip, CriticConfig(input="latent", reward_feature=False, hidden=16,
+                                                 timestep_dim=16))
+    lat = torch.randn(3, 4, 16, 16)
+
+    def no_decode(z):
+        raise AssertionError("a latent critic must not decode")
+
+    x = critic.inputs(lat, no_decode)
+    torch.testing.assert_close(x, lat)
+    v = critic.score(x, torch.tensor([900, 500, 1]), torch.randn(3, 32))
+    v.sum().backward()
+    assert all(p.grad is not None for p in critic.visual.parameters())
+    with pytest.raises(ValueError, match="no image for critic.reward_feature"):
+        CriticConfig(input="latent")

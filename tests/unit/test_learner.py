@@ -149,6 +149,7 @@ ABLATIONS = [
     ["sampler.keep_steps=3", "learner.epochs=2"],
     ["critic.train_image_tower=true", "critic.reward_feature=false"],
     ["critic.reward_feature=false"],
+    ["critic.input=latent", "critic.reward_feature=false"],
     ["critic.kind=oracle"],
     ["critic.kind=oracle", "learner.advantage=vtrace", "learner.value_target=vtrace"],
     ["learner.gae_lambda=0.5", "learner.target_lambda=1.0"],
@@ -407,3 +408,9 @@ def test_anchors_hold_retain_prompts_and_neighbours_closer_to_the_base(tiny_mode
                         _drift(learner, comps, batches[0], cfg, near))
     assert drifts["anchored"][0] < drifts["free"][0], drifts
     assert drifts["anchored"][1] < drifts["free"][1], drifts
+
+
+def test_a_latent_critic_must_match_the_models_latent_channels(tiny_model_dir, clip):
+    with pytest.raises(ValueError, match="set critic.latent_channels = 4"):
+        make_learner(tiny_model_dir, clip, ["critic.input=latent", "critic.reward_feature=false",
+                                            "critic.latent_channels=16"])
