@@ -17,11 +17,11 @@ from critic_unlearn.runtime import train_ray
 from critic_unlearn.runtime.local import train_local
 from critic_unlearn.runtime.weights import unfold_pool
 from critic_unlearn.training.metrics import read_metrics
+from tests.integration.test_local_trainer import config
 
 # the Ray runtime's fixtures: an in-process cluster, a private Redis, its tiny run config
 from tests.integration.test_runtime_local import clip_dir, local_ray, make_cfg, redis  # noqa: F401
 from tests.unit._clip_fixtures import tiny_clip_folder
-from tests.unit.test_local_trainer import config
 
 ATTACK = [
     "attack.in_loop_every=1",

@@ -44,7 +44,7 @@ pytestmark = [
 
 
 def tiny_job_config(model_dir: Path, clip_dir: Path) -> dict:
-    """tests/unit/test_local_trainer.py's tiny run, on the Ray runtime with two actors."""
+    """tests/integration/test_local_trainer.py's tiny run, on the Ray runtime with two actors."""
     return {
         "scenario": "compose-smoke",
         "model": {"pretrained": str(model_dir)},

@@ -238,8 +238,8 @@ def test_wrong_password_still_fails_as_credentials(server, admin):
 def test_a_local_training_run_as_the_acl_user(server, admin, password_env, tiny_model_dir,
                                               tmp_path):
     from critic_unlearn.runtime.local import train_local
+    from tests.integration.test_local_trainer import config
     from tests.unit._clip_fixtures import tiny_clip_folder
-    from tests.unit.test_local_trainer import config
 
     ns = f"train-{uuid.uuid4().hex[:8]}"
     _set_user(admin, acl_rule_list(ns, PASSWORD))

@@ -22,8 +22,8 @@ from critic_unlearn.runtime.local import train_local
 from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.setup import prepare_run_dir
 from critic_unlearn.training.storage import RunStore, StorageError
+from tests.integration.test_local_trainer import config as tiny_config
 from tests.unit._clip_fixtures import tiny_clip_folder
-from tests.unit.test_local_trainer import config as tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -25,15 +25,6 @@ from critic_unlearn.rewards.preprocess import clip_pixels, uint8_to_unit
 from critic_unlearn.rewards.prompts import PromptError, load_prompts, prompt_id
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box they lose a lot."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tiny_clip_folder(tmp_path_factory.mktemp("clip"), "vit")
