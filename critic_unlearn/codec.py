@@ -8,23 +8,21 @@ naming what was wrong.
 
 The checksum is XXH3-128 (the `xxhash` package), not a cryptographic hash: it guards against
 truncation, bit rot and mix-ups, not against someone who can write to Redis (they could recompute
-any unkeyed digest, sha256 included). Measured on a 1.6 MB SD-1.5 trajectory, one core of the
-development machine, cache-warm: XXH3-128 0.021 ms (~78 GB/s; a memcpy of the same bytes takes
-0.034 ms), BLAKE3 0.18 ms (~9 GB/s; no faster with its threads), sha256 0.89 ms (~1.9 GB/s).
-BLAKE3 would be the pick if the digest had to resist forgery; for integrity XXH3 is ~9x cheaper
-than BLAKE3, ~40x cheaper than sha256, and its 128 bits make an accidental collision negligible.
+any unkeyed digest, sha256 included). For that job it is about an order of magnitude cheaper than
+BLAKE3 and sha256 (bench/replay_throughput.py times the codec), close to a memcpy of the same
+bytes, and its 128 bits make an accidental collision negligible. BLAKE3 would be the pick if the
+digest had to resist forgery.
 
 Copies: encoding writes the safetensors framing itself and joins header and tensor memory into the
 blob with one copy (safetensors' own `save` builds the file in a Rust buffer and copies that into
 `bytes`); the checksum reads the tensors' memory in place. Decoding checks the index as the
 safetensors loader does, hashes the received bytes in place, then copies the tensor data once into
 one writable buffer that the returned tensors view; with `copy=False` (the replay sampler) the
-tensors view the received bytes themselves. Per 1.6 MB record: encode 1.08 -> 0.10 ms,
-decode 0.98 -> 0.10 ms (sha256 + safetensors before). What is left end to end is mostly glibc
-giving every new multi-MB buffer fresh pages (see bench/replay_throughput.py).
+tensors view the received bytes themselves. What is left end to end is mostly glibc giving every
+new multi-MB buffer fresh pages (see bench/replay_throughput.py).
 
-Blobs written before the switch carry `sha256` (hex) instead of `checksum`; they still decode, with
-the old sha256 definition. Anything without a recognised checksum is refused.
+Blobs of the codec's first format carry `sha256` (hex) instead of `checksum`; they still decode,
+with that format's sha256 definition. Anything without a recognised checksum is refused.
 """
 
 from __future__ import annotations
@@ -256,7 +254,7 @@ def _unpack(
                 f"{CHECKSUM_ALGORITHM!r} and legacy sha256)"
             )
         ok = _digest(schema, header, entries) == meta["checksum"]
-    elif "sha256" in meta:  # written before the switch to xxh3
+    elif "sha256" in meta:  # the first format: sha256 over the same fields
         ok = _legacy_sha256(schema, header, entries) == meta["sha256"]
     else:
         raise CodecError("record has no checksum in its metadata: not written by this codec")

@@ -68,7 +68,7 @@ def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None
     )
     if cfg.actors.compile:
         # in place (nn.Module.compile), after the LoRA is attached: parameter names, peft's
-        # adapter calls and `apply_weights`' in-place copies see the same module as before
+        # adapter calls and `apply_weights`' in-place copies see the uncompiled module
         actor.c.unet.compile()
     return actor
 
