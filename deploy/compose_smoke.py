@@ -232,7 +232,11 @@ def build(engine: Engine, image: str, log: Path) -> str:
         argv += mounts
         if extra_index:
             argv += ["--build-arg", f"TORCH_INDEX_URL={extra_index}"]
+    before = engine("image", "inspect", "--format", "{{.Id}}", image, check=False).stdout.strip()
     engine(*argv, str(ROOT), log=log)
+    after = engine("image", "inspect", "--format", "{{.Id}}", image).stdout.strip()
+    if before and before != after:  # the previous build, now untagged: its code layer only
+        engine("rmi", before, check=False)
     return redis_image
 
 

@@ -211,7 +211,7 @@ def test_dockerfile_builds_on_the_pinned_ray_and_python_with_the_shared_script()
     # its default is the official image of the pinned Ray and Python
     assert args["BASE_IMAGE"] == "rayproject/ray:${RAY_VERSION}-${PYTHON_TAG}-${VARIANT}"
     assert re.findall(r"^FROM (.+)$", text, re.M) == ["${BASE_IMAGE}"]
-    runs = " ".join(re.findall(r"^RUN (.+(?:\\\n.+)*)", text, re.M))
+    runs = " ".join(re.findall(r"^RUN ((?:.*\\\n)*.+)", text, re.M))  # with continuation lines
     assert "scripts/install.sh" in runs  # the same install as `make setup` and CI
     install = (ROOT / "scripts" / "install.sh").read_text()
     assert "constraints.txt" in install

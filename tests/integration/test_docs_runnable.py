@@ -82,6 +82,7 @@ REGISTRY: dict[tuple[str, str], str] = {
     ("deploy/README.md", "6bbf4d3e35a60685"): NOT_RUNNABLE,  # KubeRay long-lived cluster
     ("deploy/README.md", "8d6ec2f982b995aa"): NOT_RUNNABLE,  # docker compose up
     ("deploy/README.md", "f27b515781661b13"): NOT_RUNNABLE,  # compose + host submit
+    ("deploy/README.md", "3e4b2c8935fa875b"): NOT_RUNNABLE,  # make compose-smoke (container test)
 }
 REASON_PREFIXES = ("needs ", "long: ")
 
