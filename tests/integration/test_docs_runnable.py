@@ -1,5 +1,6 @@
-"""Docs that cannot rot: every shell block of README.md and deploy/README.md is run here verbatim,
-or marked in the Markdown as not runnable here, with the reason.
+"""Docs that cannot rot: every shell block of the files in DOCS (README.md, deploy/README.md,
+docs/benchmarks.md, docs/results.md) is run here verbatim, or marked in the Markdown as not
+runnable here, with the reason.
 
 How a block is covered (see tests/integration/_doc_blocks.py):
   * an HTML comment right before its fence, `<!-- runnable: test_docs_runnable::test_NAME -->`
@@ -50,7 +51,7 @@ from tests.unit._clip_fixtures import tiny_clip_folder
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-DOCS = ("README.md", "deploy/README.md")
+DOCS = ("README.md", "deploy/README.md", "docs/benchmarks.md", "docs/results.md")
 MODULE = Path(__file__).stem
 
 # The one placeholder table: what each placeholder of the docs means, and what the tests put in
@@ -70,11 +71,12 @@ NOT_RUNNABLE = "not-runnable"
 # (file, block hash) -> the test that runs the block, or NOT_RUNNABLE (its marker says why)
 REGISTRY: dict[tuple[str, str], str] = {
     ("README.md", "8724bf361e971161"): NOT_RUNNABLE,  # make demo / make test
-    ("README.md", "da132d9c924c2c12"): NOT_RUNNABLE,  # full toy trains, SD-1.5, eval
+    ("README.md", "9de94bee1014d834"): NOT_RUNNABLE,  # SD-1.5 train, eval, export (GPUs)
+    ("README.md", "e7f46d675cab7723"): NOT_RUNNABLE,  # SD-1.5 ray job submit (a GPU cluster)
     ("README.md", "be6a9b2e97f78cb3"): "test_readme_train_local",
     ("README.md", "5d5a3a25960c58b5"): "test_readme_first_look",
     ("README.md", "f5047309410a9610"): NOT_RUNNABLE,  # critic pretrain + full toy train
-    ("README.md", "8a10ff72d4038f70"): NOT_RUNNABLE,  # the benches
+    ("docs/benchmarks.md", "8a10ff72d4038f70"): NOT_RUNNABLE,  # the benches
     ("deploy/README.md", "1696fc53c8ca6763"): NOT_RUNNABLE,  # docker build
     ("deploy/README.md", "08d8337788c644d4"): "test_deploy_way1_ray_job_submit",
     ("deploy/README.md", "bf927b0ce5aa418e"): NOT_RUNNABLE,  # KubeRay: helm, docker, kubectl
