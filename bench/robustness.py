@@ -42,7 +42,7 @@ from bench._ablation import (  # noqa: E402
     worst_over_seeds,
 )
 from critic_unlearn.config import load_config  # noqa: E402
-from critic_unlearn.evaluation.attack_cli import attack_run_dir  # noqa: E402
+from critic_unlearn.evaluation.attacks.cli import attack_run_dir  # noqa: E402
 from critic_unlearn.evaluation.drift import empty_summary, share_key  # noqa: E402
 from critic_unlearn.evaluation.run import evaluate_run  # noqa: E402
 from critic_unlearn.io_utils import atomic_write_text  # noqa: E402

@@ -2,7 +2,7 @@
 
 Both sides build the same Actor (same tiny model, reward CLIP, batch, seeds, one torch thread)
 and write every trajectory to the same private Redis. In-process: `sample_batch` then
-`ReplayWriter.write` per trajectory. Under Ray: the runtime's `ActorWorker.run_batch` (limiter
+`ReplayWriter.write` per trajectory. Under Ray: the runtime's `RayActorWorker.run_batch` (limiter
 room check, weights check, sample, score, write) called back to back from the driver, exactly as
 the driver's loop does. Rounds alternate so both see the same load on a shared machine. Last line:
 JSON with `ratio` = Ray / in-process (target >= 0.9).
@@ -28,7 +28,7 @@ from critic_unlearn.config import RunConfig, load_config
 from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
 from critic_unlearn.replay import RedisServer, ReplayWriter
 from critic_unlearn.rewards.openclip_loading import save_open_clip
-from critic_unlearn.runtime.actor_worker import ActorWorker
+from critic_unlearn.runtime.actor_worker import RayActorWorker
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.training.setup import build_actor
 
@@ -74,7 +74,7 @@ def main() -> None:
         writer = ReplayWriter(cfg.replay, namespace="bench-local")
         ray.init(**local_cluster_kwargs(2), log_to_driver=False)  # fresh, never a recorded one
         try:
-            remote = ray.remote(ActorWorker).options(num_cpus=1, max_concurrency=2)
+            remote = ray.remote(RayActorWorker).options(num_cpus=1, max_concurrency=2)
             worker = remote.remote(cfg, 0, "bench-ray")
             ray.get(worker.start.remote())
             local_s, ray_s = [], []

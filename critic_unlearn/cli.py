@@ -93,18 +93,14 @@ def train(
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides")] = None,
 ) -> None:
     """Unlearn: sample -> reward -> replay -> learn, until learner.max_steps."""
+    from critic_unlearn.runtime import RuntimeFailure
+    from critic_unlearn.runtime import train as run
+
     cfg = load_config(config, overrides or [])
-    if cfg.runtime.kind == "ray":
-        from critic_unlearn.runtime import RuntimeFailure, train_ray
-
-        try:
-            r = train_ray(cfg, console)
-        except RuntimeFailure as e:
-            raise UserError(str(e)) from None
-    else:
-        from critic_unlearn.runtime.local import train_local
-
-        r = train_local(cfg, console)
+    try:
+        r = run(cfg, console)
+    except RuntimeFailure as e:
+        raise UserError(str(e)) from None
     print(
         json.dumps(
             {
@@ -160,7 +156,7 @@ def export(
 
 
 def _mount_subcommands() -> None:
-    from critic_unlearn.evaluation.attack_cli import attack_command
+    from critic_unlearn.evaluation.attacks.cli import attack_command
     from critic_unlearn.evaluation.cli import eval_command
     from critic_unlearn.toyworld.cli import app as toyworld_app
 

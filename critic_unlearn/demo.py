@@ -1,9 +1,10 @@
 """`make demo`: unlearn "red" in the embedded toy world, evaluate with the judge, report.
 
-Steps: load the packaged world (or build it when missing, ~40 minutes on 2 cores); train with
-the best runtime available (Ray when `critic_unlearn.runtime` is installed and not disabled, else
-the single-process trainer); plot the curves; evaluate base vs unlearned on held-out seeds and
-templates; print the table. The last stdout line is one JSON object:
+Steps: load the packaged world (or build it when missing, ~40 minutes on 2 cores); train with the
+best runtime available (`best_runtime`: Ray when it is installed, else the single-process runtime;
+`runtime.kind=local` among the overrides chooses the latter anyway); plot the curves; evaluate base
+vs unlearned on held-out seeds and templates; print the table. The last stdout line is one JSON
+object:
 {"ua", "ira", "base_ua", "base_ira", "unlearn_wall_s", "trajectories", "run_dir",
 "worst_retain_prompt", "worst_retain_drop_pts", "retain_share_below_10"} (the last three: the
 retain prompt that fell most below base, its drop in percentage points, and the share of retain
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from critic_unlearn.config import RunConfig, load_config
+from critic_unlearn.config import load_config
 from critic_unlearn.evaluation.drift import drift_of_rows, share_key
 
 SHARE = share_key()  # "retain_share_below_10"
@@ -50,17 +51,8 @@ def _read_json(path: Path) -> dict | None:
 
 
 def best_runtime() -> str:
-    return "ray" if importlib.util.find_spec("critic_unlearn.runtime") else "local"
-
-
-def train(cfg: RunConfig, console: Console):
-    if cfg.runtime.kind == "ray":
-        from critic_unlearn.runtime import train_ray
-
-        return train_ray(cfg, console)
-    from critic_unlearn.runtime.local import train_local
-
-    return train_local(cfg, console)
+    """"ray" when the ray package is installed, else "local" (the run imports no Ray then)."""
+    return "ray" if importlib.util.find_spec("ray") is not None else "local"
 
 
 def worst_retain_drop(per_prompt: list[dict]) -> dict | None:
@@ -76,7 +68,7 @@ def worst_retain_drop(per_prompt: list[dict]) -> dict | None:
 
 def demo_summary(ev: dict, unlearn_wall_s: float, trajectories: int, run_dir: str | Path) -> dict:
     """The demo's last stdout line from eval.json's content `ev`. Its first seven keys are read
-    by others and keep their names; beside the mean IRA (issue 23) come the worst retain prompt,
+    by others and keep their names; beside the mean IRA come the worst retain prompt,
     its drop in percentage points (base - after, positive = worse) and the share of retain
     prompts more than 10 points below base (None without a judge)."""
     return {
@@ -105,6 +97,7 @@ def run_demo(
         f"[bold]demo:[/] forget {cfg.reward.prompts.concept!r} in the toy world "
         f"({world}), runtime {cfg.runtime.kind}, {cfg.learner.max_steps} learner steps"
     )
+    from critic_unlearn.runtime import train
     from critic_unlearn.training.memory import PeakRss
 
     with PeakRss() as memory:

@@ -129,6 +129,6 @@ class WeightsPacket:
     version: int
     state_dict: dict[str, Tensor]
     manifest: dict[str, str]  # base_model, lora_config_hash, checksum
-    # the adversarial soft-prompt pool (diffusion/soft_pool.py `to_bytes`) that goes with this
+    # the adversarial soft-prompt pool (adversarial/pool.py `to_bytes`) that goes with this
     # version, when attack.in_loop_every > 0; actors draw forget prompts from it
     pool: bytes | None = field(default=None, compare=False)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from critic_unlearn.adversarial.pool import SoftPromptPool
 from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.loading import SDComponents
@@ -23,7 +24,6 @@ from critic_unlearn.diffusion.lora import (
     set_adapter_state,
 )
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
-from critic_unlearn.diffusion.soft_pool import SoftPromptPool
 from critic_unlearn.rewards import RewardModel
 from critic_unlearn.rewards.prompts import PromptSet
 from critic_unlearn.types import SamplerSettings, Trajectory, WeightsPacket

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.policy import compute_dtype, encode_prompts, policy_step
-from critic_unlearn.diffusion.soft_pool import encode_conditioning
+from critic_unlearn.diffusion.soft_prompt import encode_conditioning
 from critic_unlearn.types import Role, SamplerSettings, Trajectory
 
 

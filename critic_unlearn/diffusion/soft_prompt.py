@@ -5,13 +5,19 @@ the actors sample with them and the learner re-scores with them. All three condi
 `encode_soft`: the same token ids, the same embedding rows replaced (a forward hook on the text
 encoder's token embedding, so the encoder's own attention mask and positions apply), the same
 encoder. The hook keeps the vectors in the autograd graph, so the attack can differentiate.
+`encode_conditioning` mixes soft and plain prompts in one batch (the sampler and the learner).
+The attack itself and the pool of what it found are in `critic_unlearn.adversarial`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
+
+from critic_unlearn.diffusion.policy import encode_prompts
 
 PLACEHOLDER_ID = 0  # token id that holds a soft token's place; its embedding row is replaced
 
@@ -79,3 +85,23 @@ def word_embeddings(tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, text:
         raise SoftPromptError(f"text {text!r} has no tokens to start soft tokens from")
     table = text_encoder.get_input_embeddings()
     return table.weight[torch.tensor(ids, device=table.weight.device)].detach().float().clone()
+
+
+@torch.no_grad()
+def encode_conditioning(
+    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str],
+    soft_tokens: Sequence[Tensor | None] | None,
+) -> Tensor:
+    """(B, L, D) conditioning: prompt i with its (k, E) soft tokens after BOS when
+    `soft_tokens[i]` is given, as plain text otherwise. The one function actors sample with and
+    the learner re-scores with, so behaviour and re-scored log-probs see the same embeddings.
+    Each soft row is encoded alone, so its values do not depend on the rest of the batch."""
+    out = encode_prompts(tokenizer, text_encoder, texts)
+    if soft_tokens is None:
+        return out
+    if len(soft_tokens) != len(texts):
+        raise ValueError(f"{len(soft_tokens)} soft-token entries for {len(texts)} prompts")
+    for i, vectors in enumerate(soft_tokens):
+        if vectors is not None:
+            out[i] = encode_soft(tokenizer, text_encoder, [texts[i]], vectors.to(out.device))[0]
+    return out

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from critic_unlearn.evaluation.attack_report import summary_rows as attack_summary_rows
+from critic_unlearn.evaluation.attacks.report import summary_rows as attack_summary_rows
 from critic_unlearn.evaluation.drift import THRESHOLD_PTS, share_key
 from critic_unlearn.io_utils import atomic_write_text, image_grid
 

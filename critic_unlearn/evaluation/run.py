@@ -14,7 +14,7 @@ from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
-from critic_unlearn.evaluation.attack_run import attacker_clip, run_attacks
+from critic_unlearn.evaluation.attacks.run import attacker_clip, run_attacks
 from critic_unlearn.evaluation.clip_score import clip_scores
 from critic_unlearn.evaluation.drift import drift_of_rows, empty_summary
 from critic_unlearn.evaluation.generation import (

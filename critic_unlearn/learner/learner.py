@@ -42,7 +42,7 @@ from critic_unlearn.diffusion.policy import (
     policy_step,
     precision_context,
 )
-from critic_unlearn.diffusion.soft_pool import encode_conditioning
+from critic_unlearn.diffusion.soft_prompt import encode_conditioning
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
 from critic_unlearn.learner.anchors import draw_neighbours
 from critic_unlearn.learner.critic import Critic, make_vae_decode, state_reward

@@ -1,104 +1,45 @@
-"""One Ray actor around the plain `Actor`: pull weights if newer -> sample -> score -> write.
+"""An actor as a Ray actor: `workers.actor.ActorWorker` with pushed versions from the object store.
 
 The worker runs two calls at a time (`max_concurrency=2`): the driver's `run_batch` loop, and
-`set_weights`, which fetches and checks a pushed version while a batch is being sampled. The
-model itself only changes under `model_lock`, which `run_batch` holds while sampling: a version
-that arrives mid-batch waits as `pending` and is applied at the next batch boundary, so every
-trajectory is sampled by exactly one version and carries it. Weights come two ways: pushed (an
-object-store reference, one call per version) and pulled (the durable Redis copy at start, and
-every `actors.weight_poll_s` when no push came). A failed fetch or a refused manifest leaves the
-current weights in place; sampling never stops for it.
+`set_weights`, which fetches and checks a pushed version (an object-store reference, one call
+per version) while a batch is being sampled, and hands it to `ActorWorker.offer`. A fetch that
+fails or a blob that does not decode falls back to the durable Redis copy.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
-from collections.abc import Callable
 
 import ray
-import torch
 
-from critic_unlearn.actors.actor import Actor, WeightsRefused
+from critic_unlearn.adversarial.packets import unfold_pool
 from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
-from critic_unlearn.replay import ReplayTimeout, ReplayWriter, WeightStore, decode_packet
+from critic_unlearn.replay import decode_packet
 from critic_unlearn.runtime.cluster import quiet_worker_logging
-from critic_unlearn.runtime.weights import unfold_pool
-from critic_unlearn.training.reports import BatchReport, ua_proxy
-from critic_unlearn.training.setup import build_actor
-from critic_unlearn.types import Trajectory, WeightsPacket
-
-log = logging.getLogger(__name__)
-ActorFactory = Callable[[RunConfig, int], Actor]
+from critic_unlearn.workers.actor import ActorFactory, ActorWorker
 
 
-def _default_factory(cfg: RunConfig, actor_id: int) -> Actor:
-    return build_actor(cfg, actor_id)
-
-
-class ActorWorker:
-    """Holds one actor's pipeline, reward model, replay writer and weight store."""
-
+class RayActorWorker(ActorWorker):
     def __init__(
-        self,
-        cfg: RunConfig,
-        actor_id: int,
-        namespace: str,
-        factory: ActorFactory | None = None,
-        in_ray: bool = True,
+        self, cfg: RunConfig, actor_id: int, namespace: str, factory: ActorFactory | None = None
     ) -> None:
-        """`in_ray=False`: the local runtime's in-process actor (weights come as packets)."""
-        if in_ray:
-            quiet_worker_logging()
-        if cfg.runtime.num_threads:
-            torch.set_num_threads(cfg.runtime.num_threads)
-        self.cfg, self.actor_id = cfg, actor_id
-        self.actor = (factory or _default_factory)(cfg, actor_id)
-        self.writer = ReplayWriter(cfg.replay, namespace=namespace)
-        self.store = WeightStore(cfg.replay, namespace)
-        self.model_lock = threading.Lock()  # held while sampling or changing weights
-        self.pending: WeightsPacket | None = None  # newest version received mid-batch
-        self.pending_reset = False  # apply `pending` even if older (the learner was restored)
-        self.last_weights = time.monotonic()  # last push received or Redis checked
-        self.fetch_failures = 0
+        quiet_worker_logging()
+        super().__init__(cfg, actor_id, namespace, factory)
 
-    def __repr__(self) -> str:  # Ray prefixes this actor's log lines with it
-        return f"actor-{self.actor_id}"
-
-    def _say(self, level: int, msg: str, *args: object) -> None:
-        log.log(level, f"[actor {self.actor_id}] {msg}", *args)
-
-    # -- lifecycle ----------------------------------------------------------------------------
     def start(self, state: dict | None = None, weights: list | None = None) -> dict:
-        """Restore seeds/rng (a restart continues its predecessor's streams) and load weights:
-        the pushed reference if given, else the durable copy in Redis."""
-        with self.model_lock:
-            if state is not None:
-                self.actor.next_seed = int(state["next_seed"])
-                self.actor.rng.set_state(state["rng"])
+        """Restore seeds/rng and load weights: the pushed reference if given, else the durable
+        copy in Redis. Also says which node the actor runs on."""
+        self.restore(state)
         if not (weights and self.set_weights(weights)["applied"]):
             with self.model_lock:
                 self._pull_from_store()
-        return {
-            "pid": os.getpid(),
-            "node": ray.util.get_node_ip_address(),
-            "next_seed": self.actor.next_seed,  # where this incarnation's seed stream starts
-            "rng": self.actor.rng.get_state(),
-            **self._where(),
-        }
+        return {**self.started(), "node": ray.util.get_node_ip_address()}
 
-    def _where(self) -> dict:
-        return {"actor_id": self.actor_id, "version": self.actor.version}
-
-    # -- weights ------------------------------------------------------------------------------
     def set_weights(self, refs: list, reset: bool = False) -> dict:
-        """Fetch and check the pushed blob `refs[0]`; apply it now if no batch is running, else
-        at the next batch boundary. A failed fetch falls back to the Redis copy. `reset`: take
-        it even if older than the current version (a restarted learner went back to its last
-        checkpoint, and its versions go on from there)."""
+        """Fetch and check the pushed blob `refs[0]`, then `offer` it (None when the fetch
+        failed: the Redis copy is tried instead). `reset` as in `offer`."""
         t0 = time.perf_counter()
         t1 = t0
         try:
@@ -117,17 +58,8 @@ class ActorWorker:
                 self.actor.version,
             )
             packet = None
-        if packet is not None and (reset or packet.version > self._newest_known()):
-            self.pending, self.pending_reset = packet, reset
         t2 = time.perf_counter()
-        applied = False
-        if self.model_lock.acquire(blocking=False):
-            try:
-                applied = (
-                    self._apply_pending() if packet is not None else self._pull_from_store(reset)
-                )
-            finally:
-                self.model_lock.release()
+        applied = self.offer(packet, reset)
         t3 = time.perf_counter()
         return {
             **self._where(),
@@ -138,122 +70,3 @@ class ActorWorker:
             "decode_ms": (t2 - t1) * 1e3,  # safetensors + codec checksum
             "apply_ms": (t3 - t2) * 1e3,  # manifest checks (checksum again) + load into LoRA
         }
-
-    def receive(self, packet: WeightsPacket) -> bool:
-        """In-process push (the local runtime): apply now; no batch runs concurrently there."""
-        with self.model_lock:
-            self.last_weights = time.monotonic()
-            return self._apply(packet, "learner")
-
-    def _newest_known(self) -> int:
-        p = self.pending
-        return max(self.actor.version, p.version if p is not None else -1)
-
-    def _apply_pending(self) -> bool:
-        """Apply the pending version (caller holds model_lock)."""
-        packet, self.pending = self.pending, None
-        reset, self.pending_reset = self.pending_reset, False
-        return packet is not None and self._apply(packet, "object store", reset)
-
-    def _apply(self, packet: WeightsPacket, source: str, reset: bool = False) -> bool:
-        if packet.version <= self.actor.version and not (reset and packet.version >= 0):
-            return False
-        try:
-            self.actor.apply_weights(packet)
-        except WeightsRefused as e:
-            self._say(logging.ERROR, "%s (from the %s); keeping v%d", e, source, self.actor.version)
-            return False
-        return True
-
-    def _pull_from_store(self, reset: bool = False) -> bool:
-        """Load the durable copy if it is newer than anything known, or with `reset` if it is
-        any other version (a restored learner's); the caller holds model_lock."""
-        self.last_weights = time.monotonic()
-        try:
-            latest = self.store.latest_version()
-            if latest is None:  # nothing published yet (a fresh run's first polls)
-                return False
-            if latest == self.actor.version if reset else latest <= self._newest_known():
-                return False
-            packet = self.store.get()
-            packet = None if packet is None else unfold_pool(packet)
-        except Exception as e:  # Redis gone past its deadline, corrupt blob: keep sampling
-            self.fetch_failures += 1
-            self._say(
-                logging.WARNING,
-                "weights fetch from Redis failed (%s: %s); keeping v%d",
-                type(e).__name__,
-                e,
-                self.actor.version,
-            )
-            return False
-        return packet is not None and self._apply(packet, "Redis copy", reset)
-
-    def _refresh_weights(self) -> None:
-        """At a batch boundary: the pending push, else the Redis copy if no push came lately."""
-        with self.model_lock:
-            if self.pending is not None:
-                self._apply_pending()
-            elif time.monotonic() - self.last_weights >= self.cfg.actors.weight_poll_s:
-                self._pull_from_store()
-
-    # -- the loop body ------------------------------------------------------------------------
-    def run_batch(self, n: int | None = None) -> BatchReport:
-        """Wait for room in the replay, sample and score one batch with the newest weights,
-        write it. Without room within `actors.weight_poll_s` it returns an empty, blocked
-        report (the driver simply asks again)."""
-        n = n or self.cfg.sampler.batch_size
-        t0 = time.perf_counter()
-        if not self._wait_for_room(n, self.cfg.actors.weight_poll_s):
-            return self._report([], 0, t0, t0, time.perf_counter(), blocked=True)
-        with self.model_lock:
-            if self.pending is not None:
-                self._apply_pending()
-            t0 = time.perf_counter()
-            trajs = self.actor.sample_batch(n)
-        t1 = time.perf_counter()
-        written, blocked = trajs, False
-        try:
-            self.writer.write_many(trajs)  # one round trip when the limiter takes them all
-        except ReplayTimeout as e:
-            self._say(logging.WARNING, "%s", e)
-            written, blocked = [trajs[i] for i in e.written], True
-        return self._report(written, len(trajs), t0, t1, time.perf_counter(), blocked)
-
-    def _wait_for_room(self, n: int, wait_s: float) -> bool:
-        """Whether the replay takes (up to) a batch now, waiting at most wait_s; weights that
-        arrive meanwhile are applied. The rule is the replay's (`ReplayWriter.wait_for_room`)."""
-        return self.writer.wait_for_room(n, wait_s, on_poll=self._refresh_weights)
-
-    def _report(
-        self,
-        written: list[Trajectory],
-        sampled: int,
-        t0: float,
-        t1: float,
-        t2: float,
-        blocked: bool,
-    ) -> BatchReport:
-        forget = [t for t in written if t.role == "forget"]
-        return BatchReport(
-            actor_id=self.actor_id,
-            written=len(written),
-            sampled=sampled,
-            version=written[0].version if written else self.actor.version,
-            reward_sum=float(sum(t.reward for t in written)),
-            forget=len(forget),
-            forget_positive=round(ua_proxy(forget) * len(forget)) if forget else 0,
-            forget_reward_sum=float(sum(t.reward for t in forget)),
-            sample_s=t1 - t0,
-            write_s=t2 - t1,
-            blocked=blocked,
-            next_seed=self.actor.next_seed,
-            rng=self.actor.rng.get_state(),
-        )
-
-    def ping(self) -> dict:
-        return self._where()
-
-    def close(self) -> None:
-        self.writer.close()
-        self.store.close()

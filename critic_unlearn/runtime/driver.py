@@ -23,7 +23,7 @@ from critic_unlearn.runtime.cluster import (
     ray_cluster,
 )
 from critic_unlearn.runtime.errors import RuntimeFailure
-from critic_unlearn.runtime.learner_worker import LearnerWorker
+from critic_unlearn.runtime.learner_worker import RayLearnerWorker
 from critic_unlearn.runtime.supervisor import (
     ActorPool,
     WeightsAck,
@@ -78,7 +78,7 @@ class RayRuntime:
     def _new_learner(self) -> Any:
         cfg = self.cfg
         return (
-            ray.remote(LearnerWorker)
+            ray.remote(RayLearnerWorker)
             .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0,
                      enable_task_events=cfg.runtime.task_events)
             .remote(cfg, self.namespace, critic_init=self.critic_init)

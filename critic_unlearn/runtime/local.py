@@ -1,10 +1,10 @@
 """`train_local(cfg)`: the run loop with the learner and one actor in this process, no Ray.
 
-The debugging and benchmarking path. The workers are the Ray runtime's own (`LearnerWorker`,
-`ActorWorker`), called directly instead of through Ray, so both runtimes share every rule they
-hold: the replay's rate limiter and its stale-buffer release, the weight checks. The loop is
-training/loop.py, the same as the Ray runtime's. Calls alternate: the learner steps while the
-replay grants it a batch; when it does not (too few fresh records), the actor samples another.
+The debugging and benchmarking path; it imports no Ray. The workers are the ones the Ray runtime
+wraps (`workers.LearnerWorker`, `workers.ActorWorker`), called directly, so both runtimes share
+every rule they hold: the replay's rate limiter and its stale-buffer release, the weight checks. The
+loop is training/loop.py, the same as the Ray runtime's. Calls alternate: the learner steps while
+the replay grants it a batch; when it does not (too few fresh records), the actor samples another.
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ import torch
 from rich.console import Console
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.runtime.actor_worker import ActorWorker
-from critic_unlearn.runtime.learner_worker import LearnerWorker
+from critic_unlearn.learner.publisher import Published
 from critic_unlearn.training.loop import RunLoop, RunState, prepare_run, replay_server
 from critic_unlearn.training.reports import (
     ActorStarted,
     BatchDone,
     Event,
-    Published,
     StepDone,
     StepReport,
 )
 from critic_unlearn.training.setup import TrainResult
 from critic_unlearn.types import WeightsPacket
+from critic_unlearn.workers.actor import ActorWorker
+from critic_unlearn.workers.learner import LearnerWorker
 
 
 def train_local(cfg: RunConfig, console: Console | None = None) -> TrainResult:
@@ -41,7 +41,7 @@ def train_local(cfg: RunConfig, console: Console | None = None) -> TrainResult:
 
 
 class LocalPublisher:
-    """In-process publishing: the packet itself is what reaches the actor, nothing is encoded."""
+    """The learner's `Publisher` in process: the packet itself reaches the actor, unencoded."""
 
     def __init__(self) -> None:
         self.latest: Published | None = None
@@ -62,12 +62,16 @@ class LocalRuntime:
     def __init__(self, cfg: RunConfig, namespace: str) -> None:
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
-        self.cfg = cfg
-        self.learner = LearnerWorker(cfg, namespace, publisher=LocalPublisher())
-        self.actor = ActorWorker(cfg, 0, namespace, in_ray=False)
+        self.cfg, self.namespace = cfg, namespace
+        self.learner = self._new_learner()
+        self.actor = ActorWorker(cfg, 0, namespace)
         self.actor_state: dict[str, Any] | None = None
         self.trajectories = 0
+        self.restarts = 0  # of the learner
         self.events: list[Event] = []
+
+    def _new_learner(self) -> LearnerWorker:
+        return LearnerWorker(self.cfg, self.namespace, publisher=lambda _store: LocalPublisher())
 
     def start(self, state: RunState | None) -> StepReport:
         part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
@@ -78,9 +82,9 @@ class LocalRuntime:
         self.events.append(ActorStarted(0, started["pid"], self.actor.actor.version, 0))
         return setup
 
-    def _deliver(self, report: StepReport) -> None:
+    def _deliver(self, report: StepReport, reset: bool = False) -> None:
         if report.published is not None:
-            self.actor.receive(report.published.ref)
+            self.actor.receive(report.published.ref, reset)
 
     def poll(self, timeout_s: float, want_step: bool) -> list[Event]:
         events, self.events = self.events, []
@@ -110,11 +114,19 @@ class LocalRuntime:
         return WeightsPacket(version, tensors, manifest)
 
     def restart_learner(self, state: RunState | None) -> StepReport:
-        """Only for symmetry: in one process a dead learner is a dead run."""
-        raise NotImplementedError("the local runtime's learner cannot die on its own")
+        """A new learner restored from `state` (None: from scratch); the replay and its live
+        counters stay, and the actor takes the restored weights even if it holds newer ones."""
+        self.learner.close()
+        self.learner = self._new_learner()
+        part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
+        report = self.learner.setup(part, restart=True)
+        self._deliver(report, reset=True)
+        self.restarts += 1
+        return report
 
     def status(self) -> dict[str, Any]:
-        return {"actors": self._actor_status(), "learner": {"pid": os.getpid(), "restarts": 0}}
+        learner = {"pid": os.getpid(), "restarts": self.restarts}
+        return {"actors": self._actor_status(), "learner": learner}
 
     def _actor_status(self) -> dict[str, dict[str, Any]]:
         return {

@@ -27,9 +27,10 @@ from typing import Any
 import ray
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.runtime.actor_worker import ActorFactory, ActorWorker
+from critic_unlearn.runtime.actor_worker import RayActorWorker
 from critic_unlearn.runtime.errors import ActorFailed, RuntimeFailure
 from critic_unlearn.training.reports import ActorFailedEvent, ActorStarted, BatchDone, BatchReport
+from critic_unlearn.workers.actor import ActorFactory
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class ActorPool:
         """`factory(cfg, actor_id) -> Actor` runs in each worker (default: build_actor)."""
         self.cfg, self.namespace, self.factory = cfg, namespace, factory
         a = cfg.actors
-        self.remote_cls = ray.remote(ActorWorker).options(
+        self.remote_cls = ray.remote(RayActorWorker).options(
             num_cpus=a.cpus_per_actor,
             num_gpus=a.gpus_per_actor,
             max_restarts=0,

@@ -5,41 +5,19 @@ safetensors blob), puts the blob in the object store once (`RayPublisher`) and w
 same bytes to the durable copy (`replay.WeightStore`, which owns the Redis side); the driver
 hands the reference to each actor in one call. A restarted or new actor (or one whose
 object-store fetch failed) starts from the durable copy. The adversarial soft-prompt pool that
-goes with a version (`WeightsPacket.pool`) rides in the same blob as one extra uint8 tensor
-(`fold_pool` / `unfold_pool`), so both routes deliver it and the blob's checksum covers it; the
-adapter's own manifest checksum is over the adapter tensors alone, as before.
+goes with a version rides in the same blob (`adversarial.packets.fold_pool`).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import ray
-import torch
 
+from critic_unlearn.adversarial.packets import fold_pool
+from critic_unlearn.learner.publisher import Published
 from critic_unlearn.replay.weights import WeightStore, encode_packet
-from critic_unlearn.training.reports import Published
 from critic_unlearn.types import WeightsPacket
-
-POOL_TENSOR = "soft_prompt_pool"  # the pool blob inside an adapter blob (no LoRA key is this)
-
-
-def fold_pool(packet: WeightsPacket) -> WeightsPacket:
-    """The packet with its pool blob moved into the tensors, ready for `encode_packet`."""
-    if packet.pool is None:
-        return packet
-    blob = torch.frombuffer(bytearray(packet.pool), dtype=torch.uint8)
-    return replace(packet, state_dict={**packet.state_dict, POOL_TENSOR: blob}, pool=None)
-
-
-def unfold_pool(packet: WeightsPacket) -> WeightsPacket:
-    """Inverse of `fold_pool` on a decoded packet: adapter tensors and the pool blob apart."""
-    if POOL_TENSOR not in packet.state_dict:
-        return packet
-    state = dict(packet.state_dict)
-    blob = state.pop(POOL_TENSOR)
-    return replace(packet, state_dict=state, pool=blob.numpy().tobytes())
 
 
 class RayPublisher:

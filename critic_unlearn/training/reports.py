@@ -1,9 +1,10 @@
 """What the actor and learner workers tell the run loop, as small typed records.
 
 The loop (training/loop.py) sees a run only through these: a learner step (`StepReport`), an actor
-batch (`BatchReport`), a published adapter version (`Published`), and the events a runtime turns
-its calls' results into (`ActorStarted`, `ActorFailedEvent`, `WeightsApplied`, `StepDone`,
-`BatchDone`). Both runtimes produce the same records, so the loop is written once.
+batch (`BatchReport`), a published adapter version (`Published`, defined beside the learner's
+`Publisher` protocol), and the events a runtime turns its calls' results into (`ActorStarted`,
+`ActorFailedEvent`, `WeightsApplied`, `StepDone`, `BatchDone`). Both runtimes produce the same
+records, so the loop is written once.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from critic_unlearn.learner.publisher import Published
 from critic_unlearn.types import Trajectory
 
 
@@ -26,21 +28,6 @@ def ua_proxy(trajs: Sequence[Trajectory]) -> float:
     'the reward CLIP finds the anchor closer than the concept'. A proxy, not the judge's UA."""
     forget = forget_rewards(trajs)
     return sum(r > 0 for r in forget) / len(forget) if forget else float("nan")
-
-
-@dataclass(frozen=True)
-class Published:
-    """One published adapter version, and how long publishing it took.
-
-    `ref` is what the runtime hands to actors: a Ray object reference to the encoded blob, or
-    the `WeightsPacket` itself in-process."""
-
-    version: int
-    ref: Any
-    started: float  # time.time() when publishing began (for publish -> applied latency)
-    encode_ms: float = 0.0
-    put_ms: float = 0.0  # into the object store
-    store_ms: float = 0.0  # the durable copy in Redis
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,12 @@ import uuid
 import pytest
 import redis as redis_py
 
+from critic_unlearn.adversarial.packets import unfold_pool
+from critic_unlearn.adversarial.pool import ID_PREFIX, SoftPromptPool
 from critic_unlearn.codec import decode_trajectory
-from critic_unlearn.diffusion.soft_pool import ID_PREFIX, SoftPromptPool
 from critic_unlearn.replay import WeightStore
 from critic_unlearn.runtime import train_ray
 from critic_unlearn.runtime.local import train_local
-from critic_unlearn.runtime.weights import unfold_pool
 from critic_unlearn.training.metrics import read_metrics
 from tests.integration.test_local_trainer import config
 

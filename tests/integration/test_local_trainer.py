@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from critic_unlearn.codec import decode_state_dict
+from critic_unlearn.config import dump_config
 from critic_unlearn.runtime.local import train_local
 from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
@@ -112,3 +115,22 @@ def test_the_local_runtime_reproduces_a_run_from_its_seeds(tiny_model_dir, clip_
 
     first = losses("a")
     assert len(first) == 4 and losses("b") == first
+
+
+def test_a_local_run_through_the_entry_point_imports_no_ray(tiny_model_dir, clip_dir, tmp_path):
+    """`critic_unlearn.runtime.train` (what the CLI and the demo call) with runtime.kind=local:
+    the whole run, in a fresh interpreter, leaves ray out of sys.modules."""
+    cfg = config(tiny_model_dir, clip_dir, tmp_path, "learner.max_steps=1")
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    code = (
+        "import sys\n"
+        "from critic_unlearn.config import load_config\n"
+        "from critic_unlearn.runtime import train\n"
+        f"r = train(load_config({str(path)!r}))\n"
+        "print(r.version, 'ray' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-2:] == ["1", "False"], proc.stdout[-2000:]

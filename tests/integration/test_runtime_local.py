@@ -22,7 +22,7 @@ from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.lora import adapter_manifest, get_adapter_state
 from critic_unlearn.replay import RedisServer, ReplaySampler, WeightStore, encode_packet
 from critic_unlearn.runtime import train_local, train_ray
-from critic_unlearn.runtime.actor_worker import ActorWorker
+from critic_unlearn.runtime.actor_worker import RayActorWorker
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.runtime.weights import RayPublisher
 from critic_unlearn.training.loop import CHECKPOINT, STATUS, read_run_state
@@ -30,6 +30,7 @@ from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.setup import build_actor
 from critic_unlearn.training.snapshots import list_snapshots
 from critic_unlearn.types import WeightsPacket
+from critic_unlearn.workers.actor import ActorWorker
 from tests._tiny_run import tiny_run_config
 from tests.unit._clip_fixtures import tiny_clip_folder
 
@@ -186,7 +187,7 @@ def test_two_actors_fill_replay_get_new_versions_and_stop_at_budget(local_ray, m
     assert not cfg.runtime.task_events
     names = task_event_names(ray.remote(lambda: "probe").options(name="probe").remote())
     assert "probe" in names
-    ours = [n for n in names if n.split(".")[0] in ("ActorWorker", "LearnerWorker")]
+    ours = [n for n in names if n.split(".")[0] in ("RayActorWorker", "RayLearnerWorker")]
     assert not ours, ours
 
 
@@ -323,7 +324,7 @@ def test_redis_restart_mid_run_reconnects_and_completes(local_ray, make_cfg, red
 def test_actor_worker_polls_an_empty_weight_store_without_a_failure(make_cfg):
     """A fresh run's first polls find nothing published: that is not a failed fetch (the
     version comparison once ran before the None check and logged a TypeError per poll)."""
-    worker = ActorWorker(make_cfg(), 0, "empty-store", in_ray=False)
+    worker = ActorWorker(make_cfg(), 0, "empty-store")
     with worker.model_lock:
         assert worker._pull_from_store() is False
     assert worker.fetch_failures == 0 and worker.actor.version == 0
@@ -334,7 +335,7 @@ def test_actor_worker_polls_an_empty_weight_store_without_a_failure(make_cfg):
 def test_actor_worker_takes_durable_copy_refuses_foreign_weights_survives_bad_fetch(
     local_ray, make_cfg
 ):
-    """The weight paths of one ActorWorker: a new actor starts from the Redis copy; a manifest
+    """The weight paths of one RayActorWorker: a new actor starts from the Redis copy; a manifest
     for another model is refused; a blob that fails to fetch or decode falls back to the Redis
     copy, or keeps the current weights; a batch carries the version it was sampled with."""
     cfg = make_cfg()
@@ -349,7 +350,9 @@ def test_actor_worker_takes_durable_copy_refuses_foreign_weights_survives_bad_fe
 
     publisher = RayPublisher(WeightStore(cfg.replay, "wt"))
     publisher.publish(packet(3))
-    worker = ray.remote(ActorWorker).options(num_cpus=0.5, max_concurrency=2).remote(cfg, 0, "wt")
+    worker = ray.remote(RayActorWorker).options(num_cpus=0.5, max_concurrency=2).remote(
+        cfg, 0, "wt"
+    )
     assert ray.get(worker.start.remote())["version"] == 3  # no push: the durable copy
 
     foreign = ray.put(encode_packet(packet(4, base="someone/else-model")))

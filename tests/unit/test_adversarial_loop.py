@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from critic_unlearn.actors.actor import Actor, WeightsRefused
+from critic_unlearn.adversarial.packets import fold_pool, unfold_pool
+from critic_unlearn.adversarial.pool import ID_PREFIX, SoftPromptPool
 from critic_unlearn.codec import (
     SOFT_TRAJECTORY_SCHEMA,
     TRAJECTORY_SCHEMA,
@@ -21,11 +23,9 @@ from critic_unlearn.config import load_config
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.policy import encode_prompts
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
-from critic_unlearn.diffusion.soft_pool import ID_PREFIX, SoftPromptPool
 from critic_unlearn.replay import decode_packet, encode_packet
 from critic_unlearn.rewards import build_reward
 from critic_unlearn.rewards.prompts import load_prompts
-from critic_unlearn.runtime.weights import fold_pool, unfold_pool
 from critic_unlearn.types import Batch, SamplerSettings, WeightsPacket
 from tests.unit._clip_fixtures import tiny_clip_folder
 from tests.unit.test_precision import actor_and_learner, assert_fp32_ratio_is_one, rescore

@@ -4,11 +4,11 @@ sampler (equal to the policy's), and the optimisation itself."""
 import pytest
 import torch
 
+from critic_unlearn.adversarial.learn import AttackSettings, learn_prompt, sample_images
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.policy import encode_prompts
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.diffusion.soft_prompt import SoftPromptError, encode_soft, word_embeddings
-from critic_unlearn.evaluation.attack import AttackSettings, learn_prompt, sample_images
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 from critic_unlearn.types import SamplerSettings
 

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
+from critic_unlearn.adversarial.loop import refresh_pool
+from critic_unlearn.adversarial.pool import SoftPromptPool, encode_mixed
 from critic_unlearn.codec import CodecError
 from critic_unlearn.config import load_config
 from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.lora import attach_lora
 from critic_unlearn.diffusion.policy import encode_prompts
-from critic_unlearn.diffusion.soft_pool import SoftPromptPool, encode_mixed
 from critic_unlearn.diffusion.soft_prompt import encode_soft
-from critic_unlearn.evaluation.attack_loop import refresh_pool
 from critic_unlearn.rewards.openclip_loading import load_open_clip
 
 

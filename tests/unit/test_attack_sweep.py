@@ -1,6 +1,6 @@
 """The synonym and paraphrase sweep: every wording of each forget prompt, in every template."""
 
-from critic_unlearn.evaluation.attack_sweep import rewordings, sweep_wordings, synonym_groups
+from critic_unlearn.evaluation.attacks.sweep import rewordings, sweep_wordings, synonym_groups
 from critic_unlearn.vocabulary import Vocabulary
 
 VOCAB = Vocabulary({

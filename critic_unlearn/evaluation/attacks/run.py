@@ -1,10 +1,10 @@
 """`run_attacks`: attack the base and the unlearned model, judge the images, report ASR.
 
-Attack success rate (ASR) = share of attacked generations the independent judge sees as the
-concept. Two attacks, each on the base model (adapters off) and the unlearned one: the synonym
-and paraphrase sweep (`attack_sweep`) and the learned-prompt attack (`attack`), whose tokens are
-found anew against each model, with the reward CLIP as the attacker's classifier, then judged on
-held-out seeds. Writes attack.json, attack.md, the found tokens (safetensors) and grids.
+Attack success rate (ASR) = share of attacked generations the independent judge sees as the concept.
+Two attacks, each on the base model (adapters off) and the unlearned one: the synonym and paraphrase
+sweep (`attacks.sweep`) and the learned-prompt attack (`adversarial.learn`), whose tokens are found
+anew against each model, with the reward CLIP as the attacker's classifier, then judged on held-out
+seeds. Writes attack.json, attack.md, the found tokens (safetensors) and grids.
 """
 
 from __future__ import annotations
@@ -20,17 +20,20 @@ import torch
 from safetensors.torch import save
 from torch import Tensor
 
+from critic_unlearn.adversarial.learn import (
+    AttackSettings,
+    LearnedPrompt,
+    attack_settings,
+    class_texts,
+    learn_prompt,
+    sample_images,
+)
 from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.lora import base_policy
-from critic_unlearn.evaluation.attack import (
-    AttackSettings,
-    LearnedPrompt,
-    generate_with_vectors,
-    learn_prompt,
-)
-from critic_unlearn.evaluation.attack_report import markdown
-from critic_unlearn.evaluation.attack_sweep import Wording, sweep_wordings
+from critic_unlearn.diffusion.soft_prompt import encode_soft
+from critic_unlearn.evaluation.attacks.report import markdown
+from critic_unlearn.evaluation.attacks.sweep import Wording, sweep_wordings
 from critic_unlearn.evaluation.generation import EvalItem, generate
 from critic_unlearn.evaluation.judging import Judge, shows
 from critic_unlearn.evaluation.report import save_grid
@@ -39,12 +42,6 @@ from critic_unlearn.rewards.openclip_loading import LoadedClip, load_open_clip
 from critic_unlearn.rewards.prompts import Prompt, load_prompts, prompt_id
 
 MODELS = ("base", "unlearned")
-
-
-def attack_settings(cfg: RunConfig) -> AttackSettings:
-    a, s = cfg.attack, cfg.sampler
-    return AttackSettings(a.num_tokens, a.steps, a.lr, a.batch_size, a.seed, a.init,
-                          a.sample_steps or s.num_steps, s.eta, s.guidance_scale)
 
 
 def forget_sources(cfg: RunConfig) -> list[str]:
@@ -57,13 +54,20 @@ def eval_templates(cfg: RunConfig) -> list[str]:
     return list(cfg.eval.templates) or list(cfg.reward.prompts.templates)
 
 
-def class_texts(text: str, cfg: RunConfig) -> list[str]:
-    """The attacker's zero-shot classes for `text`: itself first, then the reward's anchors
-    (the concept swapped for each substitute; without substitutes, the anchor text)."""
-    p = cfg.reward.prompts
-    if p.anchor_substitutes and p.concept in text:
-        return [text] + [text.replace(p.concept, sub) for sub in p.anchor_substitutes]
-    return [text, p.anchor]
+@torch.no_grad()
+def generate_with_vectors(
+    comps: SDComponents, text: str, vectors: Tensor, seeds: list[int], s: AttackSettings,
+    batch_size: int = 32,
+) -> Tensor:
+    """(N, H, W, 3) uint8 images of `text` with soft tokens `vectors`, one per seed."""
+    out = []
+    for i in range(0, len(seeds), batch_size):
+        chunk = seeds[i : i + batch_size]
+        cond = encode_soft(comps.tokenizer, comps.text_encoder, [text] * len(chunk),
+                           vectors.to(comps.device))
+        img = sample_images(comps, cond, chunk, s.num_steps, s.eta, s.guidance_scale)
+        out.append((img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
+    return torch.cat(out)
 
 
 def judged_hits(judge: Judge, images: Tensor, concept: dict[str, str]) -> Tensor:

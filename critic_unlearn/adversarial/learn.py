@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.ddim_logprob import ddim_step_with_logprob
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.policy import (
@@ -48,6 +49,21 @@ class AttackSettings:
     num_steps: int  # DDIM steps
     eta: float
     guidance_scale: float
+
+
+def attack_settings(cfg: RunConfig) -> AttackSettings:
+    a, s = cfg.attack, cfg.sampler
+    return AttackSettings(a.num_tokens, a.steps, a.lr, a.batch_size, a.seed, a.init,
+                          a.sample_steps or s.num_steps, s.eta, s.guidance_scale)
+
+
+def class_texts(text: str, cfg: RunConfig) -> list[str]:
+    """The attacker's zero-shot classes for `text`: itself first, then the reward's anchors
+    (the concept swapped for each substitute; without substitutes, the anchor text)."""
+    p = cfg.reward.prompts
+    if p.anchor_substitutes and p.concept in text:
+        return [text] + [text.replace(p.concept, sub) for sub in p.anchor_substitutes]
+    return [text, p.anchor]
 
 
 @dataclass
@@ -179,19 +195,3 @@ def learn_prompt(
             p.requires_grad_(True)
     found.vectors = vectors.detach().cpu()
     return found
-
-
-@torch.no_grad()
-def generate_with_vectors(
-    comps: SDComponents, text: str, vectors: Tensor, seeds: list[int], s: AttackSettings,
-    batch_size: int = 32,
-) -> Tensor:
-    """(N, H, W, 3) uint8 images of `text` with soft tokens `vectors`, one per seed."""
-    out = []
-    for i in range(0, len(seeds), batch_size):
-        chunk = seeds[i : i + batch_size]
-        cond = encode_soft(comps.tokenizer, comps.text_encoder, [text] * len(chunk),
-                           vectors.to(comps.device))
-        img = sample_images(comps, cond, chunk, s.num_steps, s.eta, s.guidance_scale)
-        out.append((img * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu())
-    return torch.cat(out)

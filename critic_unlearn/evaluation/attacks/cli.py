@@ -26,7 +26,7 @@ def attack_run_dir(run_dir: str | Path, cfg: RunConfig,
     from critic_unlearn.device import resolve_device
     from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
     from critic_unlearn.diffusion.soft_prompt import SoftPromptError
-    from critic_unlearn.evaluation.attack_run import run_attacks
+    from critic_unlearn.evaluation.attacks.run import run_attacks
     from critic_unlearn.evaluation.generation import find_adapter
     from critic_unlearn.evaluation.judging import EvaluationError
     from critic_unlearn.evaluation.run import load_eval_judge, load_eval_model

@@ -1,17 +1,18 @@
 """A bounded pool of adversarial soft prompts for the training loop (oldest dropped).
 
-Every N learner steps the loop runs the learned-prompt attack against the current adapter and
-adds what it found here; actors draw some forget prompts from the pool, and the learner must
-re-score those trajectories with the very same vectors. An entry's id is derived from its text
-and vector bytes, so the same id means the same conditioning on every process. The pool travels
-as one codec blob (safetensors + JSON header + checksum, never pickle) beside the adapter.
+Every N learner steps the learner worker runs the learned-prompt attack against the current
+adapter (`adversarial.loop.refresh_pool`) and adds what it found here; actors draw some forget
+prompts from the pool, and the learner must re-score those trajectories with the very same
+vectors (`encode_mixed`, through `diffusion.soft_prompt.encode_conditioning`). An entry's id is
+derived from its text and vector bytes, so the same id means the same conditioning on every
+process. The pool travels as one codec blob (safetensors + JSON header + checksum, never pickle)
+in the adapter's packet (`adversarial.packets`).
 """
 
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -20,8 +21,7 @@ from torch import Tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from critic_unlearn.codec import CodecError, decode_state_dict, encode_state_dict
-from critic_unlearn.diffusion.policy import encode_prompts
-from critic_unlearn.diffusion.soft_prompt import encode_soft
+from critic_unlearn.diffusion.soft_prompt import encode_conditioning
 
 ID_PREFIX = "forget-adv-"  # prompt ids of pool prompts (role forget)
 
@@ -102,26 +102,6 @@ class SoftPromptPool:
             if entry.id != row["id"]:
                 raise CodecError(f"soft prompt {row['id']!r}: vectors do not match its id")
         return pool
-
-
-@torch.no_grad()
-def encode_conditioning(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, texts: list[str],
-    soft_tokens: Sequence[Tensor | None] | None,
-) -> Tensor:
-    """(B, L, D) conditioning: prompt i with its (k, E) soft tokens after BOS when
-    `soft_tokens[i]` is given, as plain text otherwise. The one function actors sample with and
-    the learner re-scores with, so behaviour and re-scored log-probs see the same embeddings.
-    Each soft row is encoded alone, so its values do not depend on the rest of the batch."""
-    out = encode_prompts(tokenizer, text_encoder, texts)
-    if soft_tokens is None:
-        return out
-    if len(soft_tokens) != len(texts):
-        raise ValueError(f"{len(soft_tokens)} soft-token entries for {len(texts)} prompts")
-    for i, vectors in enumerate(soft_tokens):
-        if vectors is not None:
-            out[i] = encode_soft(tokenizer, text_encoder, [texts[i]], vectors.to(out.device))[0]
-    return out
 
 
 def pool_vectors(

@@ -1,0 +1,201 @@
+"""The learner's worker: sample a fresh-enough batch from the replay, step, publish.
+
+Both runtimes run it: the local one calls it in this process, the Ray one as an actor
+(`runtime.learner_worker.RayLearnerWorker`, which adds only what Ray needs). `try_step` waits at
+most `wait_s` for the replay (the rate limiter or the staleness bound may hold it) and then
+returns, so its caller stays responsive while the learner waits. When every stored record is
+too old to draw and the limiter blocks the actors, `try_step` counts them as consumed (the
+stale-buffer release). Each version goes out through the runtime's publisher (`Publisher`); the
+one published during a call comes back in the call's report.
+
+Adversarial prompts in the loop (`attack.in_loop_every` = N > 0): every N policy versions, after
+the step, the learned-prompt attack runs against the learner's own UNet (the adapter just
+trained) and its tokens join the bounded soft-prompt pool; the pool goes out with that very
+version, in the same packet (`adversarial.loop.PoolPublisher`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from critic_unlearn.adversarial.loop import PoolPublisher, refresh_pool
+from critic_unlearn.adversarial.pool import SoftPromptPool
+from critic_unlearn.config import ConfigError, RunConfig, staleness_advice
+from critic_unlearn.learner.publisher import Publisher
+from critic_unlearn.replay import ReplaySampler, ReplayTimeout, WeightStore
+from critic_unlearn.rewards.openclip_loading import LoadedClip, load_open_clip
+from critic_unlearn.training.reports import StepReport
+from critic_unlearn.training.setup import build_learner
+from critic_unlearn.types import Batch
+
+log = logging.getLogger(__name__)
+POOL_KEY = "attack_pool"  # the soft-prompt pool in the learner's part of a checkpoint
+PublisherFactory = Callable[[WeightStore], Publisher]  # given the run's durable weight store
+
+
+class LearnerWorker:
+    """Holds the learner, the replay sampler and the weight publisher."""
+
+    def __init__(self, cfg: RunConfig, namespace: str, publisher: PublisherFactory) -> None:
+        """`publisher` makes the runtime's publisher from the run's durable weight store."""
+        if cfg.runtime.num_threads:
+            torch.set_num_threads(cfg.runtime.num_threads)
+        self.cfg = cfg
+        self.store = WeightStore(cfg.replay, namespace)
+        self.publisher: Publisher = publisher(self.store)
+        self.pool: SoftPromptPool | None = None
+        self.attack_clip: LoadedClip | None = None
+        self.attack_s_total = 0.0
+        if cfg.attack.in_loop_every > 0:
+            if cfg.learner.algorithm == "esd":
+                raise ConfigError(
+                    "attack.in_loop_every > 0 needs learner.algorithm = ppo (ESD conditions on "
+                    "prompt text only); set attack.in_loop_every=0"
+                )
+            self.pool = SoftPromptPool(cfg.attack.pool_size)
+            self.publisher = PoolPublisher(self.publisher, self.pool)
+        self.learner = build_learner(cfg, self.publisher)
+        if self.pool is not None:  # the attacker's classifier: the reward's CLIP, as in `attack`
+            self.attack_clip = load_open_clip(
+                cfg.reward.clip_model, cfg.reward.clip_pretrained, self.learner.device
+            )
+        self.sampler = ReplaySampler(cfg.replay, namespace=namespace, seed=cfg.learner.seed)
+        self.stale_unblocks = 0
+
+    def __repr__(self) -> str:
+        return "learner"
+
+    def setup(self, state: dict | None, restart: bool = False) -> StepReport:
+        """Resume from a checkpoint's state (or start afresh: clear the run's replay and
+        weights), then publish the current weights so actors start from them. `restart`: this
+        replaces a learner that died mid-run; the replay and its live limiter counters stay."""
+        if state is None and not restart:
+            self.sampler.clear()
+            self.store.clear()
+        elif state is not None:
+            self.learner.load_state_dict(state["learner"])
+            saved = state["learner"].get(POOL_KEY)
+            if self.pool is not None and saved is not None:  # the pool goes on where it was
+                for p in SoftPromptPool.from_bytes(saved.numpy().tobytes()).prompts:
+                    self.pool.add(p.text, p.vectors)
+            if restart:
+                pass  # the limiter's counters in Redis are newer than the checkpoint's
+            elif self.sampler.size() >= self.cfg.replay.min_size_to_sample:
+                self.sampler.rate_limiter.load_state_dict(state["replay_limiter"])
+            else:  # the buffer did not survive (private server): count afresh
+                self.sampler.rate_limiter.reset()
+        self.publisher.publish(self.learner.weights())
+        if isinstance(self.publisher, PoolPublisher):
+            self.publisher.flush()
+        return self._report(False, reason="setup")
+
+    def try_step(self, wait_s: float) -> StepReport:
+        """One learner step on a batch of version >= version - max_staleness, or a wait."""
+        lc = self.cfg.learner
+        try:
+            records = self.sampler.sample(
+                lc.batch_size,
+                min_version=self.sampler.min_version_for(self.learner.version),
+                timeout_s=wait_s,
+            )
+        except ReplayTimeout as e:
+            return self._report(False, reason=str(e) + self._unblock_if_all_stale())
+        batch = Batch.from_trajectories([r.trajectory for r in records])
+        staleness = Counter((self.learner.version - batch.versions).tolist())
+        t0 = time.perf_counter()
+        version = self.learner.version
+        metrics = self.learner.step(batch)
+        step_s = time.perf_counter() - t0
+        if isinstance(self.publisher, PoolPublisher):
+            soft = batch.soft_tokens or []
+            metrics["adversarial/batch_pool_share"] = sum(v is not None for v in soft) / len(
+                batch.prompts
+            )
+            metrics.update(self._adversarial(self.publisher, version))
+        metrics["replay/size"] = float(self.sampler.size())
+        metrics["replay/stale_unblocks"] = float(self.stale_unblocks)
+        return self._report(True, metrics, dict(staleness), step_s)
+
+    def _adversarial(self, publisher: PoolPublisher, before: int) -> dict[str, float]:
+        """After a step: every attack.in_loop_every policy versions, attack the adapter just
+        trained and add what was found to the pool; then publish what the step held, and the
+        refreshed pool at once with this version even off the learner.publish_every beat."""
+        v, every = self.learner.version, self.cfg.attack.in_loop_every
+        if v == before or v % every:
+            publisher.flush()
+            return {}
+        assert self.pool is not None and self.attack_clip is not None
+        m = refresh_pool(self.pool, self.learner.c, self.attack_clip, self.cfg, step=v)
+        self.attack_s_total += m["adversarial/attack_s"]
+        publisher.flush(publisher.held or self.learner.weights())
+        return {**m, "adversarial/attack_s_total": round(self.attack_s_total, 3)}
+
+    def _unblock_if_all_stale(self) -> str:
+        """Break the deadlock the limiter and the staleness bound can make together (see
+        `ReplaySampler.release_if_all_stale`): all stored records too old to draw, actors
+        blocked. Too small a max_staleness for error_buffer / learner.batch_size makes this
+        frequent; the metric replay/stale_unblocks counts it."""
+        released = self.sampler.release_if_all_stale(
+            self.sampler.min_version_for(self.learner.version), batch=self.cfg.sampler.batch_size
+        )
+        if released is None:
+            return ""
+        self.stale_unblocks += 1
+        msg = (
+            f"; all {released.size} stored records are older than the staleness bound and the "
+            f"rate limiter blocked the actors: counted them as consumed (samples "
+            f"{released.samples_before} -> {released.samples_after})."
+        )
+        if self.stale_unblocks == 1 or self.stale_unblocks % 50 == 0:  # advice once, not dozens
+            msg += " " + staleness_advice(self.cfg) + f" ({self.stale_unblocks} so far)"
+            log.warning("learner: replay deadlock broken%s", msg)
+        else:
+            log.debug("learner: replay deadlock broken%s", msg)
+        return msg
+
+    def _report(
+        self,
+        stepped: bool,
+        metrics: dict | None = None,
+        staleness: dict | None = None,
+        step_s: float = 0.0,
+        reason: str = "",
+    ) -> StepReport:
+        return StepReport(
+            stepped,
+            self.learner.steps,
+            self.learner.version,
+            metrics or {},
+            staleness or {},
+            self.publisher.take_new(),
+            step_s,
+            reason,
+        )
+
+    def checkpoint_state(self) -> dict:
+        """The learner's share of a checkpoint (the driver adds actors and counters)."""
+        learner = self.learner.state_dict()
+        if self.pool is not None:  # the pool's own blob (checksummed) as one uint8 tensor
+            learner[POOL_KEY] = torch.frombuffer(bytearray(self.pool.to_bytes()), dtype=torch.uint8)
+        return {"learner": learner, "replay_limiter": self.sampler.rate_limiter.state_dict()}
+
+    def adapter(self) -> tuple[dict[str, torch.Tensor], dict[str, str], int]:
+        p = self.learner.weights()
+        return p.state_dict, p.manifest, p.version
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def replay_stats(self) -> dict[str, float]:
+        return self.sampler.stats()
+
+    def close(self) -> None:
+        self.sampler.close()
+        self.store.close()
+
