@@ -115,6 +115,11 @@ class RewardConfig(Section):
     standardize: bool = True  # per-prompt running mean/std (DDPO's tracker)
     standardize_buffer: PositiveInt = 16  # most recent rewards remembered per prompt
     standardize_min_count: PositiveInt = 16  # fewer seen: use the batch's mean/std instead
+    # the scale of the standardisation: "pooled", one std of every remembered reward for all
+    # prompts (each prompt keeps its own mean); "prompt", each prompt's own std (DDPO's). Values
+    # go through the same map, and a prompt's own std of a few near-equal rewards (1e-6 for one
+    # reward) multiplies the critic's error by up to 1e6: measured EV -1e7 in a run
+    standardize_scale: Literal["pooled", "prompt"] = "pooled"
     prompts: PromptsConfig = PromptsConfig()
 
     @model_validator(mode="after")

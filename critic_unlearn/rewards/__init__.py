@@ -80,7 +80,8 @@ def build_stat_tracker(cfg: RewardConfig) -> PerPromptStatTracker | None:
     """DDPO's per-prompt tracker when `reward.standardize` is on, else None."""
     if not cfg.standardize:
         return None
-    return PerPromptStatTracker(cfg.standardize_buffer, cfg.standardize_min_count)
+    return PerPromptStatTracker(cfg.standardize_buffer, cfg.standardize_min_count,
+                                scale=cfg.standardize_scale)
 
 
 __all__ = [

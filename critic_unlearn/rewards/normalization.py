@@ -13,6 +13,12 @@ where "all" is every remembered reward of every prompt (a running pool, steadier
 batch). Both z-scores are bounded (a window of n holds no z-score above sqrt(n - 1)), so a batch
 moves z by at most about (new rewards / min_count) * 2 sqrt(buffer_size).
 
+`scale = "pooled"` divides every prompt by one std, that of all remembered rewards, and keeps
+the per-prompt mean blend: z = (r - mean_blend_p) / std_all. The learner normalises advantages
+over the batch anyway, so one shared scale changes only how prompts weigh against each other;
+a prompt's own std from a few near-equal rewards would multiply the critic's error (which the
+values carry, see below) by up to 1 / 1e-6.
+
 For fixed statistics z is affine in r, z = scale_p * r + shift_p (`affine`): the learner maps its
 critic's values, which predict the raw reward, through the same affine as the rewards, so values
 and standardised rewards share one scale while the critic's own target never moves.
@@ -49,13 +55,17 @@ def _check(prompts: Sequence[str], rewards: Tensor) -> None:
 class PerPromptStatTracker:
     """`update(prompts, rewards) -> standardised rewards`, remembering recent rewards per prompt."""
 
-    def __init__(self, buffer_size: int = 16, min_count: int = 16, seen_size: int = 8192) -> None:
+    def __init__(self, buffer_size: int = 16, min_count: int = 16, seen_size: int = 8192,
+                 scale: str = "prompt") -> None:
         if buffer_size < 1 or min_count < 1:
             raise ValueError(
                 f"buffer_size = {buffer_size} and min_count = {min_count} must both be >= 1"
             )
+        if scale not in ("prompt", "pooled"):
+            raise ValueError(f"scale = {scale!r}: use 'prompt' or 'pooled'")
         self.buffer_size = buffer_size
         self.min_count = min_count
+        self.scale = scale
         self._stats: dict[str, deque[float]] = {}
         # ids of the trajectories already counted, oldest first; bounded, since a replay buffer
         # can only hand back trajectories it still holds
@@ -100,6 +110,10 @@ class PerPromptStatTracker:
         for prompt in dict.fromkeys(prompts):
             window = torch.tensor(list(self._stats.get(prompt, ())), dtype=torch.float64)
             w = min(1.0, len(window) / self.min_count)
+            if self.scale == "pooled":  # (r - blended mean) / pooled std
+                mean = w * window.mean() + (1 - w) * all_mean if len(window) else all_mean
+                per_prompt[prompt] = (float(1 / all_sd), float(-mean / all_sd))
+                continue
             scale, shift = (1 - w) / all_sd, -(1 - w) * all_mean / all_sd
             if len(window):
                 sd = window.std(correction=0) + EPS
@@ -128,6 +142,7 @@ class PerPromptStatTracker:
         return {
             "buffer_size": self.buffer_size,
             "min_count": self.min_count,
+            "scale": self.scale,
             "rewards": {p: list(w) for p, w in self._stats.items()},
             "seen": list(self._seen),
         }
@@ -135,6 +150,7 @@ class PerPromptStatTracker:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.buffer_size = int(state["buffer_size"])
         self.min_count = int(state["min_count"])
+        self.scale = str(state.get("scale", "prompt"))  # checkpoints before the setting: prompt
         self._stats = {
             p: deque((float(x) for x in w), maxlen=self.buffer_size)
             for p, w in state["rewards"].items()

@@ -94,7 +94,9 @@ def pretrain_key(cfg: RunConfig) -> str:
         "model": _folder_fingerprint("model", cfg.model.pretrained),
         "model_cfg": cfg.model.model_dump(mode="json"),
         "clip": _folder_fingerprint("reward_clip", cfg.reward.clip_model),
-        "reward": cfg.reward.model_dump(mode="json"),
+        # the targets are raw rewards: the run's standardisation does not enter the fit
+        "reward": cfg.reward.model_dump(mode="json", exclude={
+            "standardize", "standardize_buffer", "standardize_min_count", "standardize_scale"}),
         "sampler": cfg.sampler.model_dump(mode="json"),
         "critic": critic,
         "lora": cfg.lora.model_dump(mode="json"),

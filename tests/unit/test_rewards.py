@@ -360,10 +360,33 @@ def test_stat_tracker_affine_is_the_standardisation() -> None:
     assert float(scale[0] * 2.0 + shift[0]) == pytest.approx(float(want), rel=1e-9)
 
 
+def test_pooled_scale_keeps_each_prompts_mean_and_one_std_for_all() -> None:
+    """scale = pooled: z = (r - blended prompt mean) / std of every remembered reward. A prompt
+    seen once, or with near-equal rewards, gets the shared scale, not 1 / 1e-6."""
+    t = PerPromptStatTracker(buffer_size=8, min_count=2, scale="pooled")
+    t.add(["a", "a", "b"], torch.tensor([1.0, 1.0 + 1e-9, 5.0]))
+    pool = torch.tensor([1.0, 1.0 + 1e-9, 5.0], dtype=torch.float64)
+    sd = pool.std(correction=0) + 1e-6
+    scale, shift = t.affine(["a", "b"])
+    torch.testing.assert_close(scale, torch.full((2,), 1 / sd, dtype=torch.float64))
+    # a: two rewards, w = 1, its own mean; b: one reward, w = 1/2 of its mean, 1/2 the pool's
+    mean_b = 0.5 * 5.0 + 0.5 * float(pool.mean())
+    torch.testing.assert_close(shift, torch.tensor([-(1.0 + 5e-10) / sd, -mean_b / sd],
+                                                   dtype=torch.float64))
+    prompt = PerPromptStatTracker(buffer_size=8, min_count=2)
+    prompt.add(["a", "a"], torch.tensor([1.0, 1.0 + 1e-9]))
+    assert float(prompt.affine(["a"])[0][0]) > 1e5  # what "pooled" avoids for values
+    with pytest.raises(ValueError, match="scale = 'x'"):
+        PerPromptStatTracker(scale="x")
+
+
 def test_build_stat_tracker_follows_config() -> None:
     assert build_stat_tracker(RewardConfig(standardize=False)) is None
     tracker = build_stat_tracker(RewardConfig(standardize_buffer=5, standardize_min_count=3))
     assert tracker is not None and (tracker.buffer_size, tracker.min_count) == (5, 3)
+    assert tracker.scale == "pooled"
+    ddpo = build_stat_tracker(RewardConfig(standardize_scale="prompt"))
+    assert ddpo is not None and ddpo.scale == "prompt"
 
 
 def test_tiny_resnet_tower_scores_too(tmp_path: Path) -> None:
