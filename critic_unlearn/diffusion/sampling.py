@@ -36,12 +36,17 @@ def choose_kept_steps(stochastic: list[int], keep: int | None, seed: int) -> lis
 
 
 @torch.no_grad()
-def decode_images(components: SDComponents, latents: Tensor) -> Tensor:
-    """VAE decode -> (B, H, W, 3) uint8, as diffusers' image processor does for PIL output."""
-    vae = components.vae
-    x = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    x = ((x.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+def pixels_to_images(pixels: Tensor) -> Tensor:
+    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, as diffusers' image processor does for
+    PIL output: how actors turn x0 into the images they score, and the critic its states."""
+    x = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     return x.permute(0, 2, 3, 1).cpu()
+
+
+def decode_images(components: SDComponents, latents: Tensor) -> Tensor:
+    """VAE decode -> (B, H, W, 3) uint8."""
+    vae = components.vae
+    return pixels_to_images(vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample)
 
 
 @torch.no_grad()

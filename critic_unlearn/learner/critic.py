@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from critic_unlearn.config import CriticConfig
+from critic_unlearn.diffusion.sampling import pixels_to_images
 from critic_unlearn.rewards.clip_text import TextEmbeddingCache
 from critic_unlearn.rewards.openclip_loading import LoadedClip
 from critic_unlearn.rewards.preprocess import clip_pixels
@@ -256,12 +257,6 @@ def predict_x0(
     abar = abar.view(-1, *([1] * (latents.ndim - 1)))
     x0 = (latents.float() - (1.0 - abar).sqrt() * noise_pred.float()) / abar.sqrt()
     return x0.to(latents.dtype)
-
-
-def pixels_to_images(pixels: Tensor) -> Tensor:
-    """(B, 3, H, W) in [-1, 1] -> (B, H, W, 3) uint8, as the actors turn x0 into images."""
-    x = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu()
 
 
 def state_reward(reward_model: Callable, prompts: list[str], roles: list[str]) -> StateReward:

@@ -320,7 +320,8 @@ def test_the_oracle_values_are_the_reward_of_the_decoded_predicted_x0(tiny_model
     """critic.kind = oracle: no network, nothing to train; V_i = r(decode(x0_hat_i)) under the
     current policy, mapped with the rewards' standardisation."""
     from critic_unlearn.diffusion.policy import encode_prompts, policy_step
-    from critic_unlearn.learner.critic import make_vae_decode, pixels_to_images
+    from critic_unlearn.diffusion.sampling import pixels_to_images
+    from critic_unlearn.learner.critic import make_vae_decode
 
     learner, cfg, comps = make_learner(tiny_model_dir, clip, ["critic.kind=oracle"])
     assert learner.critic is None and learner.critic_opt is None
