@@ -227,7 +227,11 @@ class LearnerConfig(Section):
     max_steps: PositiveInt = 200  # budget: the run stops after this many policy updates
     publish_every: PositiveInt = 1  # publish the adapter every N learner steps
     checkpoint_every: PositiveInt = 20
-    gpus: float = Field(0.0, ge=0)
+    gpus: float = Field(0.0, ge=0)  # per learner worker
+    # data-parallel learner workers (Ray runtime): one torch.distributed group, each worker
+    # steps on batch_size / num_workers trajectories, gradients averaged (gloo on CPUs, NCCL on
+    # GPUs); the local runtime runs one learner
+    num_workers: PositiveInt = 1
     gradient_checkpointing: bool = False
     seed: int = 0
 
@@ -237,6 +241,18 @@ class LearnerConfig(Section):
             raise ValueError(
                 f"learner.minibatch_size = {self.minibatch_size} does not divide "
                 f"learner.batch_size = {self.batch_size}; pick a divisor"
+            )
+        n = self.num_workers
+        if n > 1 and (self.minibatch_size % n or self.batch_size % n):
+            raise ValueError(
+                f"learner.num_workers = {n} must divide learner.minibatch_size = "
+                f"{self.minibatch_size} (and so learner.batch_size = {self.batch_size}): each "
+                "worker takes an equal share of every minibatch; pick a divisor"
+            )
+        if n > 1 and self.algorithm != "ppo":
+            raise ValueError(
+                f"learner.num_workers = {n} runs learner.algorithm = 'ppo' only (got "
+                f"{self.algorithm!r}); set learner.num_workers = 1"
             )
         return self
 
@@ -464,6 +480,11 @@ class RunConfig(Section):
             raise ValueError(
                 f"learner.train_steps = {self.learner.train_steps} exceeds the {k} transitions "
                 "stored per trajectory (sampler.keep_steps or sampler.num_steps); lower it"
+            )
+        if lc.num_workers > 1 and self.runtime.kind != "ray":
+            raise ValueError(
+                f"learner.num_workers = {lc.num_workers} needs runtime.kind = 'ray' (the local "
+                "runtime runs one learner); set runtime.kind = ray or learner.num_workers = 1"
             )
         return self
 

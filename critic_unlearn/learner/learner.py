@@ -12,7 +12,11 @@
      trajectory (every state's value enters a target, so every state is fitted), then (after
      warm-up) a PPO step on `train_steps` random trainable transitions of each trajectory, with
      an optional KL to the base policy (adapters off).
-`learner.max_steps` counts policy updates (`version`); critic warm-up steps come on top.
+`learner.max_steps` counts policy updates (`updates`); critic warm-up steps come on top.
+`version` labels the weights each update publishes: it equals `updates` until a restart skips
+the labels a lost learner published, so a label never names two different adapters.
+With a data-parallel group (learner/distributed.py) each rank steps on its share of the global
+batch; statistics and gradients cross ranks, so every rank takes the same optimiser step.
 Only LoRA and critic parameters change. Pure of Ray and Redis.
 """
 
@@ -47,6 +51,7 @@ from critic_unlearn.learner.advantages import normalize_and_clip, step_advantage
 from critic_unlearn.learner.anchors import draw_neighbours
 from critic_unlearn.learner.critic import Critic, make_vae_decode, state_reward
 from critic_unlearn.learner.diagnostics import WindowedDiagnostics
+from critic_unlearn.learner.distributed import Solo
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
 from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.rewards.normalization import PerPromptStatTracker
@@ -111,11 +116,27 @@ class Learner:
         )
         self.decode = make_vae_decode(components.vae)
         self.uncond = encode_prompts(components.tokenizer, components.text_encoder, [""])
+        self.group: Solo = Solo()  # one rank until `join` hands it a data-parallel group
         self.gen = torch.Generator().manual_seed(lc.seed)
         self.lora_hash = lora_config_hash(cfg.lora)
         self.diagnostics = WindowedDiagnostics(cfg.critic.diagnostics_window)
-        self.version = 0  # policy version: bumped by every policy update
+        self.updates = 0  # policy updates: the budget (learner.max_steps) counts these
+        self.version = 0  # the label of the current weights: updates + labels skipped
         self.steps = 0  # learner steps, warm-up included
+
+    def join(self, group: Solo) -> None:
+        """Become one rank of a data-parallel group: the group starts from rank 0's LoRA and
+        critic, and each rank draws its own random picks (seed + rank)."""
+        self.group = group
+        self.gen.manual_seed(self.cfg.learner.seed + group.rank)
+        group.broadcast_params(self._shared_tensors())
+
+    def _shared_tensors(self) -> list[Tensor]:
+        """What must be equal on every rank: the LoRA weights, the critic's whole state."""
+        out = list(self.lora_params)
+        if self.critic is not None:
+            out += list(self.critic.state_dict().values())
+        return out
 
     @staticmethod
     def uses_critic(cfg: RunConfig) -> bool:
@@ -151,7 +172,8 @@ class Learner:
             raw_values = self._oracle_values(x0, batch)
         values = None if raw_values is None else scale[:, None] * raw_values + shift[:, None]
         eligible = step_std(self.c.scheduler, ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
-        n = min(lc.train_steps or k, int(eligible.sum(1).min()))
+        g = self.group
+        n = min(lc.train_steps or k, g.min_int(int(eligible.sum(1).min())))
         if n == 0:
             raise ValueError(
                 f"learner.min_train_std = {lc.min_train_std} leaves no transition to train on "
@@ -168,7 +190,9 @@ class Learner:
             rho_bar=lc.rho_bar,
             c_bar=lc.c_bar,
         )
-        adv = normalize_and_clip(raw_adv, lc.advantage_clip, mask=eligible)
+        # normalised over the global batch; this rank keeps its rows
+        adv = g.own_rows(normalize_and_clip(g.gather_rows(raw_adv), lc.advantage_clip,
+                                            mask=g.gather_rows(eligible)))
         targets = None
         if self.critic is not None:  # in the critic's own units: raw rewards, raw values
             targets = value_targets(
@@ -187,7 +211,7 @@ class Learner:
         sums: dict[str, float] = {}
         count = 0
         for _ in range(lc.epochs):
-            for mb in torch.randperm(b, generator=self.gen).split(lc.minibatch_size):
+            for mb in torch.randperm(b, generator=self.gen).split(lc.minibatch_size // g.world):
                 m = {}
                 if self.critic is not None:
                     cidx = torch.stack([self._pick(all_states[i], n_critic) for i in mb.tolist()])
@@ -203,21 +227,26 @@ class Learner:
         metrics = {key: v / count for key, v in sums.items()}
         self.steps += 1
         if update_policy:
+            self.updates += 1
             self.version += 1
             if self.publisher is not None and self.version % lc.publish_every == 0:
                 self.publisher.publish(self.weights())
         metrics.update(
             {
-                "learner/version": float(self.version),
-                "learner/steps": float(self.steps),
                 "learner/reward_mean": raw_rewards.mean().item(),
                 "learner/advantage_abs": adv[eligible].abs().mean().item(),
                 "learner/staleness_mean": staleness,
             }
         )
-        metrics.update(self.diagnostics.update(ts, rewards, values, raw_adv, eligible))
         if values is not None:
             metrics["critic/value_error"] = (values - rewards[:, None]).abs().mean().item()
+        metrics = g.mean_scalars(metrics)  # every rank's shard weighs the same
+        metrics["learner/version"] = float(self.version)
+        metrics["learner/steps"] = float(self.steps)
+        metrics.update(self.diagnostics.update(
+            g.gather_rows(ts), g.gather_rows(rewards),
+            None if values is None else g.gather_rows(values), g.gather_rows(raw_adv),
+            g.gather_rows(eligible)))
         return metrics
 
     def _reward_affine(self, batch: Batch, raw_rewards: Tensor) -> tuple[Tensor, Tensor]:
@@ -226,7 +255,9 @@ class Learner:
         if self.reward_tracker is None:
             ones = torch.ones_like(raw_rewards)
             return ones, torch.zeros_like(raw_rewards)
-        self.reward_tracker.add(batch.prompts, raw_rewards, batch.ids)
+        g = self.group  # every rank's trajectories, in rank order: the trackers stay equal
+        ids = None if batch.ids is None else g.gather_strings(batch.ids)
+        self.reward_tracker.add(g.gather_strings(batch.prompts), g.gather_rows(raw_rewards), ids)
         scale, shift = self.reward_tracker.affine(batch.prompts)
         return scale.to(raw_rewards), shift.to(raw_rewards)
 
@@ -343,6 +374,7 @@ class Learner:
         loss = value_loss(norm(pred.float()), norm(targets[r, i]), self.cfg.critic.loss)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.group.average_gradients(self.critic.parameters())
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.cfg.learner.max_grad_norm)
         self.critic_opt.step()
         return {"critic/loss": loss.item()}
@@ -383,6 +415,7 @@ class Learner:
             stats["policy/approx_kl"] += float(info["approx_kl"]) / n
             stats["policy/clip_fraction"] += float(info["clip_fraction"]) / n
             stats["policy/ratio_mean"] += float(info["ratio_mean"]) / n
+        self.group.average_gradients(self.lora_params)
         stats["policy/grad_norm"] = float(
             torch.nn.utils.clip_grad_norm_(self.lora_params, lc.max_grad_norm)
         )
@@ -434,6 +467,7 @@ class Learner:
             "policy_optimizer": self.policy_opt.state_dict(),
             "critic_optimizer": None if self.critic_opt is None else self.critic_opt.state_dict(),
             "version": self.version,
+            "updates": self.updates,
             "steps": self.steps,
             "rng": {"torch": torch.get_rng_state(), "learner": self.gen.get_state()},
             "lora_config_hash": self.lora_hash,
@@ -454,6 +488,7 @@ class Learner:
             self.critic.load_state_dict(state["critic"])
             self.critic_opt.load_state_dict(state["critic_optimizer"])
         self.version, self.steps = int(state["version"]), int(state["steps"])
+        self.updates = int(state.get("updates", self.version))
         torch.set_rng_state(state["rng"]["torch"])
         self.gen.set_state(state["rng"]["learner"])
         if self.reward_tracker is not None and state.get("reward_stats") is not None:

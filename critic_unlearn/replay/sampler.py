@@ -14,6 +14,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from critic_unlearn.codec import CodecError, decode_trajectory
 from critic_unlearn.config import ReplayConfig
 from critic_unlearn.replay.allocator import keep_large_buffers
@@ -49,6 +51,18 @@ class ReplaySampler:
         self.counters = Counters()
         if cfg.keep_buffers:
             keep_large_buffers()
+
+    def rng_state(self) -> torch.Tensor:
+        """The draws' random state as an int64 tensor (for checkpoints; no pickle)."""
+        version, words, gauss = self.rng.getstate()
+        tail = [0, 0] if gauss is None else [1, int(torch.tensor(gauss).view(torch.int64))]
+        return torch.tensor([version, *words, *tail], dtype=torch.int64)
+
+    def set_rng_state(self, state: torch.Tensor) -> None:
+        """Continue the draws from `rng_state()`'s tensor."""
+        values = [int(v) for v in state.tolist()]
+        gauss = None if values[-2] == 0 else float(torch.tensor(values[-1]).view(torch.float64))
+        self.rng.setstate((values[0], tuple(values[1:-2]), gauss))
 
     def min_version_for(self, current_version: int) -> int:
         """Oldest version the learner at `current_version` may train on (max_staleness)."""

@@ -1,10 +1,12 @@
 """`train_ray(cfg)`: the run loop (training/loop.py) with the learner and the actors as Ray actors.
 
-`RayRuntime` only places the workers and routes calls: one learner actor with one `try_step` in
-flight (it waits at most `runtime.learner_wait_s` on the replay, so the driver stays responsive
-to Ctrl-C and dead actors), `actors.num` actor workers kept sampling by the pool (restarts with
-back-off: supervisor.py), each published version pushed to every live actor as one object-store
-reference. It turns finished calls into the loop's events; the loop decides everything else.
+`RayRuntime` only places the workers and routes calls: the learner group (`learner.num_workers`
+actors, learner_group.py) with one `try_step` per rank in flight (it waits at most
+`runtime.learner_wait_s` on the replay, so the driver stays responsive to Ctrl-C and dead
+actors; a rank that dies takes the group back to the last checkpoint), `actors.num` actor
+workers kept sampling by the pool (restarts with back-off: supervisor.py), each published
+version pushed to every live actor as one object-store reference. It turns finished calls into
+the loop's events; the loop decides everything else.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from critic_unlearn.runtime.cluster import (
     ray_cluster,
 )
 from critic_unlearn.runtime.errors import RuntimeFailure
-from critic_unlearn.runtime.learner_worker import RayLearnerWorker
+from critic_unlearn.runtime.learner_group import LearnerGroup
 from critic_unlearn.runtime.supervisor import (
     ActorPool,
     WeightsAck,
@@ -66,30 +68,27 @@ class RayRuntime:
         init = Path(cfg.critic.init) if cfg.critic.init not in (None, "auto") else None
         self.critic_init = ray.put(init.read_bytes()) if init and init.is_file() else None
         self.learner = self._new_learner()
-        self.learner_pid: int | None = None
+        self.learner_pids: list[int] = []
         self.learner_restarts = 0
         self.pool = ActorPool(cfg, namespace, resolve_num_actors(cfg, ray.cluster_resources()))
         self.num_actors = len(self.pool.slots)
-        self.learner_ref: Any = None  # the try_step call in flight
+        self.learner_refs: list[Any] = []  # the try_step calls in flight, one per rank
+        self.learner_done: dict[Any, Any] = {}  # ... those that returned, with their reports
         self.carried: list[Event] = []  # events of a poll that ended in LearnerDied
         self.broadcasts: dict[int, Broadcast] = {}  # version -> its acks
         self.ack_version: dict[Any, int] = {}  # set_weights call -> the version it pushed
 
-    def _new_learner(self) -> Any:
-        cfg = self.cfg
-        return (
-            ray.remote(RayLearnerWorker)
-            .options(num_cpus=cfg.runtime.learner_cpus, num_gpus=cfg.learner.gpus, max_restarts=0,
-                     enable_task_events=cfg.runtime.task_events)
-            .remote(cfg, self.namespace, critic_init=self.critic_init)
-        )
+    def _new_learner(self) -> LearnerGroup:
+        group = LearnerGroup(self.cfg, self.namespace, critic_init=self.critic_init)
+        self._learner_all(group.joined)
+        return group
 
     def start(self, state: RunState | None) -> StepReport:
         """Restore (or clear) through the learner, then start every actor from its saved seed
         stream and the learner's current weights; they load their models in parallel."""
         part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
-        setup = self._learner_call(self.learner.setup.remote(part))
-        self.learner_pid = self._learner_call(self.learner.pid.remote())
+        setup = self._learner_all(self.learner.call("setup", part))[0]
+        self.learner_pids = self._learner_all(self.learner.call("pid"))
         if setup.published is not None:
             self.pool.weights = [setup.published.ref]
             self.pool.weights_version = setup.published.version
@@ -101,13 +100,13 @@ class RayRuntime:
         `reset` (their versions were ahead of the checkpoint), restarted ones start from them.
         Records sampled by the lost versions stay in the replay (their behaviour log-probs are
         exact, so they are ordinary off-policy data)."""
-        ray.kill(self.learner, no_restart=True)
-        self.learner_ref = None
+        self.learner.kill()
+        self.learner_refs, self.learner_done = [], {}
         self.learner_restarts += 1
         self.learner = self._new_learner()
         part = state and {"learner": state.learner, "replay_limiter": state.replay_limiter}
-        setup = self._learner_call(self.learner.setup.remote(part, restart=True))
-        self.learner_pid = self._learner_call(self.learner.pid.remote())
+        setup = self._learner_all(self.learner.call("setup", part, restart=True))[0]
+        self.learner_pids = self._learner_all(self.learner.call("pid"))
         self.broadcasts.clear()
         self.ack_version.clear()
         if setup.published is not None:
@@ -118,25 +117,29 @@ class RayRuntime:
         return setup
 
     def poll(self, timeout_s: float, want_step: bool) -> list[Event]:
-        if want_step and self.learner_ref is None:
-            self.learner_ref = self.learner.try_step.remote(self.cfg.runtime.learner_wait_s)
+        if want_step and not self.learner_refs:
+            self.learner_refs = self.learner.call("try_step", self.cfg.runtime.learner_wait_s)
         self.pool.restart_due()
-        refs = [*self.pool.inflight, *([self.learner_ref] if self.learner_ref else [])]
+        waiting = [r for r in self.learner_refs if r not in self.learner_done]
+        refs = [*self.pool.inflight, *waiting]
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout_s)
         if ready:  # take everything that is done, not just the first
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         events, self.carried = self.carried, []
-        learner_done = self.learner_ref in ready
+        learner_ready = [r for r in ready if r in waiting]
         for ref in ready:
-            if ref != self.learner_ref:
+            if ref not in learner_ready:
                 events.extend(self._on_actor(ref))
-        if learner_done:  # last: if it died, the actors' events above are kept for next time
-            ref, self.learner_ref = self.learner_ref, None
-            try:
-                events.append(StepDone(self._on_step(self._learner_call(ref))))
-            except LearnerDied:
-                self.carried = events
-                raise
+        try:  # last: if a rank died, the actors' events above are kept for next time
+            for ref in learner_ready:
+                self.learner_done[ref] = self._learner_call(ref)
+            if self.learner_refs and len(self.learner_done) == len(self.learner_refs):
+                report = self.learner_done[self.learner_refs[0]]  # rank 0's
+                self.learner_refs, self.learner_done = [], {}
+                events.append(StepDone(self._on_step(report)))
+        except LearnerDied:
+            self.carried = events
+            raise
         return events
 
     def _on_step(self, report: StepReport) -> StepReport:
@@ -166,11 +169,11 @@ class RayRuntime:
         return [WeightsApplied(version, (b.last_ack - b.started) * 1e3)]
 
     def finish_step(self, timeout_s: float) -> StepReport | None:
-        ref, self.learner_ref = self.learner_ref, None
-        if ref is None:
+        refs, self.learner_refs, self.learner_done = self.learner_refs, [], {}
+        if not refs:
             return None
         try:
-            return ray.get(ref, timeout=timeout_s)
+            return ray.get(refs, timeout=timeout_s)[0]
         except ray.exceptions.RayError:
             return None
 
@@ -184,23 +187,37 @@ class RayRuntime:
         except ray.exceptions.RayError as e:
             raise RuntimeFailure(f"the learner failed ({summarize_error(e)})") from None
 
+    def _learner_all(self, refs: list[Any], timeout_s: float | None = None) -> list[Any]:
+        """Every rank's answer, in rank order; the first rank to fail fails the call (the
+        others may be waiting for it in a collective)."""
+        done: dict[Any, Any] = {}
+        pending = list(refs)
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=timeout_s)
+            if not ready:
+                raise RuntimeFailure(f"the learner did not answer within {timeout_s} s")
+            for ref in ready:
+                done[ref] = self._learner_call(ref)
+        return [done[r] for r in refs]
+
     def learner_state(self, timeout_s: float | None) -> dict[str, Any]:
-        return self._learner_call(self.learner.checkpoint_state.remote(), timeout_s)
+        return self._learner_all(self.learner.call("checkpoint_state"), timeout_s)[0]
 
     def actor_states(self) -> dict[int, dict[str, Any]]:
         return self.pool.states()
 
     def adapter(self, timeout_s: float | None) -> WeightsPacket:
-        tensors, manifest, version = self._learner_call(self.learner.adapter.remote(), timeout_s)
+        tensors, manifest, version = self._learner_call(self.learner.lead("adapter"), timeout_s)
         return WeightsPacket(version, tensors, manifest)
 
     def status(self) -> dict[str, Any]:
         return {
             "actors": self.pool.status(),
-            "learner": {"pid": self.learner_pid, "restarts": self.learner_restarts},
+            "learner": {"pid": self.learner_pids[0] if self.learner_pids else None,
+                        "pids": self.learner_pids, "restarts": self.learner_restarts},
         }
 
     def stop(self) -> None:
         self.pool.stop()
-        ray.kill(self.learner, no_restart=True)
+        self.learner.kill()
 

@@ -88,15 +88,16 @@ def resolve_num_actors(cfg: RunConfig, resources: dict[str, float]) -> int:
         if a.num < 1:
             raise RuntimeFailure(f"actors.num = {a.num}: run at least one actor (or 'auto')")
         return a.num
+    workers = cfg.learner.num_workers
     if a.gpus_per_actor > 0:
-        what, learner, per = "GPU", cfg.learner.gpus, a.gpus_per_actor
+        what, learner, per = "GPU", cfg.learner.gpus * workers, a.gpus_per_actor
     else:
-        what, learner, per = "CPU", cfg.runtime.learner_cpus, a.cpus_per_actor
+        what, learner, per = "CPU", cfg.runtime.learner_cpus * workers, a.cpus_per_actor
     n = math.floor((resources.get(what, 0.0) - learner) / per + 1e-9)
     if n < 1:
         raise RuntimeFailure(
             f"actors.num = 'auto' found room for no actor: the cluster has "
-            f"{resources.get(what, 0.0):g} {what}, the learner takes {learner:g} and each actor "
+            f"{resources.get(what, 0.0):g} {what}, the learner(s) take {learner:g} and each actor "
             f"needs {per:g}; add {what}s or set actors.num"
         )
     return n

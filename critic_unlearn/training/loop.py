@@ -190,7 +190,7 @@ class RunLoop:
     def __init__(self, cfg: RunConfig, run_dir: Path, runtime: Runtime, console: Console) -> None:
         self.cfg, self.run_dir, self.rt, self.console = cfg, Path(run_dir), runtime, console
         self.ckpt = self.run_dir / CHECKPOINT
-        self.trajectories = self.steps = self.version = 0
+        self.trajectories = self.steps = self.version = self.updates = 0
         self.checkpointed_at = -1
         self.last: dict[str, float] = {}
         self.progress_at = time.monotonic()  # last learner step, or an actor (re)start
@@ -222,12 +222,13 @@ class RunLoop:
         self.store.push(final=True)
         wall = time.perf_counter() - t0
         return TrainResult(
-            self.run_dir, self.trajectories, self.steps, self.version, wall, self.last
+            self.run_dir, self.trajectories, self.steps, self.version, wall, self.last,
+            self.updates,
         )
 
     def _start(self, state: RunState | None) -> None:
         setup = self.rt.start(state)
-        self.steps, self.version = setup.steps, setup.version
+        self.steps, self.version, self.updates = setup.steps, setup.version, setup.updates
         if state is not None:
             self.trajectories = state.trajectories
             self.checkpointed_at = self.steps
@@ -271,9 +272,9 @@ class RunLoop:
             ) from None
 
     def _loop(self) -> None:
-        max_steps = self.cfg.learner.max_steps  # policy updates (version); warm-up on top
+        max_steps = self.cfg.learner.max_steps  # policy updates; warm-up on top
         self.progress_at = time.monotonic()
-        while self.version < max_steps:
+        while self.updates < max_steps:
             self._check_stall()
             try:
                 events = self.rt.poll(0.5, want_step=True)
@@ -299,7 +300,7 @@ class RunLoop:
             f"{error}; restarted it (restart {self.learner_restarts} of at most {limit}) from "
             + (f"the checkpoint at step {report.steps}" if state else "scratch (no checkpoint)")
         )
-        self.steps, self.version = report.steps, report.version
+        self.steps, self.version, self.updates = report.steps, report.version, report.updates
         self.checkpointed_at = self.steps if state is not None else -1
         self.metrics.rewind(self.steps)
         self.stats.on_restore(self.steps, self.version)
@@ -338,7 +339,7 @@ class RunLoop:
             self.wait_reason = r.reason
             return
         self.progress_at = time.monotonic()
-        self.steps, self.version = r.steps, r.version
+        self.steps, self.version, self.updates = r.steps, r.version, r.updates
         self.stats.on_step(r.steps, r.version, r.staleness, r.metrics.get("replay/size", 0))
         self.last = {
             **r.metrics,

@@ -42,6 +42,7 @@ class StepReport:
     published: Published | None = None
     step_s: float = 0.0
     reason: str = ""
+    updates: int = 0  # policy updates (the budget); `version` labels the weights
 
 
 @dataclass(frozen=True)

@@ -107,3 +107,4 @@ class TrainResult:
     version: int
     wall_s: float
     last_metrics: dict
+    updates: int = 0  # policy updates (the budget); `version` is the last weights' label

@@ -8,6 +8,16 @@ too old to draw and the limiter blocks the actors, `try_step` counts them as con
 stale-buffer release). Each version goes out through the runtime's publisher (`Publisher`); the
 one published during a call comes back in the call's report.
 
+Data-parallel workers (`learner.num_workers` = N > 1, Ray runtime): N of these, one rank each
+of a torch.distributed group (`join_group`); every call reaches every rank. Each draws its share
+of the global batch (batch_size / N) and keeps it until all ranks hold theirs (one collective
+says so), so the ranks step together; rank 0 publishes, clears and restores the shared state in
+Redis and returns the report the run loop reads; the checkpoint holds every rank's random state.
+
+Versions are never reused: a learner restored from a checkpoint labels its weights past the
+newest version already published (the weight store's), so records that lost versions sampled
+keep labels no new adapter takes, and their staleness stays positive.
+
 Adversarial prompts in the loop (`attack.in_loop_every` = N > 0): every N policy versions, after
 the step, the learned-prompt attack runs against the learner's own UNet (the adapter just
 trained) and its tokens join the bounded soft-prompt pool; the pool goes out with that very
@@ -27,8 +37,10 @@ import torch
 from critic_unlearn.adversarial.loop import PoolPublisher, refresh_pool
 from critic_unlearn.adversarial.pool import SoftPromptPool
 from critic_unlearn.config import ConfigError, RunConfig, staleness_advice
+from critic_unlearn.learner.distributed import Solo, form_group
 from critic_unlearn.learner.publisher import Publisher
 from critic_unlearn.replay import ReplaySampler, ReplayTimeout, WeightStore
+from critic_unlearn.replay.sampler import SampledRecord
 from critic_unlearn.rewards.openclip_loading import LoadedClip, load_open_clip
 from critic_unlearn.training.reports import StepReport
 from critic_unlearn.training.setup import build_learner
@@ -42,17 +54,22 @@ PublisherFactory = Callable[[WeightStore], Publisher]  # given the run's durable
 class LearnerWorker:
     """Holds the learner, the replay sampler and the weight publisher."""
 
-    def __init__(self, cfg: RunConfig, namespace: str, publisher: PublisherFactory) -> None:
-        """`publisher` makes the runtime's publisher from the run's durable weight store."""
+    def __init__(self, cfg: RunConfig, namespace: str, publisher: PublisherFactory,
+                 rank: int = 0) -> None:
+        """`publisher` makes the runtime's publisher from the run's durable weight store (rank
+        0's; the other ranks of a data-parallel group publish nothing)."""
         if cfg.runtime.num_threads:
             torch.set_num_threads(cfg.runtime.num_threads)
-        self.cfg = cfg
+        self.cfg, self.rank = cfg, rank
+        self.group: Solo = Solo()
         self.store = WeightStore(cfg.replay, namespace)
-        self.publisher: Publisher = publisher(self.store)
+        self.publisher: Publisher | None = publisher(self.store) if rank == 0 else None
         self.pool: SoftPromptPool | None = None
         self.attack_clip: LoadedClip | None = None
         self.attack_s_total = 0.0
-        if cfg.attack.in_loop_every > 0:
+        self.pending: list[SampledRecord] = []  # this rank's share, held until all ranks have it
+        self.wait_s_total = self.step_s_total = 0.0  # time waiting for data, time stepping
+        if cfg.attack.in_loop_every > 0 and rank == 0:
             if cfg.learner.algorithm == "esd":
                 raise ConfigError(
                     "attack.in_loop_every > 0 needs learner.algorithm = ppo (ESD conditions on "
@@ -65,8 +82,17 @@ class LearnerWorker:
             self.attack_clip = load_open_clip(
                 cfg.reward.clip_model, cfg.reward.clip_pretrained, self.learner.device
             )
-        self.sampler = ReplaySampler(cfg.replay, namespace=namespace, seed=cfg.learner.seed)
+        # each rank draws its own records (rank 0 keeps the single learner's seed)
+        self.sampler = ReplaySampler(cfg.replay, namespace=namespace,
+                                     seed=cfg.learner.seed + 7919 * rank)
         self.stale_unblocks = 0
+
+    def join_group(self, address: str, port: int, world: int) -> None:
+        """Become rank `self.rank` of `world` learner workers meeting at address:port; the
+        group starts from rank 0's LoRA and critic."""
+        self.group = form_group(address, port, self.rank, world,
+                                timeout_s=self.cfg.runtime.stall_timeout_s)
+        self.learner.join(self.group)
 
     def __repr__(self) -> str:
         return "learner"
@@ -75,43 +101,84 @@ class LearnerWorker:
         """Resume from a checkpoint's state (or start afresh: clear the run's replay and
         weights), then publish the current weights so actors start from them. `restart`: this
         replaces a learner that died mid-run; the replay and its live limiter counters stay."""
+        lead = self.rank == 0
         if state is None and not restart:
-            self.sampler.clear()
-            self.store.clear()
+            if lead:
+                self.sampler.clear()
+                self.store.clear()
         elif state is not None:
             self.learner.load_state_dict(state["learner"])
+            self._restore_random_state(state["learner"])
             saved = state["learner"].get(POOL_KEY)
             if self.pool is not None and saved is not None:  # the pool goes on where it was
                 for p in SoftPromptPool.from_bytes(saved.numpy().tobytes()).prompts:
                     self.pool.add(p.text, p.vectors)
-            if restart:
+            if restart or not lead:
                 pass  # the limiter's counters in Redis are newer than the checkpoint's
             elif self.sampler.size() >= self.cfg.replay.min_size_to_sample:
                 self.sampler.rate_limiter.load_state_dict(state["replay_limiter"])
             else:  # the buffer did not survive (private server): count afresh
                 self.sampler.rate_limiter.reset()
-        self.publisher.publish(self.learner.weights())
-        if isinstance(self.publisher, PoolPublisher):
-            self.publisher.flush()
+        self._skip_published_versions()
+        if self.publisher is not None:
+            self.publisher.publish(self.learner.weights())
+            if isinstance(self.publisher, PoolPublisher):
+                self.publisher.flush()
         return self._report(False, reason="setup")
+
+    def _skip_published_versions(self) -> None:
+        """Label the next weights past every version already published (rank 0 reads the
+        store before it publishes; every rank takes its answer)."""
+        newest = self.store.latest_version() if self.rank == 0 else None
+        newest = self.group.min_int(-1 if newest is None else newest if self.rank == 0
+                                    else 2**62)
+        if newest > self.learner.version:
+            log.warning("learner: versions %d..%d were published by a learner that was lost; "
+                        "this one labels its weights from %d on", self.learner.version + 1,
+                        newest, newest + 1)
+            self.learner.version = newest + 1
+
+    def _restore_random_state(self, saved: dict) -> None:
+        """Each rank's own RNG streams from the checkpoint (the learner's picks, the replay
+        draws); a rank the checkpoint did not have gets fresh streams from the seed."""
+        ranks = saved.get("ranks", {})
+        gens, draws = ranks.get("learner_rng", []), ranks.get("sampler_rng", [])
+        if self.rank < len(gens):
+            self.learner.gen.set_state(gens[self.rank])
+        else:
+            self.learner.gen.manual_seed(self.cfg.learner.seed + 7919 * self.rank
+                                         + self.learner.steps)
+        if self.rank < len(draws):
+            self.sampler.set_rng_state(draws[self.rank])
 
     def try_step(self, wait_s: float) -> StepReport:
         """One learner step on a batch of version >= version - max_staleness, or a wait."""
-        lc = self.cfg.learner
-        try:
-            records = self.sampler.sample(
-                lc.batch_size,
-                min_version=self.sampler.min_version_for(self.learner.version),
-                timeout_s=wait_s,
-            )
-        except ReplayTimeout as e:
-            return self._report(False, reason=str(e) + self._unblock_if_all_stale())
+        share = self.cfg.learner.batch_size // self.group.world
+        reason = ""
+        t_wait = time.perf_counter()
+        if len(self.pending) < share:
+            try:
+                self.pending += self.sampler.sample(
+                    share - len(self.pending),
+                    min_version=self.sampler.min_version_for(self.learner.version),
+                    timeout_s=wait_s,
+                )
+            except ReplayTimeout as e:
+                reason = str(e) + self._unblock_if_all_stale()
+        ready = self.group.all_true(len(self.pending) == share)  # every rank holds its share
+        self.wait_s_total += time.perf_counter() - t_wait
+        if not ready:
+            return self._report(False, reason=reason or "another learner worker waits for data")
+        records, self.pending = self.pending, []
         batch = Batch.from_trajectories([r.trajectory for r in records])
         staleness = Counter((self.learner.version - batch.versions).tolist())
         t0 = time.perf_counter()
         version = self.learner.version
         metrics = self.learner.step(batch)
         step_s = time.perf_counter() - t0
+        self.step_s_total += step_s
+        busy = self.wait_s_total + self.step_s_total
+        metrics["learner/data_wait_share"] = self.wait_s_total / busy if busy > 0 else 0.0
         if isinstance(self.publisher, PoolPublisher):
             soft = batch.soft_tokens or []
             metrics["adversarial/batch_pool_share"] = sum(v is not None for v in soft) / len(
@@ -173,14 +240,21 @@ class LearnerWorker:
             self.learner.version,
             metrics or {},
             staleness or {},
-            self.publisher.take_new(),
+            None if self.publisher is None else self.publisher.take_new(),
             step_s,
             reason,
+            self.learner.updates,
         )
 
     def checkpoint_state(self) -> dict:
-        """The learner's share of a checkpoint (the driver adds actors and counters)."""
+        """The learner's share of a checkpoint (the driver adds actors and counters); every
+        rank calls it (its random streams are gathered), rank 0's answer is the one kept."""
         learner = self.learner.state_dict()
+        g = self.group
+        learner["ranks"] = {
+            "learner_rng": list(g.gather_rows(self.learner.gen.get_state()[None])),
+            "sampler_rng": list(g.gather_rows(self.sampler.rng_state()[None])),
+        }
         if self.pool is not None:  # the pool's own blob (checksummed) as one uint8 tensor
             learner[POOL_KEY] = torch.frombuffer(bytearray(self.pool.to_bytes()), dtype=torch.uint8)
         return {"learner": learner, "replay_limiter": self.sampler.rate_limiter.state_dict()}

@@ -38,6 +38,11 @@ def clip(tmp_path_factory):
 
 
 def make_batch(components, cfg, seed: int = 0, version: int = 0) -> Batch:
+    return Batch.from_trajectories(make_trajectories(components, cfg, seed, version))
+
+
+def make_trajectories(components, cfg, seed: int = 0, version: int = 0) -> list:
+    """Four trajectories (forget, retain, forget, retain) with seeded random rewards."""
     s = cfg.sampler
     specs = [
         PromptSpec(f"p{i}", t, r)
@@ -53,9 +58,7 @@ def make_batch(components, cfg, seed: int = 0, version: int = 0) -> Batch:
         decode=False,
     )
     g = torch.Generator().manual_seed(seed)
-    return Batch.from_trajectories(
-        [t.with_reward(torch.rand(1, generator=g).item()) for t in trajs]
-    )
+    return [t.with_reward(torch.rand(1, generator=g).item()) for t in trajs]
 
 
 def make_learner(model_dir, clip, overrides, publisher=None, tracker=None):
@@ -401,8 +404,11 @@ def test_anchors_hold_retain_prompts_and_neighbours_closer_to_the_base(tiny_mode
         batches = [make_batch(comps, cfg, seed=s) for s in (0, 10)]
         metrics = [learner.step(batches[s % 2]) for s in range(4)]
         if extra:
-            assert metrics[0]["policy/anchor_kl"] == 0.0  # LoRA starts as a no-op
-            assert metrics[-1]["policy/anchor_kl"] > 0.0
+            # LoRA starts as a no-op; not exactly 0: the retain rows' adapted step comes from
+            # the whole pick, the base step from the retain rows alone, and a batch of another
+            # shape rounds differently on some CPUs (1.7e-10 on an AVX-512 Xeon)
+            assert metrics[0]["policy/anchor_kl"] == pytest.approx(0.0, abs=1e-8)
+            assert metrics[-1]["policy/anchor_kl"] > 1e-6
         retain = ["a blue square"] * 4
         near = ["a blue circle"] * 4  # "a red circle" with red -> blue
         drifts[name] = (_drift(learner, comps, batches[0], cfg, retain),
