@@ -188,3 +188,26 @@ def test_a_seeded_sampler_draws_the_same_records_each_time(private_server, repla
     first = draws(3)
     assert draws(3) == first
     assert draws(4) != first  # 12 records, 40 draws: another seed differs
+
+
+def test_a_restored_sampler_goes_on_with_its_draws_not_the_run_start_sequence(
+    replay_cfg, make_traj
+):
+    """The draws' random state goes into learner checkpoints: a sampler restored from it draws
+    what the saved one would have drawn next, not what a fresh one draws at the run's start."""
+    cfg = replay_cfg(capacity=32)
+    with ReplayWriter(cfg) as w:
+        for i in range(32):
+            w.write(make_traj(i))
+
+    def ids(s: ReplaySampler) -> list[str]:
+        return [r.trajectory.prompt_id for r in s.sample(12, min_version=0)]
+
+    with ReplaySampler(cfg, seed=5) as first:
+        start = ids(first)
+        saved = first.rng_state()
+        after = ids(first)
+    with ReplaySampler(cfg, seed=5) as restored:
+        restored.set_rng_state(saved)
+        assert ids(restored) == after
+    assert after != start
