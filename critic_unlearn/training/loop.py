@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import signal
 import threading
 import time
@@ -54,6 +55,7 @@ from critic_unlearn.types import WeightsPacket
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoints/latest.safetensors"
 STATUS = "runtime.json"  # pids, restarts, versions: for operators (and the fault tests)
+BALANCE_MIN_STEPS = 10  # learner steps before the actor/learner balance is judged
 
 
 # -- the checkpoint ---------------------------------------------------------------------------
@@ -196,6 +198,7 @@ class RunLoop:
         self.progress_at = time.monotonic()  # last learner step, or an actor (re)start
         self.wait_reason = ""
         self.learner_restarts = 0
+        self.balance_advised = False
         self.store = RunStore.for_run(cfg, self.run_dir)  # a URL run_dir's remote copy
 
     def run(self) -> TrainResult:
@@ -341,6 +344,8 @@ class RunLoop:
         self.progress_at = time.monotonic()
         self.steps, self.version, self.updates = r.steps, r.version, r.updates
         self.stats.on_step(r.steps, r.version, r.staleness, r.metrics.get("replay/size", 0))
+        self.stats.learner_wait_share = r.metrics.get("learner/data_wait_share", math.nan)
+        self._advise_on_balance()
         self.last = {
             **r.metrics,
             **self.stats.metrics(),
@@ -350,6 +355,21 @@ class RunLoop:
         self.metrics.log(r.steps, self.last)
         if r.steps % self.cfg.learner.checkpoint_every == 0:
             self._checkpoint(self.cfg.runtime.shutdown_timeout_s)
+
+    def _advise_on_balance(self) -> None:
+        """Once per run: when the rate limiter holds the actors most of the time, the learner
+        is the bottleneck; say so with the settings that help."""
+        held = self.stats.actors_held_share()
+        if self.balance_advised or self.steps < BALANCE_MIN_STEPS or not held > 0.5:
+            return
+        self.balance_advised = True
+        self.view.print(
+            f"actors were held by the replay's rate limiter {100 * held:.0f}% of the time: the "
+            f"learner is the bottleneck. Add learner workers (learner.num_workers = "
+            f"{self.cfg.learner.num_workers + 1}, Ray runtime), lower "
+            f"replay.samples_per_insert (now {self.cfg.replay.samples_per_insert:g}), or run "
+            "fewer actors"
+        )
 
     def _check_stall(self) -> None:
         """Fail with the replay's own explanation instead of waiting forever."""
@@ -384,5 +404,13 @@ class RunLoop:
         self.store.push()  # snapshots and metrics first, then the checkpoint
 
     def _write_status(self) -> None:
-        status = {**self.rt.status(), "steps": self.steps, "version": self.version}
+        status = {**self.rt.status(), "steps": self.steps, "version": self.version,
+                  "updates": self.updates,
+                  "balance": {"actors_held_share": _finite(self.stats.actors_held_share()),
+                              "learner_data_wait_share": _finite(self.stats.learner_wait_share)}}
         atomic_write_text(self.run_dir / STATUS, json.dumps(status, indent=1))
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no NaN: None until a share is known."""
+    return None if math.isnan(x) else round(x, 4)

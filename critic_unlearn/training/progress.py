@@ -71,6 +71,8 @@ class RunStats:
         self.publish_ms: deque[float] = deque(maxlen=50)
         self.replay_size = 0
         self.learner_status = "starting"
+        self.actor_held_s = self.actor_busy_s = 0.0  # limiter waits, all batch time (actors)
+        self.learner_wait_share = math.nan  # the learner's share of time waiting for data
 
     # -- feeding ------------------------------------------------------------------------------
     def on_batch(self, r: BatchReport) -> None:
@@ -79,6 +81,8 @@ class RunStats:
         a.version, a.status = r.version, "blocked" if r.blocked else "sampling"
         a.rate.add(r.written)
         self.traj_rate.add(r.written)
+        self.actor_held_s += r.held_s
+        self.actor_busy_s += r.held_s + r.sample_s + r.write_s
         self.trajectories += r.written
         if r.written:
             self.recent.append(r)
@@ -118,6 +122,14 @@ class RunStats:
         n = sum(r.forget for r in self.recent)
         return sum(r.forget_positive for r in self.recent) / n if n else math.nan
 
+    def actors_held_share(self) -> float:
+        """Share of the actors' time the rate limiter held them (the learner is behind)."""
+        return self.actor_held_s / self.actor_busy_s if self.actor_busy_s > 0 else math.nan
+
+    def balance_text(self) -> str:
+        return (f"actors held {100 * self.actors_held_share():.0f}%, learner waits "
+                f"{100 * self.learner_wait_share:.0f}%")
+
     def publish_p50(self) -> float:
         return statistics.median(self.publish_ms) if self.publish_ms else math.nan
 
@@ -133,6 +145,7 @@ class RunStats:
             "learner/steps_per_s": self.step_rate.per_s(),
             "learner/staleness_max": float(max(self.staleness, default=0)),
             "replay/fill": self.replay_size / self.capacity,
+            "runtime/actors_held_share": self.actors_held_share(),
             "runtime/publish_to_applied_ms": self.publish_ms[-1] if self.publish_ms else math.nan,
         }
         for i, a in self.actors.items():
@@ -159,7 +172,8 @@ class RunStats:
             f"{self.step_rate.per_s():.2f} steps/s | traj {self.trajectories} "
             f"({self.traj_rate.per_s():.2f}/s) | replay {self.replay_size}/{self.capacity} | "
             f"staleness {self.staleness_text()} | publish p50 {self.publish_p50():.0f} ms | "
-            f"reward {self.reward_mean():.3f} | UA proxy {self.ua_proxy():.2f} | {actors}"
+            f"reward {self.reward_mean():.3f} | UA proxy {self.ua_proxy():.2f} | "
+            f"{self.balance_text()} | {actors}"
         )
 
     def table(self) -> Group:
@@ -175,6 +189,7 @@ class RunStats:
             f"{self.staleness_text()}",
             f"publish->applied p50 {self.publish_p50():.0f} ms",
         )
+        head.add_row(f"[bold]balance[/] {self.balance_text()}", "")
         head.add_row(
             f"[bold]reward[/] {self.reward_mean():.3f}  UA proxy {self.ua_proxy():.2f}",
             f"trajectories {self.trajectories} ({self.traj_rate.per_s():.2f}/s)",

@@ -62,6 +62,7 @@ class BatchReport:
     blocked: bool  # the rate limiter gave no room (nothing sampled) or held a write too long
     next_seed: int  # actor state after this batch (goes into checkpoints)
     rng: torch.Tensor  # uint8 generator state after this batch
+    held_s: float = 0.0  # waiting for room in the replay (the rate limiter held this actor)
 
     def actor_state(self) -> dict[str, Any]:
         """The actor's part of a checkpoint after this batch."""

@@ -172,7 +172,9 @@ class ActorWorker:
         n = n or self.cfg.sampler.batch_size
         t0 = time.perf_counter()
         if not self._wait_for_room(n, self.cfg.actors.weight_poll_s):
-            return self._report([], 0, t0, t0, time.perf_counter(), blocked=True)
+            t = time.perf_counter()
+            return self._report([], 0, t0, t0, t, blocked=True, held_s=t - t0)
+        held_s = time.perf_counter() - t0
         with self.model_lock:
             if self.pending is not None:
                 self._apply_pending()
@@ -185,7 +187,9 @@ class ActorWorker:
         except ReplayTimeout as e:
             self._say(logging.WARNING, "%s", e)
             written, blocked = [trajs[i] for i in e.written], True
-        return self._report(written, len(trajs), t0, t1, time.perf_counter(), blocked)
+        t2 = time.perf_counter()
+        held_s += (t2 - t1) if blocked else 0.0  # a write the limiter held to its timeout
+        return self._report(written, len(trajs), t0, t1, t2, blocked, held_s)
 
     def _wait_for_room(self, n: int, wait_s: float) -> bool:
         """Whether the replay takes (up to) a batch now, waiting at most wait_s; weights that
@@ -200,6 +204,7 @@ class ActorWorker:
         t1: float,
         t2: float,
         blocked: bool,
+        held_s: float = 0.0,
     ) -> BatchReport:
         forget = [t for t in written if t.role == "forget"]
         return BatchReport(
@@ -216,6 +221,7 @@ class ActorWorker:
             blocked=blocked,
             next_seed=self.actor.next_seed,
             rng=self.actor.rng.get_state(),
+            held_s=held_s,
         )
 
     def ping(self) -> dict:
