@@ -130,6 +130,7 @@ class Critic(nn.Module):
         if self.feature_gate is not None:
             nn.init.zeros_(self.feature_gate.weight)
             nn.init.zeros_(self.feature_gate.bias)
+        self.train()  # frozen parts in eval mode before the first `inputs`, not after
 
     def set_reward_affine(self, shift: float, scale: float) -> None:
         """Fix the units of the head's output: raw reward = output * scale + shift."""
@@ -149,11 +150,14 @@ class Critic(nn.Module):
         return cls(visual, clip.preprocess_cfg, clip.embed_dim, clip.embed_dim, cfg)
 
     def train(self, mode: bool = True) -> Critic:
-        """Train mode everywhere except BatchNorm, whose running statistics stay frozen."""
+        """Train mode everywhere except BatchNorm, whose running statistics stay frozen, and a
+        frozen image tower, which is a fixed function of the state (eval mode throughout)."""
         super().train(mode)
         for m in self.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+        if not self.train_image_tower:
+            self.visual.eval()
         return self
 
     def preprocess(self, pixels: Tensor) -> Tensor:

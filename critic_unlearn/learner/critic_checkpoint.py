@@ -15,7 +15,8 @@ from critic_unlearn.config import CriticConfig
 from critic_unlearn.learner.checkpoint import load_checkpoint
 from critic_unlearn.learner.critic import Critic
 
-KIND = "critic-pretrain/2"  # 2: raw-reward targets through a fixed affine
+KIND = "critic-pretrain/3"  # 2: raw-reward targets through a fixed affine; 3: the frozen tower
+# in eval mode from the start (BatchNorm statistics no longer moved by the pretraining inputs)
 # critic settings that change the network: a checkpoint loads only into the same architecture
 ARCH_FIELDS = ("input", "timestep_input", "fusion", "hidden", "timestep_dim", "train_image_tower",
                "reward_feature", "latent_channels")
