@@ -2,9 +2,11 @@
 crashed Redis, and still reaches its budget with whole checkpoints and exact bookkeeping.
 
 A fault thread SIGKILLs a random actor every --actor-every seconds, the learner once (after a
-third of the budget, past a checkpoint) and Redis once (after two thirds; a private server with
-an fsync'd append-only file, as a replay that must survive a crash is configured). The run is
-the embedded toy world with --actors actors, sized so faults land while it works. After it:
+third of the budget, past a checkpoint; with --learner-workers N > 1 the last rank of the
+learner group, which takes the whole group back to the checkpoint) and Redis once (after two
+thirds; a private server with an fsync'd append-only file, as a replay that must survive a crash
+is configured). The run is the embedded toy world with --actors actors, sized so faults land
+while it works. After it:
 
   runs_lost         0 when the run returned at its budget, else 1
   half_checkpoints  checkpoint and snapshot files that do not load whole
@@ -19,6 +21,7 @@ accounting_ok with those details.
 
     python -m bench.chaos                    # 4 actors, 600 updates, >= 20 faults (~8 min here)
     python -m bench.chaos --quick            # 2 actors, one fault of each kind, by step (CI)
+    python -m bench.chaos --learner-workers 2  # the same with two data-parallel learner workers
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ def overrides(args: argparse.Namespace, run_dir: Path, redis_url: str) -> list[s
         "learner.train_steps=2",
         f"learner.max_steps={args.steps}",
         "learner.checkpoint_every=2",
+        f"learner.num_workers={args.learner_workers}",
         f"replay.url={redis_url}",
         "replay.capacity=128",
         "replay.min_size_to_sample=8",
@@ -85,7 +89,7 @@ def overrides(args: argparse.Namespace, run_dir: Path, redis_url: str) -> list[s
         "runtime.device=cpu",
         "runtime.num_threads=1",
         "runtime.ray_num_cpus=2",
-        "runtime.learner_cpus=0.5",
+        f"runtime.learner_cpus={0.5 / args.learner_workers:g}",  # half a CPU for all of them
         "runtime.progress_every_s=15",
         f"runtime.run_dir={run_dir}",
         f"runtime.run_name={RUN_NAME}",
@@ -132,10 +136,12 @@ def inject(args, run_dir: Path, redis: RedisServer, faults: Faults, done: thread
                     faults.log.append(f"step {steps}: killed actor {i}")
             next_actor = time.monotonic() + args.actor_every
         if not faults.learner_kills and steps >= learner_at and steps % 2 == 1:
-            if _kill(status.get("learner", {}).get("pid")):
+            pids = status.get("learner", {}).get("pids") or [None]
+            if _kill(pids[-1]):
                 faults.learner_kills += 1
                 faults.learner_killed_at_step = steps
-                faults.log.append(f"step {steps}: killed the learner")
+                rank = f" (rank {len(pids) - 1} of {len(pids)})" if len(pids) > 1 else ""
+                faults.log.append(f"step {steps}: killed the learner{rank}")
         if not faults.redis_restarts and steps >= redis_at:
             redis.kill()
             time.sleep(0.5)
@@ -200,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--actor-at-step", type=int, default=0, help="kill actors from this learner "
                    "step on instead of every --actor-every seconds (0: by time)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--learner-workers", type=int, default=1,
+                   help="learner.num_workers (data-parallel learner workers)")
     p.add_argument("--out", type=Path, default=Path("runs/chaos"))
     p.add_argument("--quick", action="store_true", help="2 actors, 24 steps, one fault of each")
     args = p.parse_args(argv)
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
         error = ""
         try:
             result = train_ray(cfg)
-            completed = result.version == args.steps
+            completed = result.updates == args.steps
             counted = result.trajectories
         except Exception as e:  # a lost run is this bench's finding, not its crash
             completed, counted, error = False, 0, f"{type(e).__name__}: {e}"
@@ -263,6 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
         "learner_kills": faults.learner_kills,
         "redis_restarts": faults.redis_restarts,
         "learner_steps_redone": redone,
+        "learner_workers": args.learner_workers,
         "wall_s": round(wall, 1),
         "run_dir": str(run_dir),
     }

@@ -108,6 +108,7 @@ def train(
                 "trajectories": r.trajectories,
                 "learner_steps": r.learner_steps,
                 "version": r.version,
+                "updates": r.updates,
                 "wall_s": round(r.wall_s, 2),
             }
         )
