@@ -291,7 +291,7 @@ class ActorsConfig(Section):
     restart_backoff_s: PositiveFloat = 1.0  # seconds before restarting a dead actor; doubles
     restart_backoff_max_s: PositiveFloat = 30.0  # seconds, cap of that delay
     # torch.compile the actor's UNet (in place, LoRA included): the first batch pays the compile
-    # (minutes at SD-1.5 scale), later ones run faster on a GPU; bench.gpu_suite measures both
+    # (minutes at SD-1.5 scale), later ones run faster on a GPU; bench.micro.gpu_suite measures both
     compile: bool = False
 
 

@@ -1,7 +1,8 @@
 """Adversarial prompts in the loop, end to end on tiny models, in both runtimes: with
 attack.in_loop_every = 1 the learner attacks every new adapter, the pool reaches the actors with
 the weights, their pool-prompt trajectories land in the replay carrying their soft tokens, and the
-attack's cost is in metrics.jsonl (what bench/robustness.py's adversarial arm waits for)."""
+attack's cost is in metrics.jsonl (what bench/experiments/robustness.py's adversarial arm waits
+for)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""bench.chaos --quick, the CI version of the chaos run: an actor SIGKILLed at step 4, the
+"""bench.stress.chaos --quick, the CI version of the chaos run: an actor SIGKILLed at step 4, the
 learner at step 9 (a step past its checkpoint), Redis crashed at step 16, on the Ray runtime with
 2 toy-world actors. The run must reach its budget with whole checkpoints and exact books."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.chaos import main as chaos
+from bench.stress.chaos import main as chaos
 
 
 @pytest.mark.slow
