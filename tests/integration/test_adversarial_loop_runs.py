@@ -21,7 +21,7 @@ from critic_unlearn.training.metrics import read_metrics
 from tests.integration.test_local_trainer import config
 
 # the Ray runtime's fixtures: an in-process cluster, a private Redis, its tiny run config
-from tests.integration.test_runtime_local import clip_dir, local_ray, make_cfg, redis  # noqa: F401
+from tests.integration.test_runtime_local import local_ray, make_cfg, redis  # noqa: F401
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 ATTACK = [

@@ -47,7 +47,6 @@ from tests.integration._doc_blocks import (
 )
 from tests.integration.test_runtime_cluster import Head
 from tests.integration.test_runtime_local import runtime_overrides
-from tests.unit._clip_fixtures import tiny_clip_folder
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -230,11 +229,6 @@ def test_block_helpers(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # README.md
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.mark.slow
