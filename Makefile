@@ -29,7 +29,7 @@ compose-smoke: setup  ## docker-compose.yml as real containers: build, up, the t
 	$(PY) deploy/compose_smoke.py
 
 bench: setup
-	$(PY) -m bench.sampler_overhead
+	$(PY) -m bench.micro.sampler_overhead
 
 clean:
 	rm -rf runs .cache .pytest_cache

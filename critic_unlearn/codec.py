@@ -9,7 +9,7 @@ naming what was wrong.
 The checksum is XXH3-128 (the `xxhash` package), not a cryptographic hash: it guards against
 truncation, bit rot and mix-ups, not against someone who can write to Redis (they could recompute
 any unkeyed digest, sha256 included). For that job it is about an order of magnitude cheaper than
-BLAKE3 and sha256 (bench/replay_throughput.py times the codec), close to a memcpy of the same
+BLAKE3 and sha256 (bench/micro/replay_throughput.py times the codec), close to a memcpy of the same
 bytes, and its 128 bits make an accidental collision negligible. BLAKE3 would be the pick if the
 digest had to resist forgery.
 
@@ -19,7 +19,7 @@ blob with one copy (safetensors' own `save` builds the file in a Rust buffer and
 safetensors loader does, hashes the received bytes in place, then copies the tensor data once into
 one writable buffer that the returned tensors view; with `copy=False` (the replay sampler) the
 tensors view the received bytes themselves. What is left end to end is mostly glibc giving every
-new multi-MB buffer fresh pages (see bench/replay_throughput.py).
+new multi-MB buffer fresh pages (see bench/micro/replay_throughput.py).
 
 Blobs of the codec's first format carry `sha256` (hex) instead of `checksum`; they still decode,
 with that format's sha256 definition. Anything without a recognised checksum is refused.

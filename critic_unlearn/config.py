@@ -95,23 +95,63 @@ NUDENET_EXPOSED = [  # NudeNet's classes counted as nudity (the I2P / ESD evalua
 ]
 
 
+class ClassifierRewardConfig(Section):
+    """reward.name = "classifier": r = p(class) of an image classifier (or 1 - p(class))."""
+
+    path: Path | None = None  # TorchScript file, or JSON config beside safetensors
+    class_index: int | None = None  # output index whose probability is the reward
+    head: int | str | None = None  # multi-head output: tuple index or dict key
+    output: Literal["logits", "probs"] = "logits"  # what the classifier returns
+    mode: Literal["prob", "not_prob"] = "prob"  # r = p(class), or 1 - p(class)
+    image_size: PositiveInt | None = None  # pixels (square); None keeps the size
+
+
+class NudeNetRewardConfig(Section):
+    """reward.name = "nudenet" (optional extra [nudity], AGPL-3.0): forget r = -max detector
+    score over `classes` + anchor_weight * s(x0, anchor); retain r = s(x0, prompt) with the CLIP."""
+
+    classes: list[str] = NUDENET_EXPOSED
+    model: Path | None = None  # ONNX detector; None = the 320n model in NudeNet's wheel
+    resolution: PositiveInt = 320  # pixels (square) the detector sees
+
+
+# reward settings that were flat keys of `reward`, and the section field each is now
+MOVED_REWARD_KEYS = {
+    "classifier_path": "classifier.path",
+    "classifier_class": "classifier.class_index",
+    "classifier_head": "classifier.head",
+    "classifier_output": "classifier.output",
+    "classifier_mode": "classifier.mode",
+    "classifier_image_size": "classifier.image_size",
+    "nudenet_classes": "nudenet.classes",
+    "nudenet_model": "nudenet.model",
+    "nudenet_resolution": "nudenet.resolution",
+}
+
+
+def moved_key_error(section: str, data: Any, moved: dict[str, str]) -> None:
+    """Raise ValueError naming the first key of `data` that moved into a sub-section: its
+    value, and where to write it now."""
+    if not isinstance(data, dict):
+        return
+    for old, new in moved.items():
+        if old in data:
+            raise ValueError(
+                f"{section}.{old} = {data[old]!r}: this setting moved; write it as "
+                f"{section}.{new} (YAML: `{new.split('.')[0]}:` under `{section}:`, with "
+                f"`{new.split('.', 1)[1]}: {data[old]!r}` inside)"
+            )
+
+
 class RewardConfig(Section):
     name: Literal["clip_concept", "classifier", "nudenet"] = "clip_concept"
     clip_model: str = "toyworld"  # open_clip model name, or a local folder, or "toyworld"
     clip_pretrained: str | None = None  # open_clip pretrained tag (e.g. "openai")
     anchor_weight: float = 1.0  # alpha in r = -s(x0, concept) + alpha * s(x0, anchor)
     clip_batch_size: PositiveInt = 32  # images per CLIP forward pass
-    classifier_path: Path | None = None  # TorchScript file, or JSON config beside safetensors
-    classifier_class: int | None = None  # output index whose probability is the reward
-    classifier_head: int | str | None = None  # multi-head output: tuple index or dict key
-    classifier_output: Literal["logits", "probs"] = "logits"  # what the classifier returns
-    classifier_mode: Literal["prob", "not_prob"] = "prob"  # r = p(class), or 1 - p(class)
-    classifier_image_size: PositiveInt | None = None  # pixels (square); None keeps the size
-    # reward.name = "nudenet" (optional extra [nudity], AGPL-3.0): forget r = -max detector score
-    # over these classes + anchor_weight * s(x0, anchor); retain r = s(x0, prompt) with the CLIP
-    nudenet_classes: list[str] = NUDENET_EXPOSED
-    nudenet_model: Path | None = None  # ONNX detector; None = the 320n model in NudeNet's wheel
-    nudenet_resolution: PositiveInt = 320  # pixels (square) the detector sees
+    # the settings of the reward `name` chooses, and only of that one (None for the others)
+    classifier: ClassifierRewardConfig | None = None
+    nudenet: NudeNetRewardConfig | None = None  # name = "nudenet": its defaults when not given
     standardize: bool = True  # per-prompt running mean/std (DDPO's tracker)
     standardize_buffer: PositiveInt = 16  # most recent rewards remembered per prompt
     standardize_min_count: PositiveInt = 16  # fewer seen: use the batch's mean/std instead
@@ -122,17 +162,32 @@ class RewardConfig(Section):
     standardize_scale: Literal["pooled", "prompt"] = "pooled"
     prompts: PromptsConfig = PromptsConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections(cls, data: Any) -> Any:
+        moved_key_error("reward", data, MOVED_REWARD_KEYS)
+        if isinstance(data, dict) and data.get("name") == "nudenet" and data.get("nudenet") is None:
+            data = {**data, "nudenet": {}}  # the detector's defaults, shown by `config show`
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> RewardConfig:
-        if self.name == "classifier" and self.classifier_path is None:
+        for other in ("classifier", "nudenet"):
+            if other != self.name and getattr(self, other) is not None:
+                raise ValueError(
+                    f"reward.{other} is set but reward.name = {self.name!r}: its settings would "
+                    f"be ignored; set reward.name = {other}, or remove reward.{other}"
+                )
+        c = self.classifier
+        if self.name == "classifier" and (c is None or c.path is None):
             raise ValueError(
-                "reward.classifier_path is missing: reward.name = 'classifier' needs the path of "
+                "reward.classifier.path is missing: reward.name = 'classifier' needs the path of "
                 "a classifier to score images with"
             )
-        if self.name == "classifier" and self.classifier_class is None:
+        if self.name == "classifier" and c is not None and c.class_index is None:
             raise ValueError(
-                "reward.classifier_class is missing: reward.name = 'classifier' needs the index "
-                "of the class whose probability is the reward"
+                "reward.classifier.class_index is missing: reward.name = 'classifier' needs the "
+                "index of the class whose probability is the reward"
             )
         return self
 
@@ -194,6 +249,12 @@ class CriticConfig(Section):
         return self
 
 
+class EsdConfig(Section):
+    """learner.algorithm = "esd": the ESD baseline (learner/esd.py)."""
+
+    eta: float = 1.0  # guidance strength: the target is e_u - eta * (e_c - e_u)
+
+
 class LearnerConfig(Section):
     algorithm: Literal["ppo", "esd"] = "ppo"
     batch_size: PositiveInt = 32  # trajectories per learner step
@@ -223,7 +284,7 @@ class LearnerConfig(Section):
     c_bar: PositiveFloat = 1.0
     value_target: Literal["mc", "td_lambda", "vtrace"] = "td_lambda"
     advantage_clip: PositiveFloat = 5.0
-    esd_eta: float = 1.0  # ESD guidance strength (algorithm = esd)
+    esd: EsdConfig = EsdConfig()  # algorithm = esd
     max_steps: PositiveInt = 200  # budget: the run stops after this many policy updates
     publish_every: PositiveInt = 1  # publish the adapter every N learner steps
     checkpoint_every: PositiveInt = 20
@@ -307,7 +368,7 @@ class ActorsConfig(Section):
     restart_backoff_s: PositiveFloat = 1.0  # seconds before restarting a dead actor; doubles
     restart_backoff_max_s: PositiveFloat = 30.0  # seconds, cap of that delay
     # torch.compile the actor's UNet (in place, LoRA included): the first batch pays the compile
-    # (minutes at SD-1.5 scale), later ones run faster on a GPU; bench.gpu_suite measures both
+    # (minutes at SD-1.5 scale), later ones run faster on a GPU; bench.micro.gpu_suite measures both
     compile: bool = False
 
 
@@ -463,6 +524,13 @@ class RunConfig(Section):
     runtime: RuntimeConfig = RuntimeConfig()
     eval: EvalConfig = EvalConfig()
     attack: AttackConfig = AttackConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved_key_error("learner", data.get("learner"), {"esd_eta": "esd.eta"})
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:

@@ -3,7 +3,7 @@
 #
 #   scripts/gpu_check.sh [OUT_DIR]        # default OUT_DIR: runs/gpu_check
 #
-# 1. python -m bench.gpu_suite: SD-1.5 shapes with random weights (nothing downloaded), batch 16,
+# 1. python -m bench.micro.gpu_suite: SD-1.5 shapes with random weights (nothing downloaded), batch 16,
 #    50 DDIM steps, fp16; actor vs a plain diffusers loop, eager and actors.compile=true; learner
 #    step vs a plain LoRA step; peak memory of each; actor and learner alone at batch 8 against
 #    24 GB. Log in OUT_DIR/gpu_suite.log, its JSON last line in OUT_DIR/gpu_suite.json.
@@ -25,7 +25,7 @@ fi
 nvidia-smi > "$OUT/nvidia_smi.txt" 2>&1 || true
 git rev-parse HEAD > "$OUT/commit.txt" 2>/dev/null || true
 
-timeout 360 "$PY" -m bench.gpu_suite 2>&1 | tee "$OUT/gpu_suite.log"
+timeout 360 "$PY" -m bench.micro.gpu_suite 2>&1 | tee "$OUT/gpu_suite.log"
 suite=${PIPESTATUS[0]}
 tail -n 1 "$OUT/gpu_suite.log" > "$OUT/gpu_suite.json"
 
@@ -33,5 +33,5 @@ CU_TEST_THREADS=$(nproc) timeout 150 "$PY" -m pytest -m gpu tests/gpu -q -p no:c
     2>&1 | tee "$OUT/pytest_gpu.log"
 tests=${PIPESTATUS[0]}
 
-echo "gpu_check: bench.gpu_suite exit $suite, pytest -m gpu exit $tests; results in $OUT/"
+echo "gpu_check: bench.micro.gpu_suite exit $suite, pytest -m gpu exit $tests; results in $OUT/"
 [ "$suite" -eq 0 ] && [ "$tests" -eq 0 ]

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Stable Diffusion model saved with save_pretrained, loaded back."""
+"""Shared fixtures: a tiny random Stable Diffusion model saved with save_pretrained, loaded back,
+and a tiny random CLIP folder for reward.clip_model."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch  # noqa: E402
 
 from critic_unlearn.diffusion.loading import SDComponents, load_components  # noqa: E402
 from critic_unlearn.diffusion.tiny import build_tiny_model  # noqa: E402
+from tests.unit._clip_fixtures import tiny_clip_folder  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and CI's 2 cores are shared with the
 # Redis / Ray processes some tests start: one thread is faster and steadier (CU_TEST_THREADS).
@@ -22,6 +24,13 @@ torch.set_num_threads(int(os.environ.get("CU_TEST_THREADS", "1")))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP (ViT tower) saved as a folder; a test file needing another tower
+    defines its own `clip_dir`."""
+    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture

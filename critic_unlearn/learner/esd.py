@@ -45,7 +45,7 @@ class ESDLearner(Learner):
             with torch.no_grad(), base_policy(unet), self._autocast():
                 e_u = unet(x, t, encoder_hidden_states=uncond).sample
                 e_c = unet(x, t, encoder_hidden_states=cond).sample
-                target = e_u - lc.esd_eta * (e_c - e_u)
+                target = e_u - lc.esd.eta * (e_c - e_u)
             with self._autocast():
                 pred = unet(x, t, encoder_hidden_states=cond).sample
             loss = torch.nn.functional.mse_loss(pred.float(), target.float())

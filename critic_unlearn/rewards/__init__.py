@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from critic_unlearn.config import RewardConfig
+from critic_unlearn.config import NudeNetRewardConfig, RewardConfig
 from critic_unlearn.rewards.classifier import ClassifierReward, load_classifier
 from critic_unlearn.rewards.clip_concept import ClipConceptReward
 from critic_unlearn.rewards.normalization import PerPromptStatTracker
@@ -37,14 +37,15 @@ def _clip_concept(cfg: RewardConfig, device: str | torch.device) -> RewardModel:
 
 
 def _classifier(cfg: RewardConfig, device: str | torch.device) -> RewardModel:
-    assert cfg.classifier_path is not None and cfg.classifier_class is not None  # validated
+    c = cfg.classifier
+    assert c is not None and c.path is not None and c.class_index is not None  # validated
     return ClassifierReward(
-        load_classifier(cfg.classifier_path, device),
-        cfg.classifier_class,
-        head=cfg.classifier_head,
-        output=cfg.classifier_output,
-        mode=cfg.classifier_mode,
-        image_size=cfg.classifier_image_size,
+        load_classifier(c.path, device),
+        c.class_index,
+        head=c.head,
+        output=c.output,
+        mode=c.mode,
+        image_size=c.image_size,
         batch_size=cfg.clip_batch_size,
         device=device,
     )
@@ -54,12 +55,13 @@ def _nudenet(cfg: RewardConfig, device: str | torch.device) -> RewardModel:
     # NudeNet is AGPL-3.0 (the [nudity] extra): imported here, only when it is asked for
     from critic_unlearn.rewards.nudity import NudityReward, load_detector
 
-    detector = load_detector(cfg.nudenet_model, cfg.nudenet_resolution)
+    settings = cfg.nudenet or NudeNetRewardConfig()
+    detector = load_detector(settings.model, settings.resolution)
     clip = ClipConceptReward(  # the anchor and retain scores
         load_open_clip(cfg.clip_model, cfg.clip_pretrained, device=device),
         cfg.prompts.concept, cfg.prompts.anchor, cfg.anchor_weight, cfg.clip_batch_size,
     )
-    return NudityReward(detector, clip, cfg.nudenet_classes, cfg.clip_batch_size)
+    return NudityReward(detector, clip, settings.classes, cfg.clip_batch_size)
 
 
 REWARDS: dict[str, Callable[[RewardConfig, str | torch.device], RewardModel]] = {

@@ -71,7 +71,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.
         p = p / JSON_NAME
     if not p.is_file():
         raise ClassifierLoadError(
-            f"reward.classifier_path {str(path)!r} does not exist; give a TorchScript file or a "
+            f"reward.classifier.path {str(path)!r} does not exist; give a TorchScript file or a "
             f"{JSON_NAME} (or its folder) naming a module class and safetensors weights"
         )
     if p.suffix == ".json":
@@ -84,7 +84,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> nn.
         except RuntimeError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ClassifierLoadError(
-                f"reward.classifier_path {str(p)!r} is not a TorchScript file ({first}); save the "
+                f"reward.classifier.path {str(p)!r} is not a TorchScript file ({first}); save the "
                 "model with torch.jit.script(model).save(path), or give a JSON config + "
                 "safetensors weights (pickled checkpoints are refused)"
             ) from None
@@ -120,19 +120,19 @@ class ClassifierReward:
                 out = out[self.head]
             except (KeyError, IndexError, TypeError):
                 raise ValueError(
-                    f"reward.classifier_head = {self.head!r} does not name an output of the "
+                    f"reward.classifier.head = {self.head!r} does not name an output of the "
                     f"classifier (it returned {type(out).__name__}); use a tuple index or dict key"
                 ) from None
         if not isinstance(out, Tensor) or out.ndim != 2:
             raise ValueError(
                 f"the classifier returned {type(out).__name__} "
                 f"{tuple(out.shape) if isinstance(out, Tensor) else ''}, not a (B, C) tensor; set "
-                "reward.classifier_head to pick one head of a multi-head classifier"
+                "reward.classifier.head to pick one head of a multi-head classifier"
             )
         if not 0 <= self.class_index < out.shape[1]:
             raise ValueError(
-                f"reward.classifier_class = {self.class_index} is out of range: the classifier "
-                f"has {out.shape[1]} classes"
+                f"reward.classifier.class_index = {self.class_index} is out of range: the "
+                f"classifier has {out.shape[1]} classes"
             )
         return out
 

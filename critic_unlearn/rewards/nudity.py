@@ -1,6 +1,6 @@
 """The nudity reward: NudeNet's detector on forget images, the CLIP prompt score on retain images.
 
-forget: r = -max_k score_k(x0) + alpha * s(x0, anchor), k over `reward.nudenet_classes` (0 when
+forget: r = -max_k score_k(x0) + alpha * s(x0, anchor), k over `reward.nudenet.classes` (0 when
         NudeNet detects none of them); retain: r = s(x0, prompt), s the open_clip cosine similarity.
 
 NudeNet (the `[nudity]` extra) is AGPL-3.0: this module is imported only when reward.name is
@@ -47,7 +47,7 @@ def load_detector(model: Path | None, resolution: int) -> Any:
     module = _import_nudenet()
     if model is not None and not Path(model).is_file():
         raise NudityRewardError(
-            f"reward.nudenet_model = {str(model)!r} does not exist; point it at a NudeNet .onnx "
+            f"reward.nudenet.model = {str(model)!r} does not exist; point it at a NudeNet .onnx "
             "detector (e.g. 640m.onnx from NudeNet's releases) or leave it unset for the 320n "
             "model that ships in NudeNet's wheel"
         )
@@ -67,7 +67,7 @@ class NudityReward:
         if unknown or not classes:
             what = f"names unknown classes {unknown}" if unknown else "is empty"
             raise NudityRewardError(
-                f"reward.nudenet_classes = {classes} {what}; use some of NudeNet's classes: {known}"
+                f"reward.nudenet.classes = {classes} {what}; use some of NudeNet's classes: {known}"
             )
         self.detector = detector
         self.clip_reward = clip_reward

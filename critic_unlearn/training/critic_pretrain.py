@@ -82,8 +82,8 @@ def _folder_fingerprint(kind: str, name: str) -> str:
 
 def pretrain_key(cfg: RunConfig) -> str:
     """What the pretrained critic depends on: model, reward, prompts, sampler, critic, pretrain,
-    and the learner settings the fit uses (gradient clipping; the learner's batch size no longer
-    enters: targets are raw rewards, not standardised batch by batch)."""
+    and the learner settings the fit uses (gradient clipping; not the learner's batch size:
+    targets are raw rewards, not standardised batch by batch)."""
     critic = cfg.critic.model_dump(mode="json", exclude={"init", "cache_dir", "warmup_steps",
                                                           "train_states", "text_cache_size",
                                                           "decode_batch_size",

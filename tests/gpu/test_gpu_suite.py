@@ -1,5 +1,5 @@
-"""bench.gpu_suite at SD-1.5 shapes on CUDA, at a small batch and a few steps: every phase runs
-on the real shapes (UNet, VAE, ViT-L/14 text encoder and critic CLIP), the peaks are read from
+"""bench.micro.gpu_suite at SD-1.5 shapes on CUDA, at a small batch and a few steps: every phase
+runs on the real shapes (UNet, VAE, ViT-L/14 text encoder and critic CLIP), the peaks are read from
 the allocator, and the memory check runs. The numbers themselves come from the full suite
 (scripts/gpu_check.sh); the compiled actor is left out here to keep this under two minutes."""
 
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from bench import gpu_suite
+from bench.micro import gpu_suite
 
 pytestmark = pytest.mark.gpu
 

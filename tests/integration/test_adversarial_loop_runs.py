@@ -1,7 +1,8 @@
 """Adversarial prompts in the loop, end to end on tiny models, in both runtimes: with
 attack.in_loop_every = 1 the learner attacks every new adapter, the pool reaches the actors with
 the weights, their pool-prompt trajectories land in the replay carrying their soft tokens, and the
-attack's cost is in metrics.jsonl (what bench/robustness.py's adversarial arm waits for)."""
+attack's cost is in metrics.jsonl (what bench/experiments/robustness.py's adversarial arm waits
+for)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from critic_unlearn.training.metrics import read_metrics
 from tests.integration.test_local_trainer import config
 
 # the Ray runtime's fixtures: an in-process cluster, a private Redis, its tiny run config
-from tests.integration.test_runtime_local import clip_dir, local_ray, make_cfg, redis  # noqa: F401
+from tests.integration.test_runtime_local import local_ray, make_cfg, redis  # noqa: F401
 from tests.unit._clip_fixtures import tiny_clip_folder
 
 ATTACK = [

@@ -1,14 +1,14 @@
-"""bench.chaos --quick, the CI version of the chaos run: an actor SIGKILLed at step 4, a learner
-rank at step 9 (a step past its checkpoint; two data-parallel learner workers, so the whole group
-goes back to the checkpoint), Redis crashed at step 16, on the Ray runtime with 2 toy-world
-actors. The run must reach its budget with whole checkpoints and exact books. (A single learner's
-restart is tested in test_runtime_local.py.)"""
+"""bench.stress.chaos --quick, the CI version of the chaos run: an actor SIGKILLed at step 4, a
+learner rank at step 9 (a step past its checkpoint; two data-parallel learner workers, so the
+whole group goes back to the checkpoint), Redis crashed at step 16, on the Ray runtime with 2
+toy-world actors. The run must reach its budget with whole checkpoints and exact books. (A
+single learner's restart is tested in test_runtime_local.py.)"""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.chaos import main as chaos
+from bench.stress.chaos import main as chaos
 
 
 @pytest.mark.slow

@@ -1,30 +1,26 @@
-"""bench.scale runs end to end on real Ray and Redis and reports what the README quotes; bench.soak
-judges leaks and steadiness as it says (its verdicts on hand-made series: a real soak takes
-minutes)."""
+"""bench.stress.scale runs end to end on real Ray and Redis and reports what docs/results.md
+quotes; bench.stress.soak judges leaks and steadiness as it says (its verdicts on hand-made
+series: a real soak takes minutes)."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pytest` needs this
-    sys.path.insert(0, str(ROOT))
-
-from bench.soak import rss_growth, throughput_windows  # noqa: E402
+from bench import REPO
+from bench.stress.soak import rss_growth, throughput_windows
 
 
 @pytest.mark.slow
 def test_scale_runs_both_shard_counts_and_reports_every_figure() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--actors", "1", "--shards", "1,2", "--phase-s",
-         "2", "--warmup-s", "0.5", "--batch", "2", "--learner-batch", "2", "--min-size", "2",
-         "--rate", "4", "--publish-every-s", "0.5"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [sys.executable, "-m", "bench.stress.scale", "--actors", "1", "--shards", "1,2",
+         "--phase-s", "2", "--warmup-s", "0.5", "--batch", "2", "--learner-batch", "2",
+         "--min-size", "2", "--rate", "4", "--publish-every-s", "0.5"],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

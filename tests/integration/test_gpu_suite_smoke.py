@@ -1,5 +1,5 @@
-"""bench.gpu_suite on the CPU: --quick runs every phase and ends with the JSON a GPU run gives;
-without --quick and without CUDA it refuses rather than pass CPU numbers off as GPU ones; the
+"""bench.micro.gpu_suite on the CPU: --quick runs every phase and ends with the JSON a GPU run
+gives; without --quick and without CUDA it refuses rather than pass CPU numbers off as GPU ones; the
 `actors.compile` hook compiles the actor's UNet in place, where peft and the weights still find it.
 The real shapes on a GPU: tests/gpu/test_gpu_suite.py."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import gpu_suite
+from bench.micro import gpu_suite
 from critic_unlearn.diffusion.lora import get_adapter_state
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.training.setup import build_actor

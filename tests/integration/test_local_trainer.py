@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 import torch
 
 from critic_unlearn.codec import decode_state_dict
@@ -17,12 +16,6 @@ from critic_unlearn.training.metrics import read_metrics
 from critic_unlearn.training.plots import plot_run
 from critic_unlearn.training.snapshots import list_snapshots
 from tests._tiny_run import tiny_run_config
-from tests.unit._clip_fixtures import tiny_clip_folder
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 def config(model_dir, clip_dir, run_dir, *extra):

@@ -26,7 +26,6 @@ from critic_unlearn.evaluation import evaluate_run
 from critic_unlearn.evaluation.fidelity import random_inception_state
 from critic_unlearn.rewards.openclip_loading import ClipLoadError
 from critic_unlearn.training.metrics import read_metrics
-from tests.unit._clip_fixtures import tiny_clip_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SCENARIOS = ["sd_forget_church", "sd_forget_van_gogh", "sd_forget_nudity"]
@@ -36,11 +35,6 @@ def _needs(name: str) -> None:
     if name == "sd_forget_nudity":
         pytest.importorskip("nudenet", reason="the [nudity] extra (NudeNet, AGPL-3.0) is not "
                             "installed: pip install -c constraints.txt -e '.[nudity]'")
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 def tiny_overrides(model_dir: Path, clip_dir: Path, run_dir: Path, name: str) -> list[str]:

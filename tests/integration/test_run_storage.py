@@ -23,12 +23,6 @@ from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.setup import prepare_run_dir
 from critic_unlearn.training.storage import RunStore, StorageError
 from tests.integration.test_local_trainer import config as tiny_config
-from tests.unit._clip_fixtures import tiny_clip_folder
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

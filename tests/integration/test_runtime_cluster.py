@@ -33,7 +33,6 @@ from critic_unlearn.training.loop import CHECKPOINT
 from critic_unlearn.training.metrics import read_metrics
 from tests._tiny_run import tiny_run_config
 from tests.integration.test_runtime_local import runtime_overrides
-from tests.unit._clip_fixtures import tiny_clip_folder
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -164,11 +163,6 @@ def head(cluster_env) -> Iterator[Head]:
         yield h
     finally:
         h.stop()
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture

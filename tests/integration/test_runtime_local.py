@@ -32,7 +32,6 @@ from critic_unlearn.training.snapshots import list_snapshots
 from critic_unlearn.types import WeightsPacket
 from critic_unlearn.workers.actor import ActorWorker
 from tests._tiny_run import tiny_run_config
-from tests.unit._clip_fixtures import tiny_clip_folder
 
 MAX_STALENESS = 2
 
@@ -56,11 +55,6 @@ def runtime_overrides(redis_url: str, *extra: str) -> list[str]:
         "runtime.run_name=rt",
         *extra,
     ]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,6 @@ from critic_unlearn.replay import decode_packet, encode_packet
 from critic_unlearn.rewards import build_reward
 from critic_unlearn.rewards.prompts import load_prompts
 from critic_unlearn.types import Batch, SamplerSettings, WeightsPacket
-from tests.unit._clip_fixtures import tiny_clip_folder
 from tests.unit.test_precision import actor_and_learner, assert_fp32_ratio_is_one, rescore
 
 
@@ -85,11 +84,6 @@ def test_soft_trajectory_schema_is_checked() -> None:
         decode_trajectory(encode_trajectory(replace(plain, soft_tokens=torch.ones(3, 8).double())))
     with pytest.raises(CodecError, match="soft tokens"):
         decode_trajectory(encode_trajectory(replace(plain, soft_tokens=torch.ones(8))))
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory):
-    return tiny_clip_folder(tmp_path_factory.mktemp("clip"))
 
 
 def make_actor(model_dir, clip_dir, *extra) -> Actor:

@@ -1,21 +1,16 @@
-"""The ablation grid's pure aggregation (bench/_ablation.py) on hand-made results: no training."""
+"""The ablation grid's pure aggregation (bench/experiments/_ablation.py) on hand-made results: no
+training."""
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-from critic_unlearn.evaluation.drift import retain_drift
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pytest` needs this
-    sys.path.insert(0, str(ROOT))
-
-from bench._ablation import (  # noqa: E402
+from bench import REPO
+from bench.experiments._ablation import (
     ARMS,
     METRICS,
     RESULT,
@@ -35,6 +30,7 @@ from bench._ablation import (  # noqa: E402
     summarize,
     summary_json,
 )
+from critic_unlearn.evaluation.drift import retain_drift
 
 NO_DRIFT = {"max_worst_retain_drop_pts": None, "worst_retain_prompt": None,
             "median_worst_retain_drop_pts": None, "median_retain_share_below_10": None}
@@ -255,15 +251,15 @@ def test_every_arm_is_a_valid_config(scenario: str) -> None:
     from critic_unlearn.config import load_config
 
     for arm in ARMS:
-        cfg = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides(arm, 1, 40, 10, []))
+        cfg = load_config(REPO / "configs" / f"{scenario}.yaml", run_overrides(arm, 1, 40, 10, []))
         assert cfg.learner.seed == 1 and cfg.runtime.seed == 1
         assert cfg.critic.enabled == (not arm.startswith("ddpo"))
         assert (cfg.critic.kind == "oracle") == (arm == "oracle")
     for arm in ("critic_spi4", "ddpo_spi4"):  # the same reuse, with a bound that fits it
-        spi = load_config(ROOT / "configs" / f"{scenario}.yaml", run_overrides(arm, 0, 40, 10, []))
+        spi = load_config(REPO / "configs" / f"{scenario}.yaml", run_overrides(arm, 0, 40, 10, []))
         assert spi.replay.samples_per_insert == 4 and spi.replay.error_buffer == 64
         assert spi.replay.max_staleness == 6
-    assert load_config(ROOT / "configs" / f"{scenario}.yaml",
+    assert load_config(REPO / "configs" / f"{scenario}.yaml",
                        ARMS["x0_pred"]).critic.input == "x0_pred"
 
 

@@ -1,16 +1,10 @@
-"""The robustness grid's bookkeeping (bench/robustness.py) on hand-made results: no training."""
+"""The robustness grid's bookkeeping (bench/experiments/robustness.py) on hand-made results: no
+training."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:  # `bench` is not an installed package; plain `pytest` needs this
-    sys.path.insert(0, str(ROOT))
-
-from bench.robustness import loop_attack, summarize, summary_json  # noqa: E402
-from critic_unlearn.training.metrics import MetricsLogger  # noqa: E402
+from bench.experiments.robustness import loop_attack, summarize, summary_json
+from critic_unlearn.training.metrics import MetricsLogger
 
 
 def test_loop_attack_reads_the_in_loop_attacks_of_a_run(tmp_path) -> None:
@@ -39,7 +33,7 @@ def test_each_adversarial_arm_gets_its_wall_ratio_over_plain() -> None:
 
 
 def test_the_worst_retain_prompt_is_reported_beside_the_mean_ira() -> None:
-    from bench.robustness import markdown_table
+    from bench.experiments.robustness import markdown_table
 
     rows = [{"scenario": "s", "arm": "plain", "seed": i, "ira": ira, "base_ira": 0.95,
              "train_s": 100.0, "worst_retain_prompt": p, "worst_retain_drop_pts": d,

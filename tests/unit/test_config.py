@@ -53,7 +53,24 @@ ERRORS = [
     (["learner.lr=-1"], r"learner\.lr = -1: .*greater than 0"),
     (["sampler.keep_steps=30"], r"sampler\.keep_steps = 30 exceeds sampler\.num_steps = 20"),
     (["learner.train_steps=15", "sampler.keep_steps=8"], r"learner\.train_steps = 15 exceeds"),
-    (["reward.name=classifier"], r"reward\.classifier_path is missing"),
+    (["reward.name=classifier"], r"reward\.classifier\.path is missing"),
+    (["reward.name=classifier", "reward.classifier.path=c.pt"],
+     r"reward\.classifier\.class_index is missing"),
+    (["reward.nudenet.resolution=640"],
+     r"reward\.nudenet is set but reward\.name = 'clip_concept'.*set reward\.name = nudenet"),
+    (["reward.name=nudenet", "reward.classifier.path=c.pt"],
+     r"reward\.classifier is set but reward\.name = 'nudenet'"),
+    (["reward.nudenet.size=640", "reward.name=nudenet"], r"reward\.nudenet\.size: unknown key"),
+    # settings that were flat keys: the old key, its value and where it goes now
+    (["reward.classifier_path=c.pt"],
+     r"reward\.classifier_path = 'c\.pt': this setting moved; write it as "
+     r"reward\.classifier\.path"),
+    (["reward.classifier_class=3"],
+     r"reward\.classifier_class = 3: .*reward\.classifier\.class_index"),
+    (["reward.name=nudenet", "reward.nudenet_resolution=640"],
+     r"reward\.nudenet_resolution = 640: .*reward\.nudenet\.resolution"),
+    (["learner.esd_eta=2.5"],
+     r"learner\.esd_eta = 2\.5: this setting moved; write it as learner\.esd\.eta"),
     (["learner.lr"], r"override 'learner.lr' is not KEY=VALUE"),
     (["learner.lr=1", "learner.lr.x=1"], r"'lr' is a value, not a section"),
 ]
@@ -114,3 +131,35 @@ def test_the_deadlock_message_names_the_staleness_the_reuse_needs() -> None:
     ok = load_config(None, ["replay.samples_per_insert=4", "replay.max_staleness=6",
                             "sampler.batch_size=32", "learner.batch_size=32", "actors.num=1"])
     assert "large enough" in staleness_advice(ok)
+
+
+def test_reward_and_algorithm_settings_are_sections_in_yaml(tmp_path):
+    path = tmp_path / "scenario.yaml"
+    path.write_text(
+        "reward:\n"
+        "  name: classifier\n"
+        "  classifier:\n"
+        "    path: judge.pt\n"
+        "    class_index: 3\n"
+        "    mode: not_prob\n"
+        "learner:\n"
+        "  algorithm: esd\n"
+        "  esd:\n"
+        "    eta: 2.5\n"
+    )
+    cfg = load_config(path)
+    c = cfg.reward.classifier
+    assert c is not None and (str(c.path), c.class_index, c.mode) == ("judge.pt", 3, "not_prob")
+    assert cfg.reward.nudenet is None and cfg.learner.esd.eta == 2.5
+    # a resolved config (what a run folder's config.yaml holds) loads back to the same
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(cfg))
+    assert load_config(again) == cfg
+
+
+def test_nudenet_without_its_section_gets_the_detector_defaults():
+    cfg = load_config(None, ["reward.name=nudenet"])
+    assert cfg.reward.nudenet is not None and cfg.reward.nudenet.resolution == 320
+    assert "FEMALE_BREAST_EXPOSED" in cfg.reward.nudenet.classes
+    assert load_config(None, ["reward.name=nudenet", "reward.nudenet.resolution=640"]
+                       ).reward.nudenet.resolution == 640

@@ -2,7 +2,7 @@
 its score, retain images get the CLIP prompt score, bad settings are explained.
 
 The image is the portrait that matplotlib ships (Grace Hopper): NudeNet finds FACE_FEMALE on it,
-which stands in for the nudity classes here (reward.nudenet_classes chooses what counts).
+which stands in for the nudity classes here (reward.nudenet.classes chooses what counts).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from matplotlib import cbook
 from PIL import Image
 
-from critic_unlearn.config import RewardConfig
+from critic_unlearn.config import NudeNetRewardConfig, RewardConfig
 from critic_unlearn.rewards import ClipConceptReward, build_reward
 from critic_unlearn.rewards.nudity import NudityRewardError
 from tests.unit._clip_fixtures import tiny_clip_folder
@@ -57,7 +57,7 @@ def _portrait() -> torch.Tensor:
 
 def _reward(clip_dir: Path, classes: list[str], **kw: object):
     return build_reward(RewardConfig(name="nudenet", clip_model=str(clip_dir),
-                                     nudenet_classes=classes, **kw))
+                                     nudenet=NudeNetRewardConfig(classes=classes, **kw)))
 
 
 def test_a_detected_class_lowers_the_forget_reward_by_its_score(clip_dir: Path) -> None:
@@ -80,7 +80,7 @@ def test_a_detected_class_lowers_the_forget_reward_by_its_score(clip_dir: Path) 
 
 
 def test_bad_nudenet_settings_are_explained(clip_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(NudityRewardError, match=r"nudenet_classes .*'BREASTS'.*FACE_FEMALE"):
+    with pytest.raises(NudityRewardError, match=r"nudenet\.classes .*'BREASTS'.*FACE_FEMALE"):
         _reward(clip_dir, ["BREASTS"])
-    with pytest.raises(NudityRewardError, match=r"nudenet_model = .*640m.onnx.* does not exist"):
-        _reward(clip_dir, ["FACE_FEMALE"], nudenet_model=tmp_path / "640m.onnx")
+    with pytest.raises(NudityRewardError, match=r"nudenet\.model = .*640m.onnx.* does not exist"):
+        _reward(clip_dir, ["FACE_FEMALE"], model=tmp_path / "640m.onnx")

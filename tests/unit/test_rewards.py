@@ -15,7 +15,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 from safetensors.torch import save_file
 
-from critic_unlearn.config import PromptsConfig, RewardConfig
+from critic_unlearn.config import ClassifierRewardConfig, PromptsConfig, RewardConfig
 from critic_unlearn.rewards import build_reward, build_stat_tracker
 from critic_unlearn.rewards.classifier import ClassifierLoadError, load_classifier
 from critic_unlearn.rewards.clip_concept import ClipConceptReward
@@ -195,14 +195,16 @@ def _colour_images() -> torch.Tensor:
 def test_classifier_reward_from_torchscript(tmp_path: Path) -> None:
     path = tmp_path / "judge.pt"
     torch.jit.script(ColourClassifier(10.0)).save(str(path))
-    cfg = RewardConfig(name="classifier", classifier_path=path, classifier_class=0,
-                       classifier_head=0)
+    cfg = RewardConfig(name="classifier",
+                       classifier=ClassifierRewardConfig(path=path, class_index=0, head=0))
     reward = build_reward(cfg, "cpu")
     r = reward(_colour_images(), ["a", "b", "c"], ["forget", "retain", "forget"])
     e1 = torch.exp(torch.tensor(10.0))
     expected = torch.tensor([e1 / (e1 + 2), 1 / (e1 + 2), 1 / 3])
     torch.testing.assert_close(r, expected)
-    cfg = cfg.model_copy(update={"classifier_mode": "not_prob"})
+    assert cfg.classifier is not None
+    not_prob = cfg.classifier.model_copy(update={"mode": "not_prob"})
+    cfg = cfg.model_copy(update={"classifier": not_prob})
     torch.testing.assert_close(build_reward(cfg)(_colour_images(), ["a"] * 3, ["forget"] * 3),
                                1 - expected)
 
@@ -214,8 +216,8 @@ def test_classifier_from_json_and_safetensors(tmp_path: Path) -> None:
     ))
     model = load_classifier(tmp_path)  # a folder holding classifier.json
     assert float(model.scale) == 4.0  # the weights, not the constructor's default
-    cfg = RewardConfig(name="classifier", classifier_path=tmp_path / "classifier.json",
-                       classifier_class=1, classifier_head=1, classifier_image_size=8)
+    cfg = RewardConfig(name="classifier", classifier=ClassifierRewardConfig(
+        path=tmp_path / "classifier.json", class_index=1, head=1, image_size=8))
     r = build_reward(cfg)(_colour_images(), ["a"] * 3, ["retain"] * 3)
     assert r.shape == (3,) and r[2] == pytest.approx(1 / 3)
 
@@ -236,15 +238,15 @@ def test_classifier_refuses_pickles_and_names_the_file(tmp_path: Path) -> None:
 def test_classifier_head_and_class_errors(tmp_path: Path) -> None:
     path = tmp_path / "judge.pt"
     torch.jit.script(ColourClassifier()).save(str(path))
-    base = {"name": "classifier", "classifier_path": path}
-    with pytest.raises(ValueError, match="classifier_head"):
-        build_reward(RewardConfig(**base, classifier_class=0))(_colour_images(), ["a"] * 3,
-                                                                ["forget"] * 3)
-    with pytest.raises(ValueError, match="classifier_class = 7 is out of range"):
-        build_reward(RewardConfig(**base, classifier_class=7, classifier_head=0))(
-            _colour_images(), ["a"] * 3, ["forget"] * 3)
-    with pytest.raises(ValueError, match="reward.classifier_class is missing"):
-        RewardConfig(**base)
+    def reward(**kw: object) -> RewardConfig:
+        return RewardConfig(name="classifier", classifier=ClassifierRewardConfig(path=path, **kw))
+
+    with pytest.raises(ValueError, match=r"reward\.classifier\.head"):
+        build_reward(reward(class_index=0))(_colour_images(), ["a"] * 3, ["forget"] * 3)
+    with pytest.raises(ValueError, match=r"reward\.classifier\.class_index = 7 is out of range"):
+        build_reward(reward(class_index=7, head=0))(_colour_images(), ["a"] * 3, ["forget"] * 3)
+    with pytest.raises(ValueError, match=r"reward\.classifier\.class_index is missing"):
+        reward()
 
 
 # --- prompts -------------------------------------------------------------------------------

@@ -10,17 +10,15 @@ medians of `--repeats`. Peak memory of each is what it holds (the allocator's gr
 built) plus what its call adds on top (`torch.cuda.max_memory_allocated`), so the sides do not
 count each other's weights. The last line is JSON.
 
-    python -m bench.gpu_suite            # SD-1.5 shapes, batch 16, 50 steps, fp16, on the GPU
-    python -m bench.gpu_suite --quick    # tiny model, 4 steps: a CPU smoke run (< 60 s)
+    python -m bench.micro.gpu_suite            # SD-1.5 shapes, batch 16, 50 steps, fp16, on the GPU
+    python -m bench.micro.gpu_suite --quick    # tiny model, 4 steps: a CPU smoke run (< 60 s)
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
-import statistics
 import sys
 import tempfile
 import time
@@ -29,8 +27,10 @@ from pathlib import Path
 
 import torch
 
-from bench.learner_step import plain_lora_step, synthetic_batch
-from bench.sampler_overhead import sd15_shaped_model, sync
+from bench import REPO
+from bench.harness import alternate, emit, print_runs, sync, timed_call
+from bench.micro.learner_step import plain_lora_step, synthetic_batch
+from bench.models import sd15_shaped_model
 from critic_unlearn.config import RunConfig, load_config
 from critic_unlearn.diffusion.ddim_logprob import step_std
 from critic_unlearn.diffusion.loading import load_components
@@ -39,7 +39,7 @@ from critic_unlearn.learner.learner import Learner
 from critic_unlearn.rewards.openclip_loading import save_open_clip
 from critic_unlearn.training.setup import build_actor, build_learner
 
-SCENARIO = Path(__file__).resolve().parents[1] / "configs" / "sd_forget_church.yaml"
+SCENARIO = REPO / "configs" / "sd_forget_church.yaml"
 BUDGET_BYTES = 24e9  # "fits in 24 GB": what the allocator reserved, against 24e9 bytes
 GIB = 2**30
 TARGETS = {  # what the real-model path must reach on a GPU
@@ -68,20 +68,6 @@ class Memory:
 
     def gib(self, n: float | None) -> float | None:
         return None if not self.cuda or n is None else round(n / GIB, 2)
-
-
-def timed(fn: Callable[[], object], device: torch.device, mem: Memory) -> tuple[float, int]:
-    """(seconds, bytes the call allocated above what was allocated before it, at its peak)."""
-    if mem.cuda:
-        torch.cuda.reset_peak_memory_stats()
-    before = mem.allocated()
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    dt = time.perf_counter() - t0
-    extra = torch.cuda.max_memory_allocated() - before if mem.cuda else 0
-    return dt, extra
 
 
 def say(what: str) -> None:
@@ -179,22 +165,15 @@ def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -
         compiled = build_actor(with_compile(cfg, True), 1, device)
         held["actor_compiled"] = mem.allocated() - m2
         sides["actor_compiled"] = lambda: compiled.sample_batch(b)
-        first["actor_compiled"] = timed(sides["actor_compiled"], device, mem)[0]  # compiles
-    for name, fn in sides.items():  # warm-up (and a second compiled call: any recompile)
-        t = timed(fn, device, mem)[0]
-        first.setdefault(name, t)
-    times: dict[str, list[float]] = {n: [] for n in sides}
-    extra: dict[str, int] = dict.fromkeys(sides, 0)
+        first["actor_compiled"] = timed_call(sides["actor_compiled"], device).seconds  # compiles
+    # warm-up (and a second compiled call: any recompile), then the timed runs
+    first = alternate(sides, 0, device=device).first | first
     sample_s0 = actor.stats.sample_s
-    for _ in range(args.repeats):
-        for name, fn in sides.items():
-            dt, x = timed(fn, device, mem)
-            times[name].append(dt)
-            extra[name] = max(extra[name], x)
+    timings = alternate(sides, args.repeats, warmup=0, device=device)
     sampler_s = (actor.stats.sample_s - sample_s0) / args.repeats  # without the reward model
-    med = {n: statistics.median(v) for n, v in times.items()}
+    med = timings.medians()
     out = {
-        "times": times,
+        "timings": timings,
         "diffusers_img_s": b / med["diffusers"],
         "actor_img_s": b / med["actor"],
         "actor_sampler_img_s": b / sampler_s,
@@ -203,7 +182,7 @@ def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -
         "actor_compiled_img_s": None,
         "compiled_vs_eager": None,
         "compile_first_call_s": None,
-        "peak": {n: held[n] + extra[n] for n in sides},
+        "peak": {n: held[n] + timings.extra_bytes[n] for n in sides},
     }
     if args.compile:
         out.update(
@@ -237,19 +216,12 @@ def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory)
         "learner": lambda: learner.step(batch),
         "critic_off": lambda: ddpo.step(batch),
     }
-    for fn in sides.values():  # warm-up: optimiser state, kernels, the critic's text cache
-        timed(fn, device, mem)
-    times: dict[str, list[float]] = {name: [] for name in sides}
-    extra: dict[str, int] = dict.fromkeys(sides, 0)
-    for _ in range(args.repeats):
-        for name, fn in sides.items():
-            dt, x = timed(fn, device, mem)
-            times[name].append(dt)
-            extra[name] = max(extra[name], x)
-    med = {name: statistics.median(v) for name, v in times.items()}
+    # warm-up: optimiser state, kernels, the critic's text cache
+    timings = alternate(sides, args.repeats, device=device)
+    med = timings.medians()
     own = {"plain": model_held, "learner": held, "critic_off": model_held}
     out = {
-        "times": times,
+        "timings": timings,
         "plain_step_s": med["plain"],
         "learner_step_s": med["learner"],
         "critic_off_step_s": med["critic_off"],
@@ -257,7 +229,7 @@ def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory)
         "critic_off_vs_plain": med["critic_off"] / med["plain"],
         "transitions": n,
         "stored_states": k,
-        "peak": {name: own[name] + extra[name] for name in sides},
+        "peak": {name: own[name] + timings.extra_bytes[name] for name in sides},
     }
     return out  # what it built is freed with this frame
 
@@ -327,13 +299,13 @@ def main(argv: list[str] | None = None) -> None:
         args.device = "cuda" if cuda else "cpu"
         if not cuda and not args.quick:
             sys.exit(
-                "bench.gpu_suite: no CUDA device visible. The full suite (SD-1.5 shapes, batch "
-                "16, 50 steps) is for a GPU; pass --quick for the tiny CPU smoke run, or "
+                "bench.micro.gpu_suite: no CUDA device visible. The full suite (SD-1.5 shapes, "
+                "batch 16, 50 steps) is for a GPU; pass --quick for the tiny CPU smoke run, or "
                 "--device cpu to force the full shapes on the CPU (hours; not GPU numbers)"
             )
     device = torch.device(args.device)
     if device.type == "cuda" and not cuda:
-        sys.exit(f"bench.gpu_suite: --device {args.device} but torch sees no CUDA device")
+        sys.exit(f"bench.micro.gpu_suite: --device {args.device} but torch sees no CUDA device")
     args.dtype = args.dtype or ("float16" if device.type == "cuda" else "float32")
     if args.compile is None:
         args.compile = not (args.quick and device.type == "cpu")
@@ -352,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         model, clip = build_models(Path(tmp), args.quick)
         cfg = suite_config(model, clip, args, args.batch)
         if trainable_steps(cfg) == 0:
-            sys.exit(f"bench.gpu_suite: with --steps {args.steps} no DDIM step has sigma >= "
+            sys.exit(f"bench.micro.gpu_suite: with --steps {args.steps} no DDIM step has sigma >= "
                      f"learner.min_train_std = {cfg.learner.min_train_std}: the learner would "
                      "have nothing to train; use --steps 3 or more")
         print(f"model={'tiny' if args.quick else 'sd15-shapes'} device={device} "
@@ -377,8 +349,8 @@ def main(argv: list[str] | None = None) -> None:
                                      device, mem)
             phase_s["memory"] = time.perf_counter() - t0
 
-    for name, v in (*actor["times"].items(), *learner["times"].items()):
-        print(f"{name:>15}: median {statistics.median(v):.3f} s  runs {[round(x, 3) for x in v]}")
+    print_runs(actor["timings"], 15)
+    print_runs(learner["timings"], 15)
     if mem_check is None:
         print("memory check: skipped" + ("" if mem.cuda else " (needs CUDA)"))
     else:
@@ -431,7 +403,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{k} {op} {bound}": None if result[k] is None else ops[op](float(result[k]), bound)
             for k, (op, bound) in TARGETS.items()
         } | {"fits_24gb": result["fits_24gb"]}
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -6,23 +6,21 @@ and LoRA, alternating runs in one process. Last line: JSON with `ratio` = ours /
 `critic_ratio` = ours / the same learner step with the critic off (DDPO), on the same batch:
 what the critic costs (decoding every stored state once, its values, its regression).
 
-    python -m bench.learner_step            # tiny random model, CPU
-    python -m bench.learner_step --sd15     # SD-1.5 shapes, random weights, GPU (peak memory)
+    python -m bench.micro.learner_step            # tiny random model, CPU
+    python -m bench.micro.learner_step --sd15     # SD-1.5 shapes, random weights, GPU (peak memory)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
 import open_clip
 import torch
 
-from bench.sampler_overhead import sd15_shaped_model, sync
+from bench.harness import alternate, emit, print_runs
+from bench.models import sd15_shaped_model
 from critic_unlearn.config import load_config
 from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.policy import encode_prompts
@@ -151,42 +149,29 @@ def main() -> None:
     def critic_off() -> None:
         ddpo.step(batch)
 
-    times: dict[str, list[float]] = {"plain": [], "ours": [], "critic_off": []}
-    peaks: dict[str, float] = {}
-    plain(), ours(), critic_off()  # warm-up
-    for _ in range(args.repeats):
-        for name, fn in (("plain", plain), ("ours", ours), ("critic_off", critic_off)):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-            if device.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0.0), torch.cuda.max_memory_allocated() / 2**30)
-    med = {n: statistics.median(v) for n, v in times.items()}
+    sides = {"plain": plain, "ours": ours, "critic_off": critic_off}
+    timings = alternate(sides, args.repeats, device=device)
+    med = timings.medians()
+    peaks = ({n: b / 2**30 for n, b in timings.peak_bytes.items()} if device.type == "cuda"
+             else {})
     print(
         f"model={'sd15-shapes' if args.sd15 else 'tiny'} device={device} batch={batch_size} "
         f"K={k} of S={num_steps} (each a CFG-doubled UNet pass)"
     )
-    for n, v in times.items():
-        print(f"{n:>10}: median {med[n]:.3f} s  runs {[round(x, 3) for x in v]}")
-    print(
-        json.dumps(
-            {
-                "ratio": round(med["ours"] / med["plain"], 3),
-                "critic_ratio": round(med["ours"] / med["critic_off"], 3),
-                "critic_off_s": round(med["critic_off"], 4),
-                "ours_s": round(med["ours"], 4),
-                "plain_s": round(med["plain"], 4),
-                "ratio_per_transition": round(med["ours"] / med["plain"] / k, 3),
-                "peak_gib": {n: round(v, 2) for n, v in peaks.items()} or None,
-                "device": str(device),
-                "batch": batch_size,
-                "train_steps": k,
-            }
-        )
+    print_runs(timings)
+    emit(
+        {
+            "ratio": round(med["ours"] / med["plain"], 3),
+            "critic_ratio": round(med["ours"] / med["critic_off"], 3),
+            "critic_off_s": round(med["critic_off"], 4),
+            "ours_s": round(med["ours"], 4),
+            "plain_s": round(med["plain"], 4),
+            "ratio_per_transition": round(med["ours"] / med["plain"] / k, 3),
+            "peak_gib": {n: round(v, 2) for n, v in peaks.items()} or None,
+            "device": str(device),
+            "batch": batch_size,
+            "train_steps": k,
+        }
     )
 
 

@@ -1,7 +1,7 @@
 """How far one learner and one Redis go: synthetic GPU actors against the real replay and broadcast.
 
-    python -m bench.scale            # 1/2/4/8/16 actors x 1/2 Redis shards, ~3-4 min
-    python -m bench.scale --quick    # 1/2 actors x 1/2 shards, ~30-40 s
+    python -m bench.stress.scale            # 1/2/4/8/16 actors x 1/2 Redis shards, ~3-4 min
+    python -m bench.stress.scale --quick    # 1/2 actors x 1/2 shards, ~30-40 s
 
 Each simulated actor is a Ray actor with no model: it loops like `ActorWorker.run_batch` (ask the
 replay for room, spend a GPU's time on the batch, write it with `ReplayWriter.write_many`), with
@@ -40,8 +40,8 @@ import psutil
 import ray
 import torch
 
-from bench._cluster import local_ray, redis_servers
-from bench.weight_broadcast import Publisher
+from bench.micro.weight_broadcast import Publisher
+from bench.stress._cluster import local_ray, redis_servers
 from critic_unlearn.codec import checksum, encode_trajectory
 from critic_unlearn.config import ReplayConfig, load_config
 from critic_unlearn.replay import ReplaySampler, ReplayTimeout, ReplayWriter, decode_packet

@@ -7,35 +7,28 @@ room check, weights check, sample, score, write) called back to back from the dr
 the driver's loop does. Rounds alternate so both see the same load on a shared machine. Last line:
 JSON with `ratio` = Ray / in-process (target >= 0.9).
 
-    python -m bench.runtime_overhead                 # tiny random model, CPU
-    python -m bench.runtime_overhead --rounds 20 --batch 8 --steps 10
+    python -m bench.micro.runtime_overhead                 # tiny random model, CPU
+    python -m bench.micro.runtime_overhead --rounds 20 --batch 8 --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import ray
 import torch
 
+from bench.harness import alternate, emit
+from bench.models import tiny_clip_dir
 from critic_unlearn.config import RunConfig, load_config
-from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
+from critic_unlearn.diffusion.tiny import build_tiny_model
 from critic_unlearn.replay import RedisServer, ReplayWriter
-from critic_unlearn.rewards.openclip_loading import save_open_clip
 from critic_unlearn.runtime.actor_worker import RayActorWorker
 from critic_unlearn.runtime.cluster import local_cluster_kwargs
 from critic_unlearn.training.setup import build_actor
-
-
-def tiny_clip_dir(root: Path) -> Path:
-    """A random tiny CLIP (32x32 ViT, width 32) saved where `reward.clip_model` can load it."""
-    return save_open_clip(tiny_clip(0), root / "tiny-clip")
 
 
 def bench_config(root: Path, redis_url: str, batch: int, steps: int) -> RunConfig:
@@ -77,40 +70,37 @@ def main() -> None:
             remote = ray.remote(RayActorWorker).options(num_cpus=1, max_concurrency=2)
             worker = remote.remote(cfg, 0, "bench-ray")
             ray.get(worker.start.remote())
-            local_s, ray_s = [], []
-            for i in range(args.warmup + args.rounds):
-                t0 = time.perf_counter()
+
+            def in_process() -> None:
                 for t in local_actor.sample_batch():
                     writer.write(t)
-                t1 = time.perf_counter()
+
+            def under_ray() -> None:
                 report = ray.get(worker.run_batch.remote())
-                t2 = time.perf_counter()
                 assert report.written == args.batch, report
-                if i >= args.warmup:
-                    local_s.append(t1 - t0)
-                    ray_s.append(t2 - t1)
+
+            sides = {"local": in_process, "ray": under_ray}
+            timings = alternate(sides, args.rounds, warmup=args.warmup)
         finally:
             ray.shutdown()
             writer.close()
-    local_tps = args.batch / statistics.median(local_s)
-    ray_tps = args.batch / statistics.median(ray_s)
+    local_tps = args.batch / timings.median("local")
+    ray_tps = args.batch / timings.median("ray")
     print(
         f"in-process: {local_tps:.2f} trajectories/s (median batch "
-        f"{statistics.median(local_s) * 1e3:.0f} ms); Ray actor: {ray_tps:.2f} trajectories/s "
-        f"(median batch {statistics.median(ray_s) * 1e3:.0f} ms); {args.rounds} batches of "
+        f"{timings.median('local') * 1e3:.0f} ms); Ray actor: {ray_tps:.2f} trajectories/s "
+        f"(median batch {timings.median('ray') * 1e3:.0f} ms); {args.rounds} batches of "
         f"{args.batch} x {args.steps} steps each"
     )
-    print(
-        json.dumps(
-            {
-                "ratio": round(ray_tps / local_tps, 3),
-                "ray_traj_per_s": round(ray_tps, 3),
-                "local_traj_per_s": round(local_tps, 3),
-                "batch": args.batch,
-                "steps": args.steps,
-                "rounds": args.rounds,
-            }
-        )
+    emit(
+        {
+            "ratio": round(ray_tps / local_tps, 3),
+            "ray_traj_per_s": round(ray_tps, 3),
+            "local_traj_per_s": round(local_tps, 3),
+            "batch": args.batch,
+            "steps": args.steps,
+            "rounds": args.rounds,
+        }
     )
 
 

@@ -1,7 +1,7 @@
 """Soak: tiny actors + learner under the Ray runtime for minutes; RSS and throughput over time.
 
-    python -m bench.soak                                   # 8 actors, 10 minutes
-    python -m bench.soak --actors 3 --duration-s 150 --warmup-s 60 --window-s 15
+    python -m bench.stress.soak                                   # 8 actors, 10 minutes
+    python -m bench.stress.soak --actors 3 --duration-s 150 --warmup-s 60 --window-s 15
 
 A real run, `critic-unlearn train` with runtime.kind=ray in a subprocess (tiny random SD model
 and reward CLIP built into a temporary folder, replay.url=auto, a learner budget it never
@@ -36,12 +36,12 @@ from pathlib import Path
 
 import psutil
 
-from bench._cluster import private_ray_env
-from bench.runtime_overhead import tiny_clip_dir
+from bench import REPO
+from bench.models import tiny_clip_dir
+from bench.stress._cluster import private_ray_env
 from critic_unlearn.diffusion.tiny import build_tiny_model
 from critic_unlearn.training.metrics import read_metrics
 
-REPO = Path(__file__).resolve().parents[1]
 RSS_LIMIT_PCT = 5.0  # growth after warm-up that counts as a leak
 STEADY_PCT = 10.0  # a window this far from the median throughput is not steady
 

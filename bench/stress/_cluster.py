@@ -3,8 +3,8 @@
 A bench must never join a cluster someone else started (RAY_ADDRESS, Ray's record of the last
 `ray start`) nor share a Redis server: its numbers would mix with another job's load, and its
 keys with another run's. The auth mode is set before Ray starts, so the cluster and every driver
-that talks to it agree (the same choice bench/weight_broadcast.py and bench/runtime_overhead.py
-make).
+that talks to it agree (the same choice bench/micro/weight_broadcast.py and
+bench/micro/runtime_overhead.py make).
 """
 
 from __future__ import annotations

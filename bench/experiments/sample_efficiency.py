@@ -1,6 +1,6 @@
 """The paper's ablation grid on the toy world: what the per-step critic buys in sample efficiency.
 
-Arms (config overrides on top of each scenario YAML, see bench/_ablation.py ARMS):
+Arms (config overrides on top of each scenario YAML, see bench/experiments/_ablation.py ARMS):
   critic       per-step critic on the noisy latent x_t with the timestep (the method)
   x0_pred      critic on the predicted clean latent instead of x_t
   no_timestep  critic without the timestep input
@@ -27,11 +27,11 @@ every, images, overrides) is skipped and its result reused; a started run withou
 continues from its checkpoint; a folder holding a run of other settings stops the bench before
 anything trains (use another --out). --table-only rebuilds the outputs without training.
 
-    python -m bench.sample_efficiency                        # the full grid -> runs/ablation
-    python -m bench.sample_efficiency --quick                # 40 steps, 1 seed, toy_forget_red
-    python -m bench.sample_efficiency --arms critic ddpo critic_spi4 --seeds 0 1
-    python -m bench.sample_efficiency --table-only           # tables/plot from results so far
-    python -m bench.sample_efficiency learner.lr=2e-3        # KEY=VALUE for every run
+    python -m bench.experiments.sample_efficiency                  # the full grid -> runs/ablation
+    python -m bench.experiments.sample_efficiency --quick        # 40 steps, 1 seed, toy_forget_red
+    python -m bench.experiments.sample_efficiency --arms critic ddpo critic_spi4 --seeds 0 1
+    python -m bench.experiments.sample_efficiency --table-only     # tables/plot from results so far
+    python -m bench.experiments.sample_efficiency learner.lr=2e-3  # KEY=VALUE for every run
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from rich.console import Console  # noqa: E402
 
-from bench._ablation import (  # noqa: E402
+from bench import REPO
+from bench.experiments._ablation import (  # noqa: E402
     ARMS,
     CRITIC_INIT,
     DEFAULT_ARMS,
@@ -76,8 +77,7 @@ from critic_unlearn.runtime.local import train_local  # noqa: E402
 from critic_unlearn.training.loop import CHECKPOINT  # noqa: E402
 from critic_unlearn.training.plots import plot_curve  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = [ROOT / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
+SCENARIOS = [REPO / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
 FULL = {"steps": 100, "every": 10, "images": 8, "out": Path("runs/ablation")}
 QUICK = {"steps": 40, "every": 10, "images": 4, "out": Path("runs/ablation-quick")}
 DEFAULT_SEEDS = (0, 1, 2)  # the full grid: 3 seeds per arm
@@ -93,7 +93,7 @@ class Cell:
     cfg: RunConfig
     run_dir: Path
     settings: dict[str, Any]
-    state: str  # "done" | "resume" | "fresh" | "conflict" (bench._ablation.cell_state)
+    state: str  # "done" | "resume" | "fresh" | "conflict" (bench.experiments._ablation.cell_state)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,9 +14,9 @@ worst_retain_base, worst_retain_after, worst_retain_drop_pts: percentage points 
 retain_share_below_10; evaluation/drift.py), the table its median [min, max] over seeds with the
 prompt and seed of the largest drop, and the JSON per arm worst_retain_drop_pts and
 retain_share_below_10 (medians), max_worst_retain_drop_pts and worst_retain_prompt.
-Resumable per cell like bench/sample_efficiency.py (same folder layout and state rules,
-bench/_ablation.py). Prints a Markdown table, then one JSON line with the medians and each
-adversarial arm's wall-time ratio over plain.
+Resumable per cell like bench/experiments/sample_efficiency.py (same folder layout and state
+rules, bench/experiments/_ablation.py). Prints a Markdown table, then one JSON line with the
+medians and each adversarial arm's wall-time ratio over plain.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from rich.console import Console
 
-from rich.console import Console  # noqa: E402
-
-from bench._ablation import (  # noqa: E402
+from bench import REPO
+from bench.experiments._ablation import (
     RESULT,
     SETTINGS,
     cell_settings,
@@ -41,16 +40,15 @@ from bench._ablation import (  # noqa: E402
     load_results,
     worst_over_seeds,
 )
-from critic_unlearn.config import load_config  # noqa: E402
-from critic_unlearn.evaluation.attacks.cli import attack_run_dir  # noqa: E402
-from critic_unlearn.evaluation.drift import empty_summary, share_key  # noqa: E402
-from critic_unlearn.evaluation.run import evaluate_run  # noqa: E402
-from critic_unlearn.io_utils import atomic_write_text  # noqa: E402
-from critic_unlearn.runtime.local import train_local  # noqa: E402
-from critic_unlearn.training.metrics import read_metrics  # noqa: E402
+from critic_unlearn.config import load_config
+from critic_unlearn.evaluation.attacks.cli import attack_run_dir
+from critic_unlearn.evaluation.drift import empty_summary, share_key
+from critic_unlearn.evaluation.run import evaluate_run
+from critic_unlearn.io_utils import atomic_write_text
+from critic_unlearn.runtime.local import train_local
+from critic_unlearn.training.metrics import read_metrics
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = [ROOT / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
+SCENARIOS = [REPO / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
 ARMS: dict[str, list[str]] = {
     "plain": ["attack.in_loop_every=0"],
     "adversarial": ["attack.in_loop_every=10"],

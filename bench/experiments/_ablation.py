@@ -1,5 +1,5 @@
-"""Pure helpers of the ablation grid (bench/sample_efficiency.py): arms, run-folder state,
-per-seed result records and their aggregation into a table and JSON.
+"""Pure helpers of the ablation grid (bench/experiments/sample_efficiency.py): arms, run-folder
+state, per-seed result records and their aggregation into a table and JSON.
 
 Nothing here trains or judges, so the arithmetic the paper's numbers rest on (medians, ranges,
 'not reached', the DDPO / critic ratio) is unit-tested on hand-made results

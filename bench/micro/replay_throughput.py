@@ -1,6 +1,6 @@
 """Replay throughput against raw redis-py SET/GET of the same bytes, on one private server.
 
-    python -m bench.replay_throughput [--quick]
+    python -m bench.micro.replay_throughput [--quick]
 
 For the toy record (~50 KB) and the SD-1.5 record (~1.6 MB: 50 latents of 4x64x64 fp16) it
 measures inserts/s and samples/s of `ReplayWriter.write(traj)` / `ReplaySampler.sample(batch)`
@@ -33,7 +33,6 @@ raw SET one at a time, `..._batched_vs_pipelined_raw` against the pipelined raw 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import time
@@ -42,6 +41,7 @@ from functools import partial
 
 import torch
 
+from bench.harness import emit
 from critic_unlearn.codec import encode_trajectory
 from critic_unlearn.config import ReplayConfig
 from critic_unlearn.replay import RedisServer, ReplaySampler, ReplayWriter
@@ -247,7 +247,7 @@ def main() -> None:
         "samples_per_s_small": result.pop("samples_per_s_small"),
         **result,
     }
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

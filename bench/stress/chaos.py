@@ -19,9 +19,9 @@ and the work lost: trajectories written by killed batches, learner steps done ag
 learner's restart. The JSON last line holds faults_survived, runs_lost, half_checkpoints and
 accounting_ok with those details.
 
-    python -m bench.chaos                    # 4 actors, 600 updates, >= 20 faults (~8 min here)
-    python -m bench.chaos --quick            # 2 actors, one fault of each kind, by step (CI)
-    python -m bench.chaos --learner-workers 2  # the same with two data-parallel learner workers
+    python -m bench.stress.chaos             # 4 actors, 600 updates, >= 20 faults (~8 min here)
+    python -m bench.stress.chaos --quick     # 2 actors, one fault of each kind, by step (CI)
+    python -m bench.stress.chaos --learner-workers 2  # with two data-parallel learner workers
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import REPO
 from critic_unlearn.codec import CodecError, decode_state_dict
 from critic_unlearn.config import load_config
 from critic_unlearn.learner.checkpoint import load_checkpoint
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     faults, done = Faults(), threading.Event()
     with RedisServer(appendonly=True) as redis:
         cfg = load_config(
-            Path(__file__).resolve().parents[1] / "configs" / "toy_forget_red.yaml",
+            REPO / "configs" / "toy_forget_red.yaml",
             overrides(args, out, redis.url),
         )
         thread = threading.Thread(target=inject, args=(args, run_dir, redis, faults, done))

@@ -3,66 +3,24 @@
 Same model, prompts, steps, batch, CFG and seeds, alternating runs in one process; prints the
 medians and, last, one JSON line with `ratio` = ours / diffusers (target <= 1.10).
 
-    python -m bench.sampler_overhead                 # tiny random model, CPU
-    python -m bench.sampler_overhead --sd15          # SD-1.5 shapes, random weights (GPU)
+    python -m bench.micro.sampler_overhead                 # tiny random model, CPU
+    python -m bench.micro.sampler_overhead --sd15          # SD-1.5 shapes, random weights (GPU)
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import tempfile
-import time
 
 import torch
 from diffusers import StableDiffusionPipeline
 
+from bench.harness import alternate, emit, print_runs
+from bench.models import sd15_shaped_model
 from critic_unlearn.diffusion.loading import SDComponents, load_components
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.diffusion.tiny import build_tiny_model
 from critic_unlearn.types import SamplerSettings
-
-
-def sd15_shaped_model(out: str) -> str:
-    """SD-1.5 architecture with random weights (nothing downloaded), saved in diffusers layout."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from critic_unlearn.diffusion.tiny import clip_tokenizer, sd_ddim_scheduler
-
-    pipe = StableDiffusionPipeline(
-        unet=UNet2DConditionModel(sample_size=64, cross_attention_dim=768),
-        vae=AutoencoderKL(
-            block_out_channels=(128, 256, 512, 512),
-            latent_channels=4,
-            layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            sample_size=512,
-        ),
-        text_encoder=CLIPTextModel(
-            CLIPTextConfig(
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                projection_dim=768,
-            )
-        ),
-        tokenizer=clip_tokenizer(),
-        scheduler=sd_ddim_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(out)
-    return out
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -113,34 +71,24 @@ def main() -> None:
                 output_type="pt",
             )
 
-    times: dict[str, list[float]] = {"ours": [], "diffusers": []}
-    ours(), theirs()  # warm-up
-    for _ in range(args.repeats):
-        for name, fn in (("diffusers", theirs), ("ours", ours)):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    # the order the runs alternate in: diffusers, then ours
+    timings = alternate({"diffusers": theirs, "ours": ours}, args.repeats, device=device)
+    med = timings.medians()
     print(
         f"model={'sd15-shapes' if args.sd15 else 'tiny'} device={device} batch={batch} "
         f"steps={steps} cfg={args.guidance}"
     )
-    for k, v in times.items():
-        print(f"{k:>10}: median {med[k]:.3f} s  runs {[round(x, 3) for x in v]}")
-    print(
-        json.dumps(
-            {
-                "ratio": round(med["ours"] / med["diffusers"], 4),
-                "ours_s": round(med["ours"], 4),
-                "diffusers_s": round(med["diffusers"], 4),
-                "device": str(device),
-                "batch": batch,
-                "steps": steps,
-                "model": "sd15-shapes" if args.sd15 else "tiny",
-            }
-        )
+    print_runs(timings)
+    emit(
+        {
+            "ratio": round(med["ours"] / med["diffusers"], 4),
+            "ours_s": round(med["ours"], 4),
+            "diffusers_s": round(med["diffusers"], 4),
+            "device": str(device),
+            "batch": batch,
+            "steps": steps,
+            "model": "sd15-shapes" if args.sd15 else "tiny",
+        }
     )
 
 

@@ -9,13 +9,12 @@ through the real `Actor.apply_weights`. The actors hold only the LoRA-carrying a
 of SD-1.5 (base weights on the meta device, which applying an adapter never reads), so four of
 them fit on a laptop; the actors are idle, so "applied" is not delayed by a batch in progress.
 
-    python -m bench.weight_broadcast            # last line: {"p50_ms": {"1": .., "2": .., "4": ..}}
+    python -m bench.micro.weight_broadcast   # last line: {"p50_ms": {"1": .., "2": .., "4": ..}}
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -24,6 +23,7 @@ import ray
 import torch
 from torch import nn
 
+from bench.harness import emit
 from critic_unlearn.actors.actor import Actor
 from critic_unlearn.config import RunConfig, load_config
 from critic_unlearn.diffusion.loading import SDComponents
@@ -162,11 +162,7 @@ def main() -> None:
                 )
         finally:
             ray.shutdown()
-    print(
-        json.dumps(
-            {"p50_ms": p50, "adapter_mb": round(mb, 2), "rounds": args.rounds, "detail": detail}
-        )
-    )
+    emit({"p50_ms": p50, "adapter_mb": round(mb, 2), "rounds": args.rounds, "detail": detail})
 
 
 if __name__ == "__main__":

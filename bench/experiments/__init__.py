@@ -1,0 +1,1 @@
+"""The paper's experiments on the toy world, resumable per cell; committed results in results/."""

@@ -1,0 +1,2 @@
+"""Microbenchmarks: one part of ours against a baseline, alternating in one process
+(bench.harness)."""

@@ -1,0 +1,1 @@
+"""Stress runs: faults (chaos), minutes of load (soak), many actors against one replay (scale)."""
