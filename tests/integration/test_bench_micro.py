@@ -47,3 +47,15 @@ def test_learner_step_reports_both_ratios() -> None:
     assert out["critic_ratio"] == pytest.approx(out["ours_s"] / out["critic_off_s"], rel=0.01)
     assert out["peak_gib"] is None  # on the CPU: no allocator peak
     assert (out["batch"], out["train_steps"]) == (2, 4)
+
+
+@pytest.mark.slow
+def test_learner_scale_reports_throughput_per_worker_count() -> None:
+    lines, out = run_bench("bench.micro.learner_scale", "--batch", "4", "--repeats", "1",
+                           "--warmup", "1", "sampler.batch_size=8")
+    assert set(out) == {"traj_per_s_1", "traj_per_s_2", "scaling_2", "batch", "device",
+                        "repeats"}
+    assert out["traj_per_s_1"] > 0 and out["traj_per_s_2"] > 0
+    assert out["scaling_2"] == pytest.approx(out["traj_per_s_2"] / out["traj_per_s_1"],
+                                             rel=0.01)
+    assert sum("Learner.step alone" in line for line in lines) == 2
