@@ -310,6 +310,11 @@ class LearnerConfig(Section):
                 f"{self.minibatch_size} (and so learner.batch_size = {self.batch_size}): each "
                 "worker takes an equal share of every minibatch; pick a divisor"
             )
+        if n > 1 and 0 < self.gpus < 1:
+            raise ValueError(
+                f"learner.gpus = {self.gpus:g} with learner.num_workers = {n}: NCCL needs a "
+                "GPU of its own per worker; set learner.gpus = 1 (or 0 for CPU workers)"
+            )
         if n > 1 and self.algorithm != "ppo":
             raise ValueError(
                 f"learner.num_workers = {n} runs learner.algorithm = 'ppo' only (got "

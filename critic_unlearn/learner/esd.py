@@ -54,6 +54,7 @@ class ESDLearner(Learner):
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.lora_params, lc.max_grad_norm))
         self.policy_opt.step()
         self.steps += 1
+        self.updates += 1
         self.version += 1
         if self.publisher is not None and self.version % lc.publish_every == 0:
             self.publisher.publish(self.weights())

@@ -132,10 +132,13 @@ class Learner:
         group.broadcast_params(self._shared_tensors())
 
     def _shared_tensors(self) -> list[Tensor]:
-        """What must be equal on every rank: the LoRA weights, the critic's whole state."""
+        """What must be equal on every rank: the LoRA weights and the critic's state (a frozen
+        image tower is the reward CLIP's on every rank already)."""
         out = list(self.lora_params)
         if self.critic is not None:
-            out += list(self.critic.state_dict().values())
+            frozen = not self.critic.train_image_tower
+            out += [v for k, v in self.critic.state_dict().items()
+                    if not (frozen and k.startswith("visual."))]
         return out
 
     @staticmethod

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,13 +56,13 @@ class ReplaySampler:
     def rng_state(self) -> torch.Tensor:
         """The draws' random state as an int64 tensor (for checkpoints; no pickle)."""
         version, words, gauss = self.rng.getstate()
-        tail = [0, 0] if gauss is None else [1, int(torch.tensor(gauss).view(torch.int64))]
+        tail = [0, 0] if gauss is None else [1, struct.unpack("<q", struct.pack("<d", gauss))[0]]
         return torch.tensor([version, *words, *tail], dtype=torch.int64)
 
     def set_rng_state(self, state: torch.Tensor) -> None:
         """Continue the draws from `rng_state()`'s tensor."""
         values = [int(v) for v in state.tolist()]
-        gauss = None if values[-2] == 0 else float(torch.tensor(values[-1]).view(torch.float64))
+        gauss = None if values[-2] == 0 else struct.unpack("<d", struct.pack("<q", values[-1]))[0]
         self.rng.setstate((values[0], tuple(values[1:-2]), gauss))
 
     def min_version_for(self, current_version: int) -> int:

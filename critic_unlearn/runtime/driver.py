@@ -79,7 +79,10 @@ class RayRuntime:
         self.ack_version: dict[Any, int] = {}  # set_weights call -> the version it pushed
 
     def _new_learner(self) -> LearnerGroup:
-        group = LearnerGroup(self.cfg, self.namespace, critic_init=self.critic_init)
+        try:
+            group = LearnerGroup(self.cfg, self.namespace, critic_init=self.critic_init)
+        except ray.exceptions.RayError as e:  # rank 0 could not name the group's address
+            raise RuntimeFailure(f"the learner failed to start ({summarize_error(e)})") from None
         self._learner_all(group.joined)
         return group
 
@@ -185,7 +188,23 @@ class RayRuntime:
         except ray.exceptions.RayActorError as e:
             raise LearnerDied(f"the learner died ({summarize_error(e)})") from None
         except ray.exceptions.RayError as e:
+            if self._lost_a_rank():  # its peer died: the survivor's collective failed first
+                raise LearnerDied(
+                    f"a learner worker died (a surviving rank: {summarize_error(e)})"
+                ) from None
             raise RuntimeFailure(f"the learner failed ({summarize_error(e)})") from None
+
+    def _lost_a_rank(self) -> bool:
+        """Whether a rank of a data-parallel learner group is gone (or does not answer)."""
+        group = getattr(self, "learner", None)
+        if group is None or len(group) < 2:
+            return False
+        for worker in group.workers:
+            try:
+                ray.get(worker.pid.remote(), timeout=60)
+            except ray.exceptions.RayError:  # dead, or GetTimeoutError
+                return True
+        return False
 
     def _learner_all(self, refs: list[Any], timeout_s: float | None = None) -> list[Any]:
         """Every rank's answer, in rank order; the first rank to fail fails the call (the

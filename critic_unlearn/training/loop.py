@@ -363,12 +363,13 @@ class RunLoop:
         if self.balance_advised or self.steps < BALANCE_MIN_STEPS or not held > 0.5:
             return
         self.balance_advised = True
+        more = ("add learner workers (learner.num_workers, a divisor of "
+                f"learner.minibatch_size = {self.cfg.learner.minibatch_size}), "
+                if self.cfg.runtime.kind == "ray" else "")
         self.view.print(
             f"actors were held by the replay's rate limiter {100 * held:.0f}% of the time: the "
-            f"learner is the bottleneck. Add learner workers (learner.num_workers = "
-            f"{self.cfg.learner.num_workers + 1}, Ray runtime), lower "
-            f"replay.samples_per_insert (now {self.cfg.replay.samples_per_insert:g}), or run "
-            "fewer actors"
+            f"learner is the bottleneck. To keep up, {more}lower replay.samples_per_insert "
+            f"(now {self.cfg.replay.samples_per_insert:g}), or run fewer actors"
         )
 
     def _check_stall(self) -> None:

@@ -129,9 +129,12 @@ class LearnerWorker:
     def _skip_published_versions(self) -> None:
         """Label the next weights past every version already published (rank 0 reads the
         store before it publishes; every rank takes its answer)."""
-        newest = self.store.latest_version() if self.rank == 0 else None
-        newest = self.group.min_int(-1 if newest is None else newest if self.rank == 0
-                                    else 2**62)
+        if self.rank == 0:
+            read = self.store.latest_version()
+            mine = -1 if read is None else read
+        else:
+            mine = 2**62  # the other ranks take rank 0's reading
+        newest = self.group.min_int(mine)
         if newest > self.learner.version:
             log.warning("learner: versions %d..%d were published by a learner that was lost; "
                         "this one labels its weights from %d on", self.learner.version + 1,
@@ -141,15 +144,19 @@ class LearnerWorker:
     def _restore_random_state(self, saved: dict) -> None:
         """Each rank's own RNG streams from the checkpoint (the learner's picks, the replay
         draws); a rank the checkpoint did not have gets fresh streams from the seed."""
-        ranks = saved.get("ranks", {})
-        gens, draws = ranks.get("learner_rng", []), ranks.get("sampler_rng", [])
+        ranks = saved.get("ranks")
+        if ranks is None:  # a checkpoint of one learner from before: its picks are restored
+            return
+        gens, draws = ranks["learner_rng"], ranks["sampler_rng"]
+        fresh = self.cfg.learner.seed + 7919 * self.rank + self.learner.steps
         if self.rank < len(gens):
             self.learner.gen.set_state(gens[self.rank])
-        else:
-            self.learner.gen.manual_seed(self.cfg.learner.seed + 7919 * self.rank
-                                         + self.learner.steps)
+        else:  # a rank the saving group did not have: new streams, not the run-start ones
+            self.learner.gen.manual_seed(fresh)
         if self.rank < len(draws):
             self.sampler.set_rng_state(draws[self.rank])
+        else:
+            self.sampler.rng.seed(fresh)
 
     def try_step(self, wait_s: float) -> StepReport:
         """One learner step on a batch of version >= version - max_staleness, or a wait."""
@@ -167,8 +174,9 @@ class LearnerWorker:
                 reason = str(e) + self._unblock_if_all_stale()
         ready = self.group.all_true(len(self.pending) == share)  # every rank holds its share
         self.wait_s_total += time.perf_counter() - t_wait
-        if not ready:
-            return self._report(False, reason=reason or "another learner worker waits for data")
+        if not ready:  # every rank's reason, so a stall names the one that waited
+            reasons = [r for r in self.group.gather_strings([reason]) if r]
+            return self._report(False, reason="; ".join(reasons) or "waiting for data")
         records, self.pending = self.pending, []
         batch = Batch.from_trajectories([r.trajectory for r in records])
         staleness = Counter((self.learner.version - batch.versions).tolist())
@@ -249,12 +257,15 @@ class LearnerWorker:
     def checkpoint_state(self) -> dict:
         """The learner's share of a checkpoint (the driver adds actors and counters); every
         rank calls it (its random streams are gathered), rank 0's answer is the one kept."""
-        learner = self.learner.state_dict()
         g = self.group
-        learner["ranks"] = {
+        ranks = {
             "learner_rng": list(g.gather_rows(self.learner.gen.get_state()[None])),
             "sampler_rng": list(g.gather_rows(self.sampler.rng_state()[None])),
         }
+        if self.rank > 0:
+            return {}  # the ranks are equal but for their random streams, now in rank 0's
+        learner = self.learner.state_dict()
+        learner["ranks"] = ranks
         if self.pool is not None:  # the pool's own blob (checksummed) as one uint8 tensor
             learner[POOL_KEY] = torch.frombuffer(bytearray(self.pool.to_bytes()), dtype=torch.uint8)
         return {"learner": learner, "replay_limiter": self.sampler.rate_limiter.state_dict()}

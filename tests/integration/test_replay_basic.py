@@ -205,9 +205,12 @@ def test_a_restored_sampler_goes_on_with_its_draws_not_the_run_start_sequence(
 
     with ReplaySampler(cfg, seed=5) as first:
         start = ids(first)
+        first.rng.gauss(0.0, 1.0)  # leaves a second normal pending: part of the state too
         saved = first.rng_state()
+        pending = first.rng.getstate()
         after = ids(first)
     with ReplaySampler(cfg, seed=5) as restored:
         restored.set_rng_state(saved)
+        assert restored.rng.getstate() == pending
         assert ids(restored) == after
     assert after != start

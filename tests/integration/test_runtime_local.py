@@ -229,12 +229,19 @@ def test_two_learner_workers_run_and_resume_with_one_and_back(local_ray, make_cf
     assert len(saved["learner_rng"]) == len(saved["sampler_rng"]) == 2
     assert not torch.equal(saved["sampler_rng"][0], saved["sampler_rng"][1])  # own draws
 
-    one = train_ray(make_cfg("learner.max_steps=3", "learner.checkpoint_every=1"))
+    one_cfg = make_cfg("learner.max_steps=3", "learner.checkpoint_every=1")
+    one = train_ray(one_cfg)
     assert (one.updates, one.version, one.learner_steps) == (3, 3, 4)
     assert len(read_run_state(two.run_dir / CHECKPOINT).learner["ranks"]["learner_rng"]) == 1
 
+    # a learner that was lost after publishing version 10: the group labels from 11 on
+    store = WeightStore(one_cfg.replay, "rt")
+    lost = store.get()
+    store.put(encode_packet(WeightsPacket(10, lost.state_dict, lost.manifest)),
+              WeightsPacket(10, lost.state_dict, lost.manifest))
+    store.close()
     back = train_ray(make_cfg("learner.num_workers=2", "learner.max_steps=4"))
-    assert (back.updates, back.learner_steps) == (4, 5)
+    assert (back.updates, back.learner_steps, back.version) == (4, 5, 12)
     rows = read_metrics(two.run_dir / "metrics.jsonl")
     assert [row["step"] for row in rows] == list(range(1, 6))  # each step logged once
     assert all(0.0 <= row["learner/data_wait_share"] <= 1.0 for row in rows)

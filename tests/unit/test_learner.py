@@ -186,6 +186,7 @@ def test_esd_baseline_moves_only_lora_towards_its_target(tiny_model_dir, clip):
     changed = {n for n, p in comps.unet.named_parameters() if not torch.equal(p, unet0[n])}
     assert changed and all("lora_" in n for n in changed)
     assert learner.version == 6 and len(learner.publisher.packets) == 6
+    assert learner.updates == 6  # the run's budget counts these: an ESD run must reach it
 
 
 def test_min_train_std_trains_only_noisy_enough_transitions(tiny_model_dir, clip):
