@@ -193,9 +193,10 @@ class Learner:
             rho_bar=lc.rho_bar,
             c_bar=lc.c_bar,
         )
-        # normalised over the global batch; this rank keeps its rows
-        adv = g.own_rows(normalize_and_clip(g.gather_rows(raw_adv), lc.advantage_clip,
-                                            mask=g.gather_rows(eligible)))
+        # normalised over the global batch (also what the diagnostics read); this rank keeps
+        # its rows
+        all_adv, all_eligible = g.gather_rows(raw_adv), g.gather_rows(eligible)
+        adv = g.own_rows(normalize_and_clip(all_adv, lc.advantage_clip, mask=all_eligible))
         targets = None
         if self.critic is not None:  # in the critic's own units: raw rewards, raw values
             targets = value_targets(
@@ -248,8 +249,7 @@ class Learner:
         metrics["learner/steps"] = float(self.steps)
         metrics.update(self.diagnostics.update(
             g.gather_rows(ts), g.gather_rows(rewards),
-            None if values is None else g.gather_rows(values), g.gather_rows(raw_adv),
-            g.gather_rows(eligible)))
+            None if values is None else g.gather_rows(values), all_adv, all_eligible))
         return metrics
 
     def _reward_affine(self, batch: Batch, raw_rewards: Tensor) -> tuple[Tensor, Tensor]:

@@ -79,11 +79,16 @@ class RayRuntime:
         self.ack_version: dict[Any, int] = {}  # set_weights call -> the version it pushed
 
     def _new_learner(self) -> LearnerGroup:
+        """A learner group whose ranks have joined; a group that cannot form fails the run
+        (no checkpoint can help it)."""
+        group = None
         try:
             group = LearnerGroup(self.cfg, self.namespace, critic_init=self.critic_init)
-        except ray.exceptions.RayError as e:  # rank 0 could not name the group's address
+            ray.get(group.joined)
+        except ray.exceptions.RayError as e:
+            if group is not None:
+                group.kill()
             raise RuntimeFailure(f"the learner failed to start ({summarize_error(e)})") from None
-        self._learner_all(group.joined)
         return group
 
     def start(self, state: RunState | None) -> StepReport:
@@ -196,10 +201,9 @@ class RayRuntime:
 
     def _lost_a_rank(self) -> bool:
         """Whether a rank of a data-parallel learner group is gone (or does not answer)."""
-        group = getattr(self, "learner", None)
-        if group is None or len(group) < 2:
+        if len(self.learner) < 2:
             return False
-        for worker in group.workers:
+        for worker in self.learner.workers:
             try:
                 ray.get(worker.pid.remote(), timeout=60)
             except ray.exceptions.RayError:  # dead, or GetTimeoutError

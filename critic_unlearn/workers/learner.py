@@ -83,9 +83,12 @@ class LearnerWorker:
                 cfg.reward.clip_model, cfg.reward.clip_pretrained, self.learner.device
             )
         # each rank draws its own records (rank 0 keeps the single learner's seed)
-        self.sampler = ReplaySampler(cfg.replay, namespace=namespace,
-                                     seed=cfg.learner.seed + 7919 * rank)
+        self.sampler = ReplaySampler(cfg.replay, namespace=namespace, seed=self._rank_seed())
         self.stale_unblocks = 0
+
+    def _rank_seed(self, offset: int = 0) -> int:
+        """This rank's seed: the learner's for rank 0, apart for the others."""
+        return self.cfg.learner.seed + 7919 * self.rank + offset
 
     def join_group(self, address: str, port: int, world: int) -> None:
         """Become rank `self.rank` of `world` learner workers meeting at address:port; the
@@ -148,7 +151,7 @@ class LearnerWorker:
         if ranks is None:  # a checkpoint of one learner from before: its picks are restored
             return
         gens, draws = ranks["learner_rng"], ranks["sampler_rng"]
-        fresh = self.cfg.learner.seed + 7919 * self.rank + self.learner.steps
+        fresh = self._rank_seed(self.learner.steps)
         if self.rank < len(gens):
             self.learner.gen.set_state(gens[self.rank])
         else:  # a rank the saving group did not have: new streams, not the run-start ones
