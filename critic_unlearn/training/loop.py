@@ -236,9 +236,13 @@ class RunLoop:
             self.trajectories = state.trajectories
             self.checkpointed_at = self.steps
             self.metrics.rewind(self.steps)  # steps after the checkpoint are done again
+            saved = int(state.learner["version"])  # the checkpoint's; a skip labels past it
+            skipped = (f" (versions up to {self.version - 1} were published after it: new "
+                       f"weights are labelled from {self.version} on)"
+                       if self.version > saved else "")
             self.console.print(
                 f"resumed from {self.ckpt} at learner step {self.steps}, version "
-                f"{self.version}, {self.trajectories} trajectories",
+                f"{saved}, {self.trajectories} trajectories{skipped}",
                 soft_wrap=True,
                 highlight=False,
             )
