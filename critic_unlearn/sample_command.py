@@ -11,7 +11,7 @@ from rich.console import Console
 from critic_unlearn.codec import encode_trajectory
 from critic_unlearn.config import RunConfig, dump_config
 from critic_unlearn.device import resolve_device
-from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.backbones import load_policy
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.io_utils import atomic_write_bytes, atomic_write_text, image_grid
 from critic_unlearn.types import SamplerSettings
@@ -22,13 +22,7 @@ console = Console(stderr=True)
 def run_sample(cfg: RunConfig, prompts: list[str], out: Path, *, num: int, seed: int) -> dict:
     """Sample `num` trajectories per prompt; write grid.png, trajectories/*.safetensors, config."""
     device = resolve_device(cfg.runtime.device)
-    comps = load_components(
-        cfg.model.pretrained,
-        revision=cfg.model.revision,
-        dtype=cfg.model.dtype,
-        device=device,
-        local_files_only=cfg.model.local_files_only,
-    )
+    comps = load_policy(cfg.model, device=device)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     specs = [PromptSpec(f"p{i}", text) for i, text in enumerate(prompts) for _ in range(num)]

@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from critic_unlearn.diffusion.loading import SDComponents, load_components  # noqa: E402
-from critic_unlearn.diffusion.tiny import build_tiny_model  # noqa: E402
+from critic_unlearn.diffusion.tiny import build_tiny_model, build_tiny_sd3  # noqa: E402
 from tests.unit._clip_fixtures import tiny_clip_folder  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and CI's 2 cores are shared with the
@@ -24,6 +24,12 @@ torch.set_num_threads(int(os.environ.get("CU_TEST_THREADS", "1")))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory):
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A tiny random SD3-class pipeline (MMDiT, flow matching, 16-channel latents, no T5)."""
+    return build_tiny_sd3(tmp_path_factory.mktemp("models") / "tiny-sd3", seed=0)
 
 
 @pytest.fixture(scope="session")

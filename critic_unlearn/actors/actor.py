@@ -16,7 +16,7 @@ import torch
 from critic_unlearn.adversarial.pool import SoftPromptPool
 from critic_unlearn.codec import CodecError
 from critic_unlearn.config import RunConfig
-from critic_unlearn.diffusion.loading import SDComponents
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.lora import (
     adapter_manifest,
     attach_lora,
@@ -53,15 +53,15 @@ class Actor:
         self,
         cfg: RunConfig,
         actor_id: int,
-        components: SDComponents,
+        components: Policy,
         reward: RewardModel,
         prompts: PromptSet,
         forget_fraction: float = 0.5,
     ) -> None:
         self.cfg, self.actor_id, self.c = cfg, actor_id, components
         self.reward, self.prompts = reward, prompts
-        if not any("lora_" in n for n, _ in components.unet.named_parameters()):
-            attach_lora(components.unet, cfg.lora)
+        if not any("lora_" in n for n, _ in components.denoiser.named_parameters()):
+            attach_lora(components.denoiser, cfg.lora)
         self.lora_hash = lora_config_hash(cfg.lora)
         self.version = 0
         self.forget_fraction = forget_fraction
@@ -100,7 +100,7 @@ class Actor:
                 f"actor {self.actor_id} refused weights v{packet.version}: {problem}"
             )
         dev = self.c.device
-        set_adapter_state(self.c.unet, {k: v.to(dev) for k, v in packet.state_dict.items()})
+        set_adapter_state(self.c.denoiser, {k: v.to(dev) for k, v in packet.state_dict.items()})
         self.version = packet.version
         if pool is not None:  # a packet without one (in-loop attack off) keeps the pool
             self.soft_pool = pool

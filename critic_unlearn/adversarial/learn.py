@@ -21,14 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.diffusion.ddim_logprob import ddim_step_with_logprob
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.loading import SDComponents
-from critic_unlearn.diffusion.policy import (
-    compute_dtype,
-    encode_prompts,
-    guided_noise,
-    precision_context,
-)
 from critic_unlearn.diffusion.soft_prompt import encode_soft, word_embeddings
 from critic_unlearn.rewards.openclip_loading import LoadedClip
 from critic_unlearn.rewards.preprocess import clip_pixels
@@ -77,7 +71,7 @@ class LearnedPrompt:
 
 
 def sample_images(
-    comps: SDComponents,
+    comps: Policy,
     cond: Tensor,  # (B, L, D)
     seeds: list[int],
     num_steps: int,
@@ -89,25 +83,18 @@ def sample_images(
     Noise is drawn per seed exactly as `sample_trajectories` draws it (x_T, then each step's
     variance noise from the same generator), so under no_grad it gives the sampler's images."""
     c = comps
-    device, dtype = c.device, compute_dtype(c.unet)
-    size = c.default_size // c.vae_scale_factor
-    shape = (c.unet.config.in_channels, size, size)
+    device = c.device
+    shape = c.latent_shape()
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     uncond = None
     if guidance_scale != 1.0:
-        uncond = encode_prompts(c.tokenizer, c.text_encoder, [""]).expand_as(cond)
-    c.scheduler.set_timesteps(num_steps, device=device)
-    x = torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])
-    x = x * c.scheduler.init_noise_sigma
-    for t in c.scheduler.timesteps:
-        with precision_context(device, dtype):
-            eps = guided_noise(c.unet, x, t, cond, uncond, guidance_scale)
+        uncond = c.empty_condition().expand_as(cond)
+    x = c.initial_noise(shape, gens)
+    for t in c.set_timesteps(num_steps):
         noise = torch.stack([torch.randn(shape, generator=g, device=device) for g in gens])
-        x = ddim_step_with_logprob(c.scheduler, eps.float(), t, x.float(), eta,
-                                   variance_noise=noise).prev_sample
-    vae = c.vae
-    img = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
-    return (img.float() / 2 + 0.5).clamp(0, 1)
+        x = c.step(x.float(), t, cond, uncond, guidance_scale=guidance_scale, eta=eta,
+                   variance_noise=noise).prev_sample
+    return (c.decode(x).float() / 2 + 0.5).clamp(0, 1)
 
 
 def image_features(clip: LoadedClip, images01: Tensor) -> Tensor:
@@ -165,7 +152,7 @@ def learn_prompt(
     opt = torch.optim.Adam([vectors], lr=s.lr)
     targets = [class_embeddings(clip, row) for row in class_texts]
     scale = logit_scale(clip)
-    frozen = [p for p in comps.unet.parameters() if p.requires_grad]
+    frozen = [p for p in comps.denoiser.parameters() if p.requires_grad]
     for p in frozen:  # the LoRA weights: only the soft tokens are optimised
         p.requires_grad_(False)
     found = LearnedPrompt(texts, vectors)

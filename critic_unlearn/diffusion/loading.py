@@ -14,8 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import Tensor
 
 from critic_unlearn import sources
+from critic_unlearn.diffusion.contract import (  # noqa: F401 (ModelLoadError: its home)
+    ModelLoadError,
+    Policy,
+    UnknownBackbone,
+    model_family,
+)
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -23,15 +30,19 @@ if TYPE_CHECKING:
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
-class ModelLoadError(RuntimeError):
-    """The model could not be found or read; the message says where we looked and what to do."""
+# the folders each family's pipeline needs (SD3's third, T5 text encoder is optional)
+FAMILY_PARTS = {
+    "sd1": PARTS,
+    "sd3": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+            "scheduler"),
+}
 
 
 @dataclass
-class SDComponents:
-    """The five parts of a Stable Diffusion model, ready to sample with."""
+class SDComponents(Policy):
+    """The SD-1.x policy: the five parts of a Stable Diffusion model, ready to sample with.
+
+    The policy is a guided DDIM step with eta > 0 (policy.py), its x0_hat DDIM's."""
 
     unet: UNet2DConditionModel
     vae: AutoencoderKL
@@ -40,17 +51,58 @@ class SDComponents:
     scheduler: DDIMScheduler
     model_id: str
 
+    family = "sd1"
+    export_prefix = "unet"
+    pipeline_class = "StableDiffusionPipeline"
+
+    @property
+    def denoiser(self) -> UNet2DConditionModel:
+        return self.unet
+
     @property
     def device(self) -> torch.device:
         return self.unet.device
 
     @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
 
     @property
     def default_size(self) -> int:
         return self.unet.config.sample_size * self.vae_scale_factor
+
+    def encode(self, texts: list[str], soft_tokens=None) -> Tensor:
+        from critic_unlearn.diffusion.soft_prompt import encode_conditioning
+
+        return encode_conditioning(self.tokenizer, self.text_encoder, texts, soft_tokens)
+
+    def set_timesteps(self, num_steps: int) -> Tensor:
+        self.scheduler.set_timesteps(num_steps, device=self.device)
+        return self.scheduler.timesteps
+
+    def predict(self, latents, timesteps, cond, uncond, guidance_scale) -> Tensor:
+        from critic_unlearn.diffusion.policy import guided_noise, precision_context
+
+        with precision_context(latents.device, self.compute_dtype):
+            return guided_noise(self.unet, latents, timesteps, cond, uncond, guidance_scale)
+
+    def step(self, latents, timesteps, cond, uncond, *, guidance_scale, eta, prev_sample=None,
+             generator=None, variance_noise=None, reduction="sum"):
+        from critic_unlearn.diffusion.policy import policy_step
+
+        return policy_step(self.unet, self.scheduler, latents, timesteps, cond, uncond,
+                           guidance_scale=guidance_scale, eta=eta, prev_sample=prev_sample,
+                           generator=generator, variance_noise=variance_noise,
+                           reduction=reduction)
+
+    def step_std(self, timesteps: Tensor, eta: float) -> Tensor:
+        from critic_unlearn.diffusion.ddim_logprob import step_std
+
+        return step_std(self.scheduler, timesteps, eta)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        vae = self.vae
+        return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
 
 
 def _looks_local(model: str) -> bool:
@@ -72,11 +124,16 @@ def check_model_source(model: str) -> str:
             "at a folder in diffusers layout (with unet/, vae/, text_encoder/, tokenizer/, "
             "scheduler/) or a hub id"
         )
-    missing = [p for p in PARTS if not (root / p).is_dir()]
+    try:
+        family = model_family(root)
+    except UnknownBackbone as e:
+        raise ModelLoadError(f"model.pretrained: {e}") from None
+    missing = [p for p in FAMILY_PARTS[family] if not (root / p).is_dir()]
     if missing:
+        pipeline = {"sd1": "StableDiffusionPipeline", "sd3": "StableDiffusion3Pipeline"}[family]
         raise ModelLoadError(
             f"model.pretrained: model folder {str(root)!r} lacks {', '.join(missing)}; it must be "
-            "in diffusers layout (save it with StableDiffusionPipeline.save_pretrained)"
+            f"in diffusers layout (save it with {pipeline}.save_pretrained)"
         )
     return str(root)
 

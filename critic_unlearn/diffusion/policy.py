@@ -100,6 +100,7 @@ def policy_step(
     eta: float,
     prev_sample: Tensor | None = None,  # (B, C, H, W) stored x_{t_prev} to re-score
     generator: torch.Generator | list[torch.Generator] | None = None,
+    variance_noise: Tensor | None = None,  # (B, C, H, W) fixed step noise instead of `generator`
     reduction: Reduction = "sum",
 ) -> DDIMStepOutput:
     """Act (sample x_prev) or re-score (given x_prev): one guided DDIM step with its log-prob.
@@ -115,6 +116,7 @@ def policy_step(
         latents.float(),
         eta,
         generator=generator,
+        variance_noise=variance_noise,
         prev_sample=None if prev_sample is None else prev_sample.float(),
         reduction=reduction,
     )

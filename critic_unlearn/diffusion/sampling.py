@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from critic_unlearn.diffusion.loading import SDComponents
-from critic_unlearn.diffusion.policy import compute_dtype, encode_prompts, policy_step
-from critic_unlearn.diffusion.soft_prompt import encode_conditioning
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.types import Role, SamplerSettings, Trajectory
 
 
@@ -43,15 +41,14 @@ def pixels_to_images(pixels: Tensor) -> Tensor:
     return x.permute(0, 2, 3, 1).cpu()
 
 
-def decode_images(components: SDComponents, latents: Tensor) -> Tensor:
+def decode_images(components: Policy, latents: Tensor) -> Tensor:
     """VAE decode -> (B, H, W, 3) uint8."""
-    vae = components.vae
-    return pixels_to_images(vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample)
+    return pixels_to_images(components.decode(latents))
 
 
 @torch.no_grad()
 def sample_trajectories(
-    components: SDComponents,
+    components: Policy,
     prompts: list[PromptSpec],
     seeds: list[int],
     settings: SamplerSettings,
@@ -63,31 +60,25 @@ def sample_trajectories(
     actor_id: int = 0,
     decode: bool = True,
 ) -> list[Trajectory]:
-    """Sample one denoising chain per (prompt, seed) with the UNet as it is now (LoRA included)."""
+    """Sample one denoising chain per (prompt, seed) with the policy as it is now (LoRA
+    included)."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     c = components
-    device, dtype = c.device, compute_dtype(c.unet)  # latents are stored in this dtype
-    h = (height or c.default_size) // c.vae_scale_factor
-    w = (width or c.default_size) // c.vae_scale_factor
-    shape = (c.unet.config.in_channels, h, w)
+    device = c.device  # latents are stored in the policy's compute dtype
+    shape = c.latent_shape(height, width)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     soft = [p.soft_tokens for p in prompts]
-    cond = encode_conditioning(c.tokenizer, c.text_encoder, [p.text for p in prompts],
-                               soft if any(v is not None for v in soft) else None)
+    cond = c.encode([p.text for p in prompts], soft if any(v is not None for v in soft) else None)
     uncond = None
     if settings.guidance_scale != 1.0:
-        uncond = encode_prompts(c.tokenizer, c.text_encoder, [""]).expand_as(cond)
+        uncond = c.empty_condition().expand_as(cond)
 
-    c.scheduler.set_timesteps(settings.num_steps, device=device)
-    timesteps = c.scheduler.timesteps  # (S,) descending
-    x = torch.stack([torch.randn(shape, generator=g, device=device, dtype=dtype) for g in gens])
-    x = x * c.scheduler.init_noise_sigma
+    timesteps = c.set_timesteps(settings.num_steps)  # (S,) descending
+    x = c.initial_noise(shape, gens)
     states, log_probs, stds = [x], [], []
     for t in timesteps:
-        out = policy_step(
-            c.unet,
-            c.scheduler,
+        out = c.step(
             x,
             t,
             cond,
@@ -108,7 +99,7 @@ def sample_trajectories(
     images = decode_images(c, x) if decode else None
     chain = torch.stack(states, dim=1).cpu()  # (B, S+1, C, H, W)
     lp = torch.stack(log_probs, dim=1).cpu()  # (B, S)
-    t_cpu = timesteps.cpu().long()
+    t_cpu = timesteps.cpu()  # DDIM's int64, flow's float32 (sigma * 1000)
     out_trajs = []
     for i, (spec, seed) in enumerate(zip(prompts, seeds, strict=True)):
         kept = choose_kept_steps(stochastic, keep_steps, seed)

@@ -137,3 +137,74 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     pipe.save_pretrained(tmp, safe_serialization=True)
     tmp.replace(out)  # a half-written folder never carries the final name
     return out
+
+
+def tiny_sd3_components(seed: int = 0, sample_size: int = 8) -> dict:
+    """An SD3-class model of a few channels: a 1-block MMDiT over 16-channel latents (as SD3's),
+    two 2-layer CLIP text encoders with projections (pooled 2 x 32), no T5 (diffusers then
+    conditions on zeros in its place), a tiny 16-channel VAE with SD3's shift and scale."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=sample_size,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # the two CLIPs' hidden states side by side: 32 + 32
+        caption_projection_dim=32,
+        pooled_projection_dim=64,  # the two CLIPs' projections: 32 + 32
+        pos_embed_max_size=16,
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=16,
+        norm_num_groups=32,
+        sample_size=sample_size * 2,
+        shift_factor=0.0609,
+        scaling_factor=1.5305,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+
+    def text_encoder() -> CLIPTextModelWithProjection:
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+            vocab_size=49408, max_position_embeddings=77, projection_dim=32,
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        )).eval()
+
+    return {
+        "transformer": transformer.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder(),
+        "text_encoder_2": text_encoder(),
+        "text_encoder_3": None,
+        "tokenizer": clip_tokenizer(),
+        "tokenizer_2": clip_tokenizer(),
+        "tokenizer_3": None,
+        "scheduler": FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD3's
+    }
+
+
+def build_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a tiny random StableDiffusion3Pipeline in diffusers layout (idempotent)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    out = Path(out_dir)
+    if (out / "model_index.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    StableDiffusion3Pipeline(**tiny_sd3_components(seed)).save_pretrained(
+        tmp, safe_serialization=True
+    )
+    tmp.replace(out)
+    return out

@@ -81,10 +81,10 @@ def evaluate_curve(
     base = base_images(comps, items, cfg, out / f"curve_{BASE_CACHE}")
     judged_base = _judged(base, items, list(prompts.all), images_per_prompt, judge,
                           concept)
-    attach_lora(comps.unet, cfg.lora)
+    attach_lora(comps.denoiser, cfg.lora)
     points = []
     for snap in snaps:
-        set_adapter_state(comps.unet, {k: v.to(device) for k, v in snap.load().items()})
+        set_adapter_state(comps.denoiser, {k: v.to(device) for k, v in snap.load().items()})
         judged = _judged(generate(comps, items, cfg), items, list(prompts.all), images_per_prompt,
                          judge, concept)
         points.append({"step": snap.step, "trajectories": snap.trajectories, **judged,

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from critic_unlearn.codec import decode_state_dict
 from critic_unlearn.config import RunConfig
-from critic_unlearn.diffusion.loading import SDComponents
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.learner.checkpoint import load_checkpoint
 from critic_unlearn.rewards.prompts import Prompt
@@ -47,7 +47,7 @@ def sampler_settings(cfg: RunConfig) -> SamplerSettings:
 
 
 @torch.no_grad()
-def generate(components: SDComponents, items: list[EvalItem], cfg: RunConfig) -> Tensor:
+def generate(components: Policy, items: list[EvalItem], cfg: RunConfig) -> Tensor:
     """(N, H, W, 3) uint8, one image per item, in order."""
     settings, s = sampler_settings(cfg), cfg.sampler
     images = []
@@ -82,11 +82,11 @@ def find_adapter(run_dir: Path) -> dict[str, Tensor]:
     )
 
 
-def base_fingerprint(components: SDComponents, items: list[EvalItem], cfg: RunConfig) -> str:
+def base_fingerprint(components: Policy, items: list[EvalItem], cfg: RunConfig) -> str:
     """A key for the base images: model weights (sums per tensor), prompts, seeds, sampler."""
     sums = [
         [float(p.double().sum()), float(p.double().pow(2).sum())]
-        for n, p in components.unet.named_parameters()
+        for n, p in components.denoiser.named_parameters()
         if "lora_" not in n
     ]
     blob = json.dumps({

@@ -12,7 +12,8 @@ from torch import Tensor
 from critic_unlearn import sources
 from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
-from critic_unlearn.diffusion.loading import SDComponents, load_components
+from critic_unlearn.diffusion.backbones import load_policy
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
 from critic_unlearn.evaluation.attacks.run import attacker_clip, run_attacks
 from critic_unlearn.evaluation.clip_score import clip_scores
@@ -58,13 +59,11 @@ def load_eval_judge(cfg: RunConfig, device: torch.device) -> tuple[Judge | None,
     return judge, concept_attributes(cfg.reward.prompts.concept, judge.vocabulary)
 
 
-def load_eval_model(cfg: RunConfig, device: torch.device) -> SDComponents:
-    m = cfg.model
-    return load_components(m.pretrained, revision=m.revision, dtype=m.dtype,
-                           device=device, local_files_only=m.local_files_only)
+def load_eval_model(cfg: RunConfig, device: torch.device) -> Policy:
+    return load_policy(cfg.model, device=device)
 
 
-def base_images(comps: SDComponents, items: list[EvalItem], cfg: RunConfig, cache: Path) -> Tensor:
+def base_images(comps: Policy, items: list[EvalItem], cfg: RunConfig, cache: Path) -> Tensor:
     """The base model's images for `items`, from the cache file when it matches."""
     key = base_fingerprint(comps, items, cfg)
     base = cached_base(cache, key)
@@ -163,8 +162,8 @@ def evaluate_run(
     comps = load_eval_model(cfg, device)
     items = eval_items(list(prompts.all), cfg.eval.images_per_prompt, cfg.eval.seeds_offset)
     base = base_images(comps, items, cfg, out / BASE_CACHE)
-    attach_lora(comps.unet, cfg.lora)
-    set_adapter_state(comps.unet, {k: v.to(device) for k, v in state.items()})
+    attach_lora(comps.denoiser, cfg.lora)
+    set_adapter_state(comps.denoiser, {k: v.to(device) for k, v in state.items()})
     after = generate(comps, items, cfg)
 
     texts = [it.prompt.text for it in items]
@@ -211,7 +210,7 @@ def evaluate_run(
         "per_prompt": rows,
     }
     real.add_to(result, cfg, base, after, texts, roles)
-    if cfg.attack.enabled and judge is not None:  # the adapter is still loaded in comps.unet
+    if cfg.attack.enabled and judge is not None:  # the adapter is still loaded in comps.denoiser
         result["attack"] = run_attacks(cfg, comps, attacker_clip(cfg, clip), judge, concept,
                                        out / "attack")
     write_report(out, result)

@@ -272,13 +272,12 @@ def state_reward(reward_model: Callable, prompts: list[str], roles: list[str]) -
     return score
 
 
-def make_vae_decode(vae: nn.Module) -> Decode:
-    """A `decode` for Critic.value: diffusers VAE latents -> pixels in [-1, 1]."""
-    scale = float(vae.config.scaling_factor)
-    dtype = next(vae.parameters()).dtype
+def make_decode(policy) -> Decode:
+    """A `decode` for Critic.value: the policy's latents -> pixels in [-1, 1] (its own VAE
+    decode, shift and scale included)."""
 
     def decode(latents: Tensor) -> Tensor:
-        return vae.decode(latents.to(dtype) / scale).sample.float().clamp(-1.0, 1.0)
+        return policy.decode(latents).float().clamp(-1.0, 1.0)
 
     return decode
 

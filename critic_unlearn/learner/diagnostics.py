@@ -27,12 +27,18 @@ def explained_variance(pred: Tensor, target: Tensor) -> float:
     return float(1.0 - (target.double() - pred.double()).var(correction=0) / var)
 
 
+def label(timesteps: Tensor) -> Tensor:
+    """Integer labels of timesteps: DDIM's as they are, flow's (sigma * 1000) rounded."""
+    return timesteps.cpu().round().long() if timesteps.is_floating_point() else timesteps.cpu()
+
+
 def ev_by_timestep(values: Tensor, rewards: Tensor, timesteps: Tensor) -> dict[int, float]:
     """{timestep: explained variance of the reward by V at the states at that timestep}.
 
     values, timesteps: (N, K); rewards: (N,). A row that holds a timestep more than once (it
-    cannot with DDIM) would count with the mean of its values. Noisiest timestep first."""
-    ts, r, v_all = timesteps.cpu(), rewards.detach().cpu(), values.detach().cpu()
+    cannot with DDIM) would count with the mean of its values. Noisiest timestep first. Flow
+    timesteps (sigma * 1000, floats) are labelled by their nearest integer."""
+    ts, r, v_all = label(timesteps), rewards.detach().cpu(), values.detach().cpu()
     out = {}
     for t in sorted({int(x) for x in ts.unique()}, reverse=True):
         at = ts == t
@@ -58,7 +64,7 @@ def per_timestep_diagnostics(
     trained: Tensor    # (B, K) bool, transitions the policy may train on
     """
     out: dict[str, float] = {}
-    ts = timesteps.cpu()
+    ts = label(timesteps)
     adv = advantages.detach().double().cpu()
     mask = trained.cpu()
     centred = adv - adv[mask].mean() if mask.any() else adv

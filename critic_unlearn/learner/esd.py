@@ -13,7 +13,6 @@ import torch
 
 from critic_unlearn.config import RunConfig
 from critic_unlearn.diffusion.lora import base_policy
-from critic_unlearn.diffusion.policy import encode_prompts
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.types import Batch
 
@@ -28,26 +27,23 @@ class ESDLearner(Learner):
         forget = [i for i, r in enumerate(batch.roles) if r == "forget"]
         if not forget:
             raise ValueError("ESD needs forget-prompt trajectories in every batch; got none")
-        dev, unet = self.device, self.c.unet
+        dev, net = self.device, self.c.denoiser
         rows = torch.tensor(forget)
         k = batch.timesteps.shape[1]
         n = min(lc.train_steps or k, k)
         idx = torch.stack([torch.randperm(k, generator=self.gen)[:n] for _ in forget])  # (F, n)
-        cond = encode_prompts(
-            self.c.tokenizer, self.c.text_encoder, [batch.prompts[i] for i in forget]
-        )
+        cond = self.c.encode([batch.prompts[i] for i in forget])
         total = 0.0
         self.policy_opt.zero_grad(set_to_none=True)
         for j in range(n):
             x = batch.latents[rows, idx[:, j]].to(dev)
             t = batch.timesteps[rows, idx[:, j]].to(dev)
             uncond = self.uncond.expand_as(cond)
-            with torch.no_grad(), base_policy(unet), self._autocast():
-                e_u = unet(x, t, encoder_hidden_states=uncond).sample
-                e_c = unet(x, t, encoder_hidden_states=cond).sample
+            with torch.no_grad(), base_policy(net):
+                e_u = self.c.predict(x, t, uncond, None, 1.0)
+                e_c = self.c.predict(x, t, cond, None, 1.0)
                 target = e_u - lc.esd.eta * (e_c - e_u)
-            with self._autocast():
-                pred = unet(x, t, encoder_hidden_states=cond).sample
+            pred = self.c.predict(x, t, cond, None, 1.0)
             loss = torch.nn.functional.mse_loss(pred.float(), target.float())
             (loss / n).backward()
             total += loss.item() / n

@@ -30,8 +30,7 @@ from diffusers.training_utils import cast_training_params
 from torch import Tensor
 
 from critic_unlearn.config import RunConfig
-from critic_unlearn.diffusion.ddim_logprob import step_std
-from critic_unlearn.diffusion.loading import SDComponents
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.lora import (
     adapter_manifest,
     attach_lora,
@@ -40,16 +39,10 @@ from critic_unlearn.diffusion.lora import (
     lora_config_hash,
     set_adapter_state,
 )
-from critic_unlearn.diffusion.policy import (
-    compute_dtype,
-    encode_prompts,
-    policy_step,
-    precision_context,
-)
-from critic_unlearn.diffusion.soft_prompt import encode_conditioning
+from critic_unlearn.diffusion.policy import precision_context
 from critic_unlearn.learner.advantages import normalize_and_clip, step_advantages, value_targets
 from critic_unlearn.learner.anchors import draw_neighbours
-from critic_unlearn.learner.critic import Critic, make_vae_decode, state_reward
+from critic_unlearn.learner.critic import Critic, make_decode, state_reward
 from critic_unlearn.learner.diagnostics import WindowedDiagnostics
 from critic_unlearn.learner.distributed import Solo
 from critic_unlearn.learner.losses import gaussian_kl_same_sigma, ppo_clipped_loss, value_loss
@@ -67,7 +60,7 @@ class Learner:
     def __init__(
         self,
         cfg: RunConfig,
-        components: SDComponents,
+        components: Policy,
         critic: Critic | None = None,
         critic_text: TextEmbed | None = None,
         publisher: Publisher | None = None,
@@ -82,7 +75,7 @@ class Learner:
                 f"critic.kind = {cc.kind!r} with critic.reward_feature = {cc.reward_feature} "
                 "needs the reward model in the learner; pass reward_model"
             )
-        latent_channels = int(components.vae.config.latent_channels)
+        latent_channels = components.latent_channels
         if self.uses_critic(cfg) and cc.input == "latent" and cc.latent_channels != latent_channels:
             raise ValueError(
                 f"critic.latent_channels = {cc.latent_channels}, but the model's latents have "
@@ -97,13 +90,13 @@ class Learner:
         self.publisher = publisher
         self.reward_tracker = reward_tracker  # per-prompt standardisation (DDPO), or None
         lc = cfg.learner
-        unet = components.unet
-        if not any("lora_" in n for n, _ in unet.named_parameters()):
-            attach_lora(unet, cfg.lora)
-        cast_training_params(unet, dtype=torch.float32)  # LoRA trains in fp32 over a fp16 base
+        net = components.denoiser
+        if not any("lora_" in n for n, _ in net.named_parameters()):
+            attach_lora(net, cfg.lora)
+        cast_training_params(net, dtype=torch.float32)  # LoRA trains in fp32 over a fp16 base
         if lc.gradient_checkpointing:
-            unet.enable_gradient_checkpointing()
-        self.lora_params = [p for n, p in unet.named_parameters() if "lora_" in n]
+            net.enable_gradient_checkpointing()
+        self.lora_params = [p for n, p in net.named_parameters() if "lora_" in n]
         self.policy_opt = torch.optim.AdamW(
             self.lora_params, lr=lc.lr, weight_decay=lc.weight_decay
         )
@@ -114,8 +107,8 @@ class Learner:
             if self.critic is not None
             else None
         )
-        self.decode = make_vae_decode(components.vae)
-        self.uncond = encode_prompts(components.tokenizer, components.text_encoder, [""])
+        self.decode = make_decode(components)
+        self.uncond = components.empty_condition()
         self.group: Solo = Solo()  # one rank until `join` hands it a data-parallel group
         self.gen = torch.Generator().manual_seed(lc.seed)
         self.lora_hash = lora_config_hash(cfg.lora)
@@ -165,7 +158,7 @@ class Learner:
         rewards = scale * raw_rewards + shift  # standardised per prompt (or raw)
         staleness = (self.version - batch.versions).float().mean().item()
         cond = self.conditioning(batch)
-        self.c.scheduler.set_timesteps(batch.sampler.num_steps, device=dev)
+        self.c.set_timesteps(batch.sampler.num_steps)
 
         log_rhos, x0 = self._current_policy(batch, lat, nxt, ts, old_lp, cond)
         text = self.critic_text(batch.prompts).to(dev) if self.critic is not None else None
@@ -174,7 +167,7 @@ class Learner:
         if self.oracle:
             raw_values = self._oracle_values(x0, batch)
         values = None if raw_values is None else scale[:, None] * raw_values + shift[:, None]
-        eligible = step_std(self.c.scheduler, ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
+        eligible = self.c.step_std(ts, batch.sampler.eta) >= lc.min_train_std  # (B, K)
         g = self.group
         n = min(lc.train_steps or k, g.min_int(int(eligible.sum(1).min())))
         if n == 0:
@@ -268,9 +261,7 @@ class Learner:
         """(B, L, D) prompt embeddings to re-score with: the function the actors sampled with,
         fed the soft tokens the trajectories carry (adversarial pool prompts), so the learner
         needs no pool and behaviour and re-scored log-probs see the same conditioning."""
-        return encode_conditioning(
-            self.c.tokenizer, self.c.text_encoder, batch.prompts, batch.soft_tokens
-        )
+        return self.c.encode(batch.prompts, batch.soft_tokens)
 
     def _pick(self, eligible: Tensor, n: int) -> Tensor:
         """n random positions among a trajectory's eligible transitions (learner's own RNG)."""
@@ -279,8 +270,8 @@ class Learner:
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """The run's one precision policy (model.dtype), for the critic and ESD's UNet calls; the
-        policy's own log-probs get it inside `policy_step`, as the actors' do."""
-        return precision_context(self.device, compute_dtype(self.c.unet))
+        policy's own log-probs get it inside the policy's `step`, as the actors' do."""
+        return precision_context(self.device, self.c.compute_dtype)
 
     @torch.no_grad()
     def _current_policy(self, batch, lat, nxt, ts, old_lp, cond):
@@ -298,12 +289,10 @@ class Learner:
         return torch.stack(rhos, 1), torch.stack(x0s, 1)
 
     def _score(self, x, x_prev, t, cond, batch: Batch):
-        """log pi_theta of stored transitions: `policy_step` exactly as the actor ran it (same
-        autocast state and dtype, fp32 step arithmetic; see diffusion/policy.py)."""
+        """log pi_theta of stored transitions: the policy's `step` exactly as the actor ran it
+        (same autocast state and dtype, fp32 step arithmetic; see diffusion/policy.py)."""
         s = batch.sampler
-        return policy_step(
-            self.c.unet,
-            self.c.scheduler,
+        return self.c.step(
             x,
             t,
             cond,
@@ -399,7 +388,7 @@ class Learner:
             out = self._score(lat[r, i], nxt[r, i], ts[r, i], cond[r], batch)
             loss, info = ppo_clipped_loss(out.log_prob, old_lp[r, i], adv[r, i], lc.clip_range)
             if lc.kl_weight > 0:
-                with torch.no_grad(), base_policy(self.c.unet):
+                with torch.no_grad(), base_policy(self.c.denoiser):
                     base = self._score(lat[r, i], nxt[r, i], ts[r, i], cond[r], batch)
                 kl = gaussian_kl_same_sigma(
                     out.mean.float(),
@@ -435,7 +424,7 @@ class Learner:
         kls = []
 
         def base_step(keep, c):
-            with torch.no_grad(), base_policy(self.c.unet):
+            with torch.no_grad(), base_policy(self.c.denoiser):
                 return self._score(x[keep], x_prev[keep], t[keep], c, batch)
 
         retain = torch.tensor([r == "retain" for r in roles], device=x.device)
@@ -448,7 +437,7 @@ class Learner:
             texts = [batch.prompts[j] for j, f in zip(rows.tolist(), forget.tolist(),
                                                       strict=True) if f]
             near = draw_neighbours(texts, cc.concept, cc.anchor_substitutes, self.gen)
-            ncond = encode_conditioning(self.c.tokenizer, self.c.text_encoder, near, None)
+            ncond = self.c.encode(near)
             adapted = self._score(x[forget], x_prev[forget], t[forget], ncond, batch)
             base = base_step(forget, ncond)
             kls.append(gaussian_kl_same_sigma(adapted.mean.float(), base.mean.float(),
@@ -459,13 +448,13 @@ class Learner:
 
     # -- weights and state ------------------------------------------------------------------
     def weights(self) -> WeightsPacket:
-        state = get_adapter_state(self.c.unet)
+        state = get_adapter_state(self.c.denoiser)
         manifest = adapter_manifest(self.c.model_id, self.lora_hash, state, self.version)
         return WeightsPacket(version=self.version, state_dict=state, manifest=manifest)
 
     def state_dict(self) -> dict:
         return {
-            "adapter": get_adapter_state(self.c.unet),
+            "adapter": get_adapter_state(self.c.denoiser),
             "critic": None if self.critic is None else self.critic.state_dict(),
             "policy_optimizer": self.policy_opt.state_dict(),
             "critic_optimizer": None if self.critic_opt is None else self.critic_opt.state_dict(),
@@ -485,7 +474,8 @@ class Learner:
                 f"checkpoint LoRA config hash {state['lora_config_hash']} differs from this run's "
                 f"{self.lora_hash}; resume with the lora settings the checkpoint was trained with"
             )
-        set_adapter_state(self.c.unet, {k: v.to(self.device) for k, v in state["adapter"].items()})
+        adapter = {k: v.to(self.device) for k, v in state["adapter"].items()}
+        set_adapter_state(self.c.denoiser, adapter)
         self.policy_opt.load_state_dict(state["policy_optimizer"])
         if self.critic is not None:
             self.critic.load_state_dict(state["critic"])

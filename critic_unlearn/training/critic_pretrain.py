@@ -44,7 +44,7 @@ from critic_unlearn.learner.checkpoint import load_checkpoint, save_checkpoint
 from critic_unlearn.learner.critic import (
     Critic,
     build_critic,
-    make_vae_decode,
+    make_decode,
     state_reward,
     text_embedder,
 )
@@ -160,7 +160,7 @@ def _values(critic: Critic, x: torch.Tensor, ts: torch.Tensor, text: torch.Tenso
 def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None = None,
                     device: str | torch.device = "cpu") -> PretrainResult:
     """Sample, fit, measure, write `out_dir/critic.safetensors` (+ pretrain.json, critic_ev.png)."""
-    from critic_unlearn.diffusion.loading import load_components
+    from critic_unlearn.diffusion.backbones import load_policy
 
     console = console or Console(stderr=True)
     if not cfg.critic.enabled or cfg.critic.kind != "learned":
@@ -192,9 +192,8 @@ def pretrain_critic(cfg: RunConfig, out_dir: str | Path, console: Console | None
     text = text_embedder(clip, cc)(batch.prompts).to(device)
     reward_model = build_reward(cfg.reward, device) if cc.reward_feature else None
     m = cfg.model
-    comps = load_components(m.pretrained, revision=m.revision, dtype=m.dtype, device=device,
-                            local_files_only=m.local_files_only)
-    decode = make_vae_decode(comps.vae)
+    comps = load_policy(m, device=device)
+    decode = make_decode(comps)
     x0 = None
     if cc.input == "x0_pred":
         x0 = _predicted_x0(cfg, comps, batch, device)
@@ -296,18 +295,17 @@ def write_pretrained(out_dir: Path, state: dict, meta: dict) -> None:
 def _predicted_x0(cfg: RunConfig, comps, batch: Batch, device) -> torch.Tensor:
     """x0_hat of every stored state under the base policy (critic.input = "x0_pred")."""
     from critic_unlearn.diffusion.lora import attach_lora
-    from critic_unlearn.diffusion.policy import encode_prompts, policy_step
 
-    attach_lora(comps.unet, cfg.lora)  # zero-initialised: the base policy
-    comps.scheduler.set_timesteps(batch.sampler.num_steps, device=device)
-    uncond = encode_prompts(comps.tokenizer, comps.text_encoder, [""])
+    attach_lora(comps.denoiser, cfg.lora)  # zero-initialised: the base policy
+    comps.set_timesteps(batch.sampler.num_steps)
+    uncond = comps.empty_condition()
     out = []
     for rows in torch.arange(len(batch.prompts)).split(cfg.sampler.batch_size):
-        cond = encode_prompts(comps.tokenizer, comps.text_encoder, [batch.prompts[i] for i in rows])
+        cond = comps.encode([batch.prompts[i] for i in rows])
         cols = []
         for j in range(batch.latents.shape[1]):
-            step = policy_step(
-                comps.unet, comps.scheduler, batch.latents[rows, j].to(device),
+            step = comps.step(
+                batch.latents[rows, j].to(device),
                 batch.timesteps[rows, j].to(device), cond, uncond.expand_as(cond),
                 guidance_scale=batch.sampler.guidance_scale, eta=batch.sampler.eta,
                 prev_sample=batch.next_latents[rows, j].to(device),

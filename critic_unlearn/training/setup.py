@@ -11,7 +11,7 @@ import torch
 from critic_unlearn.actors.actor import Actor
 from critic_unlearn.config import RunConfig, dump_config, run_dir_url
 from critic_unlearn.device import resolve_device
-from critic_unlearn.diffusion.loading import load_components
+from critic_unlearn.diffusion.backbones import load_policy
 from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.learner.critic import build_critic, text_embedder
 from critic_unlearn.learner.critic_checkpoint import load_pretrained
@@ -46,14 +46,7 @@ def prepare_run_dir(cfg: RunConfig) -> Path:
 
 
 def _components(cfg: RunConfig, device: torch.device, dtype: str | None = None):
-    m = cfg.model
-    return load_components(
-        m.pretrained,
-        revision=m.revision,
-        dtype=dtype or m.dtype,
-        device=device,
-        local_files_only=m.local_files_only,
-    )
+    return load_policy(cfg.model, device=device, dtype=dtype)
 
 
 def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None = None) -> Actor:
@@ -69,7 +62,7 @@ def build_actor(cfg: RunConfig, actor_id: int, device: str | torch.device | None
     if cfg.actors.compile:
         # in place (nn.Module.compile), after the LoRA is attached: parameter names, peft's
         # adapter calls and `apply_weights`' in-place copies see the uncompiled module
-        actor.c.unet.compile()
+        actor.c.denoiser.compile()
     return actor
 
 

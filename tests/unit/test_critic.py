@@ -14,7 +14,6 @@ from critic_unlearn.config import CriticConfig
 from critic_unlearn.learner.critic import (
     Critic,
     build_critic,
-    make_vae_decode,
     predict_x0,
     text_embedder,
     timestep_embedding,
@@ -34,6 +33,11 @@ def vae() -> AutoencoderKL:
         block_out_channels=(32, 64), latent_channels=4, norm_num_groups=32,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
     ).eval().requires_grad_(False)
+
+
+def vae_decode(vae: AutoencoderKL):
+    """latents -> pixels in [-1, 1], as an SD-1.x policy's `decode` feeds the critic."""
+    return lambda z: vae.decode(z / vae.config.scaling_factor).sample.float().clamp(-1.0, 1.0)
 
 
 def _synthetic(n: int, abar: torch.Tensor, g: torch.Generator, t: int | None = None):
@@ -92,7 +96,7 @@ def test_every_variant_runs_forward_and_backward(
     alphas = DDPMScheduler(num_train_timesteps=1000).alphas_cumprod
     x0 = predict_x0(latents, torch.randn_like(latents), alphas, timesteps)
     text = text_embedder(clip, cfg)(["a red circle", "a blue square", "a red circle"])
-    values = critic.value(latents, timesteps, text, make_vae_decode(vae), x0_pred=x0)
+    values = critic.value(latents, timesteps, text, vae_decode(vae), x0_pred=x0)
     assert values.shape == (3,) and torch.isfinite(values).all()
     values.sum().backward()
     assert all(p.grad is not None for p in critic.head.parameters())
@@ -199,7 +203,7 @@ def test_frozen_tower_features_are_computed_once_as_inputs(clip: LoadedClip, vae
     g = torch.Generator().manual_seed(1)
     lat = torch.randn(3, 4, 16, 16, generator=g)
     t, text = torch.tensor([900, 500, 1]), torch.randn(3, 32, generator=g)
-    decode = make_vae_decode(vae)
+    decode = vae_decode(vae)
     x = critic.inputs(lat, decode)
     assert x.shape == (3, clip.embed_dim) and not x.requires_grad
     with torch.no_grad():

@@ -325,7 +325,7 @@ def test_the_oracle_values_are_the_reward_of_the_decoded_predicted_x0(tiny_model
     current policy, mapped with the rewards' standardisation."""
     from critic_unlearn.diffusion.policy import encode_prompts, policy_step
     from critic_unlearn.diffusion.sampling import pixels_to_images
-    from critic_unlearn.learner.critic import make_vae_decode
+    from critic_unlearn.learner.critic import make_decode
 
     learner, cfg, comps = make_learner(tiny_model_dir, clip, ["critic.kind=oracle"])
     assert learner.critic is None and learner.critic_opt is None
@@ -342,7 +342,7 @@ def test_the_oracle_values_are_the_reward_of_the_decoded_predicted_x0(tiny_model
     comps.scheduler.set_timesteps(cfg.sampler.num_steps)
     cond = encode_prompts(comps.tokenizer, comps.text_encoder, batch.prompts)
     uncond = encode_prompts(comps.tokenizer, comps.text_encoder, [""]).expand_as(cond)
-    decode = make_vae_decode(comps.vae)
+    decode = make_decode(comps)
     with torch.no_grad():
         from critic_unlearn.diffusion.lora import base_policy
 

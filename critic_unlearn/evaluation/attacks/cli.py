@@ -45,8 +45,8 @@ def attack_run_dir(run_dir: str | Path, cfg: RunConfig,
         )
     clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, device=device)
     comps = load_eval_model(cfg, device)
-    attach_lora(comps.unet, cfg.lora)
-    set_adapter_state(comps.unet, {k: v.to(device) for k, v in state.items()})
+    attach_lora(comps.denoiser, cfg.lora)
+    set_adapter_state(comps.denoiser, {k: v.to(device) for k, v in state.items()})
     out = Path(out_dir) if out_dir is not None else run_dir / "attack"
     try:
         return run_attacks(cfg, comps, clip, judge, concept, out, log=console.print)

@@ -29,7 +29,7 @@ from critic_unlearn.adversarial.learn import (
     sample_images,
 )
 from critic_unlearn.config import RunConfig
-from critic_unlearn.diffusion.loading import SDComponents
+from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.lora import base_policy
 from critic_unlearn.diffusion.soft_prompt import encode_soft
 from critic_unlearn.evaluation.attacks.report import markdown
@@ -56,7 +56,7 @@ def eval_templates(cfg: RunConfig) -> list[str]:
 
 @torch.no_grad()
 def generate_with_vectors(
-    comps: SDComponents, text: str, vectors: Tensor, seeds: list[int], s: AttackSettings,
+    comps: Policy, text: str, vectors: Tensor, seeds: list[int], s: AttackSettings,
     batch_size: int = 32,
 ) -> Tensor:
     """(N, H, W, 3) uint8 images of `text` with soft tokens `vectors`, one per seed."""
@@ -75,8 +75,8 @@ def judged_hits(judge: Judge, images: Tensor, concept: dict[str, str]) -> Tensor
     return shows(judge.labels(images), concept)
 
 
-def _policy(comps: SDComponents, model: str) -> contextlib.AbstractContextManager:
-    return base_policy(comps.unet) if model == "base" else contextlib.nullcontext()
+def _policy(comps: Policy, model: str) -> contextlib.AbstractContextManager:
+    return base_policy(comps.denoiser) if model == "base" else contextlib.nullcontext()
 
 
 def sweep_items(wordings: list[Wording], per: int, offset: int) -> list[EvalItem]:
@@ -97,14 +97,14 @@ def _rate(hit: Tensor) -> float:
 
 def run_attacks(
     cfg: RunConfig,
-    comps: SDComponents,
+    comps: Policy,
     clip: LoadedClip,
     judge: Judge,
     concept: dict[str, str],
     out_dir: str | Path,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Both attacks on base (adapters off) and unlearned (adapters as loaded in `comps.unet`);
+    """Both attacks on base (adapters off) and unlearned (adapters as loaded in `comps.denoiser`);
     writes OUT_DIR/attack.json, attack.md, learned_<model>.safetensors and grids/."""
     t0 = time.perf_counter()
     out, a, say = Path(out_dir), cfg.attack, log or (lambda _m: None)
