@@ -34,6 +34,7 @@ from torch import Tensor
 from critic_unlearn import sources
 from critic_unlearn.codec import CodecError, decode_state_dict
 from critic_unlearn.config import ConfigError, LoraConfig, RunConfig, load_config
+from critic_unlearn.diffusion.contract import EXPORT_SPECS, absent_parts
 from critic_unlearn.diffusion.lora import lora_config_hash, peft_config
 from critic_unlearn.io_utils import atomic_write_bytes, atomic_write_text
 
@@ -73,11 +74,16 @@ def _fp32(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def write_adapter_formats(
-    folder: str | Path, state: dict[str, Tensor], cfg: LoraConfig, base_model: str | None = None
+    folder: str | Path, state: dict[str, Tensor], cfg: LoraConfig, base_model: str | None = None,
+    family: str = "sd1",
 ) -> dict[str, Path]:
     """Write `state` (peft's keys, as `get_adapter_state` gives them) into `folder` in diffusers'
-    LoRA format and in peft's format; returns the paths written. Files are replaced atomically."""
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
+    LoRA format (the keys of the backbone `family`: `unet.` for sd1, `transformer.` for sd3)
+    and in peft's format; returns the paths written. Files are replaced atomically."""
+    import diffusers.loaders
+
+    spec = EXPORT_SPECS[family]
+    writer = getattr(diffusers.loaders, spec.lora_writer)
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -87,11 +93,11 @@ def write_adapter_formats(
     # folder first, then renamed into place, so a reader never sees half a file
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=folder))
     try:
-        StableDiffusionLoraLoaderMixin.save_lora_weights(
+        writer.save_lora_weights(
             tmp,
-            unet_lora_layers=tensors,
             weight_name=DIFFUSERS_WEIGHTS,
-            unet_lora_adapter_metadata=meta,
+            **{f"{spec.prefix}_lora_layers": tensors,
+               f"{spec.prefix}_lora_adapter_metadata": meta},
         )
         os.replace(tmp / DIFFUSERS_WEIGHTS, folder / DIFFUSERS_WEIGHTS)
     finally:
@@ -200,12 +206,13 @@ def export_run(
     if out is None:
         out = run_dir / ("adapter" if snapshot is None else EXPORTS / f"step_{snapshot:06d}")
     base_model = manifest.get("base_model") or cfg.model.pretrained
-    written = write_adapter_formats(out, state, cfg.lora, base_model)
+    family = run_family(base or base_model, cfg)
+    written = write_adapter_formats(out, state, cfg.lora, base_model, family)
     summary = {"source": str(src), "adapter_dir": str(Path(out)), **{
         k: str(v) for k, v in written.items()}}
     if merged is not None:
         summary["merged"] = str(export_merged(
-            Path(out), Path(merged), base or base_model, cfg, run_dir, manifest,
+            Path(out), Path(merged), base or base_model, cfg, run_dir, manifest, family,
             card_base=base or cfg.model.pretrained,  # as the user named it, not a resolved path
         ))
     return summary
@@ -218,12 +225,14 @@ def export_merged(
     cfg: RunConfig,
     run_dir: Path | None = None,
     manifest: dict[str, str] | None = None,
+    family: str = "sd1",
     card_base: str | None = None,
 ) -> Path:
     """The base pipeline with the adapter in `adapter_dir` (diffusers' format) fused into its
-    UNet, saved with `save_pretrained` into `out`, plus README.md (the model card, which names
-    the base model as `card_base`, default `base`)."""
-    from diffusers import StableDiffusionPipeline
+    trainable module (the UNet, or an SD3 transformer: `family`), saved with `save_pretrained`
+    into `out`, plus README.md (the model card, which names the base model as `card_base`,
+    default `base`)."""
+    import diffusers
 
     from critic_unlearn.diffusion.loading import ModelLoadError, check_model_source
 
@@ -237,11 +246,13 @@ def export_merged(
     except ModelLoadError as e:
         raise ExportError(f"{e} (or pass the base model with --base)") from None
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
+        spec = EXPORT_SPECS[family]
+        pipe = getattr(diffusers, spec.pipeline).from_pretrained(
             source,
             revision=cfg.model.revision,
             local_files_only=cfg.model.local_files_only,
             dtype=torch.float32,
+            **absent_parts(family, source),
         )
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -250,7 +261,7 @@ def export_merged(
             "--base DIR (diffusers layout, with model_index.json)"
         ) from None
     pipe.load_lora_weights(str(adapter_dir), weight_name=DIFFUSERS_WEIGHTS, adapter_name="unlearn")
-    pipe.fuse_lora(components=["unet"], lora_scale=1.0, adapter_names=["unlearn"])
+    pipe.fuse_lora(components=[spec.prefix], lora_scale=1.0, adapter_names=["unlearn"])
     pipe.unload_lora_weights()  # the LoRA layers go, the fused weights stay
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -267,6 +278,20 @@ def export_merged(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def run_family(model: str, cfg: RunConfig | None = None) -> str:
+    """The backbone family of the run's base model ("sd1" when it cannot be read: a missing
+    base is reported where it is loaded, with its own message)."""
+    from critic_unlearn.diffusion.backbones import family_of
+    from critic_unlearn.diffusion.contract import ModelLoadError
+
+    m = cfg.model if cfg is not None else None
+    try:
+        return family_of(model, revision=m.revision if m else None,
+                         local_files_only=m.local_files_only if m else True)
+    except ModelLoadError:
+        return "sd1"
 
 
 def _is_hub_id(model: str) -> bool:

@@ -41,7 +41,7 @@ def load_policy(
         "local_files_only": cfg_local if local_files_only is None else local_files_only,
     }
     source = check_model_source(pretrained)
-    family = model_family(source) if Path(source).is_dir() else _hub_family(source, kw)
+    family = family_of(source, revision=kw["revision"], local_files_only=kw["local_files_only"])
     if family == "sd3":
         from critic_unlearn.diffusion.sd3 import load_sd3
 
@@ -49,12 +49,16 @@ def load_policy(
     return load_components(source, **kw)
 
 
-def _hub_family(model_id: str, kw: dict) -> str:
+def family_of(model: str, *, revision: str | None = None, local_files_only: bool = False) -> str:
+    """"sd1" / "sd3" for a model (hub id, folder or source name), from its model_index.json."""
+    source = check_model_source(model)
+    if Path(source).is_dir():
+        return model_family(source)
     from diffusers import DiffusionPipeline
 
     try:
-        index = DiffusionPipeline.load_config(model_id, revision=kw["revision"],
-                                              local_files_only=kw["local_files_only"])
+        index = DiffusionPipeline.load_config(source, revision=revision,
+                                              local_files_only=local_files_only)
     except (OSError, ValueError):
         return "sd1"  # unreadable: the sd1 loader raises the one clear error
-    return family_of_class(index.get("_class_name", ""), model_id)
+    return family_of_class(index.get("_class_name", ""), source)

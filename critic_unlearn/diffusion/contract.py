@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -185,7 +186,31 @@ def family_of_class(pipeline_class: str, where: str) -> str:
     )
 
 
-PIPELINE_CLASSES = {
-    "sd1": ("StableDiffusionPipeline",),
-    "sd3": ("StableDiffusion3Pipeline",),
+@dataclass(frozen=True)
+class Export:
+    """How a family's adapter is shipped: the trainable module's key prefix in diffusers' LoRA
+    files, the pipeline that loads it, and the diffusers mixin that writes the LoRA file."""
+
+    prefix: str
+    pipeline: str
+    lora_writer: str
+
+
+EXPORT_SPECS = {
+    "sd1": Export("unet", "StableDiffusionPipeline", "StableDiffusionLoraLoaderMixin"),
+    "sd3": Export("transformer", "StableDiffusion3Pipeline", "SD3LoraLoaderMixin"),
 }
+PIPELINE_CLASSES = {family: (e.pipeline,) for family, e in EXPORT_SPECS.items()}
+
+
+# parts a family's pipeline may be saved without (diffusers then conditions on zeros in SD3's
+# T5 place); from_pretrained needs them named None
+OPTIONAL_PARTS = {"sd1": (), "sd3": ("text_encoder_3", "tokenizer_3")}
+
+
+def absent_parts(family: str, source: str) -> dict[str, None]:
+    """{part: None} for each optional part a local folder lacks: from_pretrained's arguments."""
+    root = Path(source)
+    if not root.is_dir():
+        return {}
+    return {k: None for k in OPTIONAL_PARTS[family] if not (root / k).is_dir()}

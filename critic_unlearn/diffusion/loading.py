@@ -18,6 +18,7 @@ from torch import Tensor
 
 from critic_unlearn import sources
 from critic_unlearn.diffusion.contract import (  # noqa: F401 (ModelLoadError: its home)
+    EXPORT_SPECS,
     ModelLoadError,
     Policy,
     UnknownBackbone,
@@ -52,8 +53,8 @@ class SDComponents(Policy):
     model_id: str
 
     family = "sd1"
-    export_prefix = "unet"
-    pipeline_class = "StableDiffusionPipeline"
+    export_prefix = EXPORT_SPECS["sd1"].prefix
+    pipeline_class = EXPORT_SPECS["sd1"].pipeline
 
     @property
     def denoiser(self) -> UNet2DConditionModel:
@@ -130,7 +131,7 @@ def check_model_source(model: str) -> str:
         raise ModelLoadError(f"model.pretrained: {e}") from None
     missing = [p for p in FAMILY_PARTS[family] if not (root / p).is_dir()]
     if missing:
-        pipeline = {"sd1": "StableDiffusionPipeline", "sd3": "StableDiffusion3Pipeline"}[family]
+        pipeline = EXPORT_SPECS[family].pipeline
         raise ModelLoadError(
             f"model.pretrained: model folder {str(root)!r} lacks {', '.join(missing)}; it must be "
             f"in diffusers layout (save it with {pipeline}.save_pretrained)"

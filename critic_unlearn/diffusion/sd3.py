@@ -17,13 +17,12 @@ A missing T5 encoder (`text_encoder_3`) is allowed, as in diffusers: its tokens 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from torch import Tensor
 
-from critic_unlearn.diffusion.contract import Policy
+from critic_unlearn.diffusion.contract import EXPORT_SPECS, Policy, absent_parts
 from critic_unlearn.diffusion.ddim_logprob import Reduction
 from critic_unlearn.diffusion.flow_logprob import (
     FlowStepOutput,
@@ -43,8 +42,8 @@ class SD3Policy(Policy):
     max_sequence_length: int = 256  # T5 tokens, diffusers' default (zeros without T5)
 
     family = "sd3"
-    export_prefix = "transformer"
-    pipeline_class = "StableDiffusion3Pipeline"
+    export_prefix = EXPORT_SPECS["sd3"].prefix
+    pipeline_class = EXPORT_SPECS["sd3"].pipeline
 
     def __post_init__(self) -> None:
         cfg = self.pipe.transformer.config
@@ -146,9 +145,7 @@ def load_sd3(model: str, *, revision: str | None, dtype: str, device, local_file
     """Load a StableDiffusion3Pipeline folder or hub id as the sd3 policy, frozen."""
     from critic_unlearn.diffusion.loading import DTYPES, ModelLoadError
 
-    # a folder saved without T5 (text_encoder_3 None, as diffusers allows) loads without it
-    absent = {k: None for k in ("text_encoder_3", "tokenizer_3")
-              if Path(model).is_dir() and not (Path(model) / k).is_dir()}
+    absent = absent_parts("sd3", model)  # a folder saved without T5 loads without it
     try:
         pipe = StableDiffusion3Pipeline.from_pretrained(
             model, revision=revision, dtype=DTYPES[dtype], local_files_only=local_files_only,

@@ -75,3 +75,23 @@ def test_the_entry_point_and_the_local_runtime_load_no_ray() -> None:
                         "import critic_unlearn.cli, critic_unlearn.demo")
     assert "critic_unlearn.workers.actor" in loaded and "critic_unlearn.runtime.local" in loaded
     assert "ray" not in loaded and "critic_unlearn.runtime.driver" not in loaded, loaded
+
+
+BACKBONE_NAMES = re.compile(
+    r"UNet2DConditionModel|SD3Transformer2DModel|FluxTransformer2DModel|\.unet\b|\.transformer\b"
+)
+
+
+def test_only_diffusion_names_a_backbone() -> None:
+    """The policy contract (diffusion/contract.py) is the one seam to a backbone: outside
+    diffusion/ (and the toy world's builder, which trains a UNet) no module names a UNet or
+    transformer class or reaches into a pipeline's `.unet` / `.transformer`."""
+    allowed = (ROOT / "critic_unlearn" / "diffusion", ROOT / "critic_unlearn" / "toyworld")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{n}: {line.strip()}"
+        for path in sorted((ROOT / "critic_unlearn").rglob("*.py"))
+        if not any(path.is_relative_to(a) for a in allowed)
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if BACKBONE_NAMES.search(line)
+    ]
+    assert not offenders, "a backbone named outside diffusion/:\n" + "\n".join(offenders)

@@ -114,3 +114,62 @@ def test_the_learner_trains_the_sd3_transformer_with_a_critic(tiny_sd3_dir, tmp_
     assert learner.version == 2
     after = learner.weights().state_dict
     assert any(not torch.equal(after[k], before[k]) for k in before)
+
+
+@torch.no_grad()
+def transformer_output(transformer, seed: int = 7) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    c = transformer.config
+    x = torch.randn(2, c.in_channels, c.sample_size, c.sample_size, generator=g)
+    text = torch.randn(2, 9, c.joint_attention_dim, generator=g)
+    pooled = torch.randn(2, c.pooled_projection_dim, generator=g)
+    return transformer(hidden_states=x, timestep=torch.tensor([1000.0, 250.0]),
+                       encoder_hidden_states=text, pooled_projections=pooled).sample
+
+
+def test_the_exported_lora_loads_into_the_stock_sd3_pipeline(tiny_sd3_dir, tmp_path):
+    """Our adapter, exported as a run leaves it: StableDiffusion3Pipeline.load_lora_weights and
+    the merged pipeline reproduce our adapted transformer at fp32 (atol 1e-5)."""
+    from diffusers import StableDiffusion3Pipeline
+    from safetensors import safe_open
+
+    from critic_unlearn.config import dump_config
+    from critic_unlearn.diffusion.lora import (
+        adapter_manifest,
+        attach_lora,
+        get_adapter_state,
+        lora_config_hash,
+        set_adapter_state,
+    )
+    from critic_unlearn.export import DIFFUSERS_WEIGHTS, export_run
+    from critic_unlearn.training.loop import export_adapter
+    from critic_unlearn.types import WeightsPacket
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = load_config(None, [f"model.pretrained={tiny_sd3_dir}", "lora.rank=4",
+                             "lora.alpha=2.0", "reward.prompts.concept=church"])
+    (run / "config.yaml").write_text(dump_config(cfg))
+    policy = load_policy(cfg.model)
+    attach_lora(policy.denoiser, cfg.lora)
+    g = torch.Generator().manual_seed(1)
+    state = {k: 0.3 * torch.randn(v.shape, generator=g)
+             for k, v in get_adapter_state(policy.denoiser).items()}
+    set_adapter_state(policy.denoiser, state)
+    ref = transformer_output(policy.denoiser)
+    manifest = adapter_manifest(policy.model_id, lora_config_hash(cfg.lora), state, 2)
+    export_adapter(run, WeightsPacket(2, state, manifest))
+    with safe_open(run / "adapter" / DIFFUSERS_WEIGHTS, "pt") as f:
+        assert all(k.startswith("transformer.") for k in f.keys())
+
+    pipe = StableDiffusion3Pipeline.from_pretrained(
+        str(tiny_sd3_dir), text_encoder_3=None, tokenizer_3=None, dtype=torch.float32)
+    base = transformer_output(pipe.transformer)
+    pipe.load_lora_weights(str(run / "adapter"))
+    assert (base - ref).abs().max() > 1e-2  # the adapter does change the transformer
+    torch.testing.assert_close(transformer_output(pipe.transformer), ref, atol=1e-5, rtol=0)
+
+    export_run(run, merged=tmp_path / "merged")
+    merged = StableDiffusion3Pipeline.from_pretrained(
+        str(tmp_path / "merged"), text_encoder_3=None, tokenizer_3=None, dtype=torch.float32)
+    torch.testing.assert_close(transformer_output(merged.transformer), ref, atol=1e-5, rtol=0)
