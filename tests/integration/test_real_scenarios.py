@@ -29,6 +29,8 @@ from critic_unlearn.training.metrics import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 SCENARIOS = ["sd_forget_church", "sd_forget_van_gogh", "sd_forget_nudity"]
+MODELS = {**dict.fromkeys(SCENARIOS, "stable-diffusion-v1-5/stable-diffusion-v1-5"),
+          "sd3_forget_church": "stabilityai/stable-diffusion-3.5-medium"}
 
 
 def _needs(name: str) -> None:
@@ -54,13 +56,13 @@ def tiny_overrides(model_dir: Path, clip_dir: Path, run_dir: Path, name: str) ->
     ]
 
 
-@pytest.mark.parametrize("name", SCENARIOS)
+@pytest.mark.parametrize("name", list(MODELS))
 def test_scenario_validates_as_written(name: str) -> None:
     result = CliRunner().invoke(app, ["config", "show", str(CONFIGS / f"{name}.yaml")])
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.stdout)
     assert shown["scenario"] == name
-    assert shown["model"]["pretrained"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert shown["model"]["pretrained"] == MODELS[name]
     assert (shown["reward"]["clip_model"], shown["reward"]["clip_pretrained"]) == (
         "ViT-L-14", "openai")
     assert shown["eval"]["judge"] is None and shown["eval"]["zero_shot"]["neighbours"]
@@ -123,3 +125,28 @@ def test_scenario_trains_two_learner_steps_on_the_tiny_model(
     table = (run / "eval" / "eval.md").read_text()
     assert "zero-shot CLIP over 10 classes" in table and "| FID to base images" in table
     assert "judged" not in table.split("Per prompt")[0]  # no judge rows without a judge
+
+
+@pytest.mark.slow
+def test_the_sd3_scenario_trains_two_learner_steps_and_exports_for_stock_diffusers(
+    tiny_sd3_dir: Path, clip_dir: Path, tmp_path: Path
+) -> None:
+    """configs/sd3_forget_church.yaml through `critic-unlearn train` on the tiny SD3-class model
+    (flow matching, 16-channel latents): two learner steps, the critic on, the adapter written
+    with diffusers' `transformer.` keys (stock loading is pinned in tests/unit/test_sd3_policy)."""
+    from safetensors import safe_open
+
+    args = tiny_overrides(tiny_sd3_dir, clip_dir, tmp_path, "sd3")
+    result = CliRunner().invoke(app, ["train", str(CONFIGS / "sd3_forget_church.yaml"), *args])
+    assert result.exit_code == 0, f"{result.output}\n{result.exception!r}"
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["learner_steps"] == 2 and summary["version"] == 2
+    run = Path(summary["run_dir"])
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2]
+    assert all(math.isfinite(r["policy/loss"]) for r in rows)
+    assert any(k.startswith("critic/ev_t") for k in rows[-1])  # the critic read flow states
+    with safe_open(run / "adapter" / "pytorch_lora_weights.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("transformer.") for k in keys)
+    assert any(".attn.add_q_proj." in k for k in keys)  # the text stream is adapted too
