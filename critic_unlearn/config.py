@@ -53,6 +53,10 @@ class SamplerConfig(Section):
     eta: float = 1.0  # must be > 0: eta = 0 is deterministic and has no density
     guidance_scale: float = Field(5.0, ge=1.0)  # classifier-free guidance weight w
     keep_steps: PositiveInt | None = None  # K of S transitions stored (random, seeded); None = all
+    # flow-matching models only (Flow-GRPO-Fast / MixGRPO): only this many consecutive steps are
+    # stochastic (the SDE: stored, trained); the others are deterministic ODE steps (eta 0). The
+    # window's start is drawn per trajectory from its seed. None: every step is stochastic
+    sde_window: PositiveInt | None = None
     batch_size: PositiveInt = 8  # trajectories per sampling call on one actor
     height: PositiveInt | None = None  # pixels; None = the model's default
     width: PositiveInt | None = None
@@ -64,6 +68,11 @@ class SamplerConfig(Section):
             raise ValueError(
                 f"sampler.eta = {self.eta} is not allowed: DDIM with eta = 0 is deterministic and "
                 "has no log-probability; use eta > 0 (1.0 is the DDPM-like default)"
+            )
+        if self.sde_window is not None and self.sde_window > self.num_steps:
+            raise ValueError(
+                f"sampler.sde_window = {self.sde_window} exceeds sampler.num_steps = "
+                f"{self.num_steps}; use at most num_steps, or null for every step"
             )
         if self.keep_steps is not None and self.keep_steps > self.num_steps:
             raise ValueError(

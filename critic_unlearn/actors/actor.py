@@ -141,6 +141,7 @@ class Actor:
             seeds,
             self.settings,
             keep_steps=s.keep_steps,
+            sde_window=s.sde_window,
             height=s.height,
             width=s.width,
             version=self.version,

@@ -106,7 +106,7 @@ def flow_step_with_logprob(
     velocity: Tensor,
     timestep: float | Tensor,
     sample: Tensor,
-    noise_level: float,
+    noise_level: float | Tensor,
     generator: torch.Generator | list[torch.Generator] | None = None,
     prev_sample: Tensor | None = None,
     variance_noise: Tensor | None = None,
@@ -117,8 +117,10 @@ def flow_step_with_logprob(
     `velocity` is the model's output v at (`sample`, `timestep`); `timestep` is one of
     scheduler.timesteps, a float or a (B,) tensor (per-sample timesteps). `noise_level` is
     Flow-GRPO's a (>= 0; 0 is the deterministic Euler step). Give `prev_sample` to re-score a
-    stored transition, `variance_noise` to fix the noise, or `generator` to draw it."""
-    if not noise_level >= 0:
+    stored transition, `variance_noise` to fix the noise, or `generator` to draw it.
+    `noise_level` may also be a (B,) tensor, one a per sample (an SDE window: 0 outside it)."""
+    level = torch.as_tensor(noise_level, dtype=torch.float32, device=sample.device)
+    if not bool((level >= 0).all()):
         raise ValueError(f"noise_level = {noise_level}: use a >= 0 (0 is the ODE step)")
     if reduction not in ("sum", "mean"):
         raise ValueError(f"reduction = {reduction!r}; use 'sum' or 'mean'")
@@ -143,7 +145,9 @@ def flow_step_with_logprob(
     view = (batch,) + (1,) * (sample.ndim - 1)
     t = sigma.to(sample.device).reshape(view)
     dt = (sigma_next.to(sample.device) - sigma.to(sample.device)).reshape(view)
-    g = sde_sigma(scheduler, t, noise_level)
+    if level.ndim == 1 and level.shape[0] != batch:
+        raise ValueError(f"noise_level of shape {tuple(level.shape)} for a batch of {batch}")
+    g = sde_sigma(scheduler, t, level.reshape(-1, *view[1:]) if level.ndim else level)
 
     x = sample.to(torch.float32)
     v = velocity.to(torch.float32)

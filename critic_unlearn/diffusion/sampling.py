@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from critic_unlearn.diffusion.contract import Policy
+from critic_unlearn.diffusion.flow_logprob import sde_window as window_mask
 from critic_unlearn.types import Role, SamplerSettings, Trajectory
 
 
@@ -22,6 +23,20 @@ class PromptSpec:
     role: Role = "retain"
     # (k, E) soft tokens after BOS (an adversarial pool prompt); None: plain text
     soft_tokens: Tensor | None = field(default=None, compare=False)
+
+
+def window_noise(eta: float, num_steps: int, window: int | None, seeds: list[int]) -> Tensor:
+    """(S, B) the step noise of each trajectory: `eta` inside its SDE window (`window`
+    consecutive steps, the start drawn from the trajectory's seed), 0 (the ODE) outside it;
+    `eta` everywhere without a window."""
+    if window is None:
+        return torch.full((num_steps, len(seeds)), float(eta))
+    cols = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed ^ 0x5DE5)
+        start = int(torch.randint(num_steps - window + 1, (1,), generator=g))
+        cols.append(torch.tensor(window_mask(num_steps, window, start), dtype=torch.float32))
+    return float(eta) * torch.stack(cols, dim=1)
 
 
 def choose_kept_steps(stochastic: list[int], keep: int | None, seed: int) -> list[int]:
@@ -54,6 +69,7 @@ def sample_trajectories(
     settings: SamplerSettings,
     *,
     keep_steps: int | None = None,
+    sde_window: int | None = None,
     height: int | None = None,
     width: int | None = None,
     version: int = 0,
@@ -61,7 +77,7 @@ def sample_trajectories(
     decode: bool = True,
 ) -> list[Trajectory]:
     """Sample one denoising chain per (prompt, seed) with the policy as it is now (LoRA
-    included)."""
+    included). `sde_window` (flow models): only that many consecutive steps are stochastic."""
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds; give one seed per prompt")
     c = components
@@ -75,26 +91,31 @@ def sample_trajectories(
         uncond = c.empty_condition().expand_as(cond)
 
     timesteps = c.set_timesteps(settings.num_steps)  # (S,) descending
+    if sde_window is not None and c.family == "sd1":
+        raise ValueError("sampler.sde_window is for flow-matching models (SD3-class): DDIM with "
+                         "eta = 0 outside the window would have no log-probability; unset it")
+    noise = window_noise(settings.eta, settings.num_steps, sde_window, seeds).to(device)
     x = c.initial_noise(shape, gens)
     states, log_probs, stds = [x], [], []
-    for t in timesteps:
+    for i, t in enumerate(timesteps):
         out = c.step(
             x,
             t,
             cond,
             uncond,
             guidance_scale=settings.guidance_scale,
-            eta=settings.eta,
+            eta=settings.eta if sde_window is None else noise[i],
             generator=gens,
             reduction=settings.log_prob_reduction,
         )
         x = out.prev_sample
         states.append(x)
         log_probs.append(out.log_prob)
-        stds.append(out.std[0, 0, 0, 0])
+        stds.append(out.std.reshape(-1).expand(len(seeds)))
 
-    # a sigma = 0 step (the last one with set_alpha_to_one) has no density: never kept
-    stochastic = [p for p, s in enumerate(torch.stack(stds).tolist()) if s > 0]
+    # a sigma = 0 step (DDIM's last with set_alpha_to_one, an ODE step outside an SDE window)
+    # has no density: never kept
+    std_by_row = torch.stack(stds, dim=1).cpu()  # (B, S)
 
     images = decode_images(c, x) if decode else None
     chain = torch.stack(states, dim=1).cpu()  # (B, S+1, C, H, W)
@@ -102,6 +123,7 @@ def sample_trajectories(
     t_cpu = timesteps.cpu()  # DDIM's int64, flow's float32 (sigma * 1000)
     out_trajs = []
     for i, (spec, seed) in enumerate(zip(prompts, seeds, strict=True)):
+        stochastic = [p for p, s in enumerate(std_by_row[i].tolist()) if s > 0]
         kept = choose_kept_steps(stochastic, keep_steps, seed)
         steps = torch.tensor(kept, dtype=torch.long)
         positions = torch.unique(torch.cat([steps, steps + 1]))  # sorted

@@ -173,3 +173,37 @@ def test_the_exported_lora_loads_into_the_stock_sd3_pipeline(tiny_sd3_dir, tmp_p
     merged = StableDiffusion3Pipeline.from_pretrained(
         str(tmp_path / "merged"), text_encoder_3=None, tokenizer_3=None, dtype=torch.float32)
     torch.testing.assert_close(transformer_output(merged.transformer), ref, atol=1e-5, rtol=0)
+
+
+def test_an_sde_window_keeps_the_other_steps_deterministic(sd3):
+    """sampler.sde_window = 2 of 4 steps (Flow-GRPO-Fast): each trajectory stores exactly its
+    window's two transitions (a window is consecutive, drawn from the seed), and they re-score
+    exactly; the steps outside it are ODE steps, with no density, never stored."""
+    specs = [PromptSpec(f"p{i}", "a red circle", "forget") for i in range(4)]
+    seeds = [3, 4, 5, 6]
+    trajs = sample_trajectories(sd3, specs, seeds, SamplerSettings(4, 0.7, 4.5, "sum"),
+                                sde_window=2, decode=False)
+    starts = set()
+    for t in trajs:
+        steps = t.steps.tolist()
+        assert len(steps) == 2 and steps[1] == steps[0] + 1
+        starts.add(steps[0])
+    again = sample_trajectories(sd3, specs[:1], seeds[:1], SamplerSettings(4, 0.7, 4.5, "sum"),
+                                sde_window=2, decode=False)[0]
+    assert torch.equal(again.steps, trajs[0].steps)  # the window is the seed's, not the batch's
+    torch.testing.assert_close(again.latents, trajs[0].latents, rtol=0, atol=1e-5)
+    b = Batch.from_trajectories([t.with_reward(0.0) for t in trajs])
+    sd3.set_timesteps(4)
+    cond = sd3.encode(b.prompts)
+    uncond = sd3.empty_condition().expand_as(cond)
+    for j in range(2):
+        out = sd3.step(b.latents[:, j], b.timesteps[:, j], cond, uncond, guidance_scale=4.5,
+                       eta=0.7, prev_sample=b.next_latents[:, j])
+        assert torch.equal(out.log_prob, b.log_probs[:, j])
+    assert len(starts) > 1  # windows differ between seeds
+
+
+def test_an_sde_window_is_refused_for_ddim(tiny_components):
+    with pytest.raises(ValueError, match="sde_window is for flow-matching"):
+        sample_trajectories(tiny_components, [PromptSpec("p", "a red circle")], [0],
+                            SamplerSettings(4, 1.0, 3.0, "sum"), sde_window=2)
