@@ -14,7 +14,8 @@ with its manifest and checksum), the same tensors in two standard layouts:
   `PeftModel.from_pretrained(unet, RUN/adapter)` reads them.
 
 `export_run(RUN, merged=OUT)` also writes a whole diffusers pipeline with the LoRA fused into the
-UNet (`StableDiffusionPipeline.from_pretrained(OUT)` and done) and a model card.
+UNet, or an SD3 model's transformer (`DiffusionPipeline.from_pretrained(OUT)` and done), and a
+model card.
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ def export_merged(
         pipe.save_pretrained(tmp, safe_serialization=True)
         if run_dir is not None and (run_dir / "eval" / "grids").is_dir():
             shutil.copytree(run_dir / "eval" / "grids", tmp / "grids")
-        card = model_card(cfg, card_base or base, run_dir, manifest or {})
+        card = model_card(cfg, card_base or base, run_dir, manifest or {}, family)
         atomic_write_text(tmp / "README.md", card)
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -301,11 +302,14 @@ def _is_hub_id(model: str) -> bool:
 
 
 def model_card(
-    cfg: RunConfig, base: str, run_dir: Path | None, manifest: dict[str, str]
+    cfg: RunConfig, base: str, run_dir: Path | None, manifest: dict[str, str],
+    family: str = "sd1",
 ) -> str:
     """README.md of a merged pipeline: base model, concept, how it was trained, the eval table
     and the before/after grids when the run was evaluated, and the full config."""
     p = cfg.reward.prompts
+    network = {"sd1": "UNet", "sd3": "transformer"}[family]
+    pipeline = EXPORT_SPECS[family].pipeline
     algorithm = cfg.learner.algorithm
     if algorithm == "ppo":
         critic = "on" if cfg.critic.enabled else "off"
@@ -318,16 +322,17 @@ def model_card(
     lines = [
         f"# {base} without \"{p.concept}\"",
         "",
-        f"`{base}` with a LoRA adapter fused into its UNet, trained with critic-unlearn "
+        f"`{base}` with a LoRA adapter fused into its {network}, trained with critic-unlearn "
         f"(critic-guided RL, {cfg.learner.algorithm}) to "
         f"stop drawing **{p.concept}** (forget prompts should look like \"{p.anchor}\"), while "
-        "keeping retain prompts as the base model draws them. Everything but the UNet is the "
+        "keeping retain prompts as the base model draws them. Everything but the "
+        f"{network} is the "
         "base model's, unchanged.",
         "",
         "```python",
-        "from diffusers import StableDiffusionPipeline",
+        f"from diffusers import {pipeline}",
         "",
-        'pipe = StableDiffusionPipeline.from_pretrained("PATH/TO/THIS/FOLDER")',
+        f'pipe = {pipeline}.from_pretrained("PATH/TO/THIS/FOLDER")',
         f'image = pipe("{p.concept}").images[0]  # a forget prompt: the concept should be gone',
         "```",
         "",

@@ -173,6 +173,8 @@ def test_the_exported_lora_loads_into_the_stock_sd3_pipeline(tiny_sd3_dir, tmp_p
     merged = StableDiffusion3Pipeline.from_pretrained(
         str(tmp_path / "merged"), text_encoder_3=None, tokenizer_3=None, dtype=torch.float32)
     torch.testing.assert_close(transformer_output(merged.transformer), ref, atol=1e-5, rtol=0)
+    card = (tmp_path / "merged" / "README.md").read_text()
+    assert "StableDiffusion3Pipeline.from_pretrained" in card and "into its transformer" in card
 
 
 def test_an_sde_window_keeps_the_other_steps_deterministic(sd3):
