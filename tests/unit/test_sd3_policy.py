@@ -88,9 +88,12 @@ def test_a_fresh_batch_rescores_to_ratio_one(sd3):
     assert std.shape == b.timesteps.shape and bool((std > 0).all())
 
 
-def test_the_learner_trains_the_sd3_transformer_with_a_critic(tiny_sd3_dir, tmp_path):
-    """Two PPO steps with the critic on decoded flow states: LoRA on the transformer moves."""
-    cfg = load_config(None, [
+@pytest.mark.parametrize("critic_input", ["noisy", "latent"])
+def test_the_learner_trains_the_sd3_transformer_with_a_critic(tiny_sd3_dir, tmp_path,
+                                                              critic_input):
+    """Two PPO steps with the critic on decoded flow states, or on the 16-channel latents with
+    no decode (DPOK's choice): LoRA on the transformer moves."""
+    cfg = load_config(None, [f"critic.input={critic_input}", "critic.latent_channels=16",
         f"model.pretrained={tiny_sd3_dir}", "sampler.num_steps=4", "sampler.eta=0.7",
         "sampler.guidance_scale=4.5", "learner.batch_size=2", "learner.minibatch_size=2",
         "learner.train_steps=2", "learner.lr=1e-2", "critic.warmup_steps=0",
