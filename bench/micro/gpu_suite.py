@@ -1,5 +1,5 @@
 """The GPU suite: the actor against a plain diffusers loop, the learner step against a plain LoRA
-step, `actors.compile` off and on, peak memory of each, and SD-1.5 at batch 8 against 24 GB.
+step, `actors.compile` off and on, peak memory of each, and the model at batch 8 against 24 GB.
 
 SD-1.5 shapes with random weights (nothing downloaded): the UNet, VAE and text encoder are built
 from SD-1.5's configs, the reward / critic CLIP from ViT-L/14's, saved with `save_pretrained` and
@@ -10,7 +10,13 @@ medians of `--repeats`. Peak memory of each is what it holds (the allocator's gr
 built) plus what its call adds on top (`torch.cuda.max_memory_allocated`), so the sides do not
 count each other's weights. The last line is JSON.
 
+`--backbone sd3`: the same phases on Stable Diffusion 3.5 Medium's shapes (random weights, no T5)
+with configs/sd3_forget_church.yaml: the actor (Flow-GRPO's SDE sampler) against
+StableDiffusion3Pipeline's own loop (the ODE, same steps and guidance), the learner against a
+plain flow-matching LoRA step.
+
     python -m bench.micro.gpu_suite            # SD-1.5 shapes, batch 16, 50 steps, fp16, on the GPU
+    python -m bench.micro.gpu_suite --backbone sd3 --steps 10   # SD3.5-M shapes, the scenario's
     python -m bench.micro.gpu_suite --quick    # tiny model, 4 steps: a CPU smoke run (< 60 s)
 """
 
@@ -30,16 +36,18 @@ import torch
 from bench import REPO
 from bench.harness import alternate, emit, print_runs, sync, timed_call
 from bench.micro.learner_step import plain_lora_step, synthetic_batch
-from bench.models import sd15_shaped_model
+from bench.models import sd15_shaped_model, sd35m_shaped_model
 from critic_unlearn.config import RunConfig, load_config
-from critic_unlearn.diffusion.ddim_logprob import step_std
-from critic_unlearn.diffusion.loading import load_components
-from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
+from critic_unlearn.diffusion.backbones import load_policy
+from critic_unlearn.diffusion.tiny import build_tiny_model, build_tiny_sd3, tiny_clip
 from critic_unlearn.learner.learner import Learner
 from critic_unlearn.rewards.openclip_loading import save_open_clip
 from critic_unlearn.training.setup import build_actor, build_learner
 
-SCENARIO = REPO / "configs" / "sd_forget_church.yaml"
+SCENARIOS = {"sd1": REPO / "configs" / "sd_forget_church.yaml",
+             "sd3": REPO / "configs" / "sd3_forget_church.yaml"}
+MODEL_NAMES = {("sd1", False): "sd15-shapes", ("sd3", False): "sd35m-shapes",
+               ("sd1", True): "tiny", ("sd3", True): "tiny-sd3"}
 BUDGET_BYTES = 24e9  # "fits in 24 GB": what the allocator reserved, against 24e9 bytes
 GIB = 2**30
 TARGETS = {  # what the real-model path must reach on a GPU
@@ -75,24 +83,26 @@ def say(what: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {what}", file=sys.stderr, flush=True)
 
 
-def build_models(root: Path, quick: bool) -> tuple[str, str]:
+def build_models(root: Path, quick: bool, backbone: str = "sd1") -> tuple[str, str]:
     """(diffusion model folder, reward / critic CLIP folder), random weights from configs."""
     import open_clip
 
     if quick:
-        model, clip = str(build_tiny_model(root / "model")), tiny_clip(0)
+        tiny = build_tiny_sd3 if backbone == "sd3" else build_tiny_model
+        model, clip = str(tiny(root / "model")), tiny_clip(0)
     else:
-        model = sd15_shaped_model(str(root / "model"))
+        shaped = sd35m_shaped_model if backbone == "sd3" else sd15_shaped_model
+        model = shaped(str(root / "model"))
         clip = tiny_clip(0, open_clip.get_model_config("ViT-L-14"), size=224)
     return model, str(save_open_clip(clip, root / "clip"))
 
 
 def suite_config(model: str, clip: str, args: argparse.Namespace, batch: int) -> RunConfig:
-    """The SD-1.5 scenario on the random models, at this batch, steps and precision."""
+    """The backbone's scenario on the random models, at this batch, steps and precision."""
     keep = min(10, args.steps)
     minibatch = args.minibatch or math.gcd(batch, 4)  # the scenario's 4 where it divides
     return load_config(
-        SCENARIO,
+        SCENARIOS[args.backbone],
         [
             f"model.pretrained={model}",
             f"model.dtype={args.dtype}",
@@ -114,10 +124,16 @@ def suite_config(model: str, clip: str, args: argparse.Namespace, batch: int) ->
     )
 
 
-def trainable_steps(cfg: RunConfig) -> int:
-    """Steps of the schedule the learner may train on (DDIM sigma >= learner.min_train_std)."""
+def trainable_steps(cfg: RunConfig, backbone: str) -> int:
+    """Steps of the schedule the learner may train on (step std >= learner.min_train_std), from
+    the scheduler alone. Flow matching: every SDE step (eta > 0) has std > 0, and the sd3
+    scenario trains from std 0 on."""
     from diffusers import DDIMScheduler
 
+    from critic_unlearn.diffusion.ddim_logprob import step_std
+
+    if backbone == "sd3":  # the learner phase counts the eligible ones itself
+        return cfg.sampler.num_steps
     sched = DDIMScheduler.from_pretrained(cfg.model.pretrained, subfolder="scheduler")
     sched.set_timesteps(cfg.sampler.num_steps)
     sigma = step_std(sched, sched.timesteps, cfg.sampler.eta)
@@ -133,17 +149,13 @@ def tensor_bytes(module: torch.nn.Module) -> int:
 
 
 def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -> dict:
-    """images/s and peak memory: plain StableDiffusionPipeline, our actor, our compiled actor."""
-    from diffusers import StableDiffusionPipeline
-
+    """images/s and peak memory: the stock diffusers pipeline, our actor, our compiled actor."""
     b, held = args.batch, {}
     m0 = mem.allocated()
-    comps = load_components(cfg.model.pretrained, dtype=args.dtype, device=device)
-    pipe = StableDiffusionPipeline(
-        comps.vae, comps.text_encoder, comps.tokenizer, comps.unet, comps.scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )  # the same DDIM config (loaded as the actor loads it), steps, eta, CFG, batch and dtype
-    pipe.set_progress_bar_config(disable=True)
+    comps = load_policy(cfg.model, dtype=args.dtype, device=device)
+    # the same scheduler config (loaded as the actor loads it), steps, CFG, batch and dtype
+    pipe = comps.reference_pipeline()
+    extra = {"eta": 1.0} if comps.family == "sd1" else {}  # SD3's pipeline has only its ODE
     m1 = mem.allocated()
     actor = build_actor(with_compile(cfg, False), 0, device)
     m2 = mem.allocated()
@@ -154,7 +166,7 @@ def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -
         gens = [torch.Generator(device=device).manual_seed(i) for i in range(b)]
         with torch.no_grad():
             pipe(prompts, height=args.size, width=args.size, num_inference_steps=args.steps,
-                 guidance_scale=args.guidance, eta=1.0, generator=gens, output_type="pt")
+                 guidance_scale=args.guidance, generator=gens, output_type="pt", **extra)
 
     sides: dict[str, Callable[[], object]] = {
         "diffusers": diffusers_loop,
@@ -194,19 +206,20 @@ def actor_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -
 
 
 def learner_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) -> dict:
-    """One learner step (critic on, and off) against a plain LoRA step doing the same UNet work:
-    the learner's minibatches, as many forward+backward passes as it trains transitions."""
+    """One learner step (critic on, and off) against a plain LoRA step doing the same network
+    work: the learner's minibatches, as many forward+backward passes as it trains transitions."""
     m0 = mem.allocated()
     learner = build_learner(cfg, device=device)
     held = mem.allocated() - m0  # the model, LoRA, critic and its CLIP text tower
     c = learner.c
-    model_held = sum(tensor_bytes(m) for m in (c.unet, c.vae, c.text_encoder))  # no critic
+    model_held = sum(tensor_bytes(m) for m in c.modules())  # no critic
     off_cfg = cfg.model_copy(update={"critic": cfg.critic.model_copy(update={"enabled": False})})
-    ddpo = Learner(off_cfg, learner.c)  # the same UNet and LoRA parameters, no critic
+    ddpo = Learner(off_cfg, learner.c)  # the same network and LoRA parameters, no critic
     batch = synthetic_batch(learner.c, args.batch, args.steps, args.guidance,
-                            keep_steps=cfg.sampler.keep_steps, size=args.size)
-    learner.c.scheduler.set_timesteps(args.steps, device=device)
-    eligible = step_std(learner.c.scheduler, batch.timesteps.to(device), batch.sampler.eta)
+                            keep_steps=cfg.sampler.keep_steps, size=args.size,
+                            eta=cfg.sampler.eta)
+    c.set_timesteps(args.steps)
+    eligible = c.step_std(batch.timesteps.to(device), batch.sampler.eta)
     k = batch.timesteps.shape[1]
     n = min(cfg.learner.train_steps or k, int((eligible >= cfg.learner.min_train_std).sum(1).min()))
     sides: dict[str, Callable[[], object]] = {
@@ -249,7 +262,8 @@ def memory_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) 
         else:
             learner = build_learner(cfg, device=device)
             batch = synthetic_batch(learner.c, cfg.learner.batch_size, args.steps, args.guidance,
-                                    keep_steps=cfg.sampler.keep_steps, size=args.size)
+                                    keep_steps=cfg.sampler.keep_steps, size=args.size,
+                                    eta=cfg.sampler.eta)
             learner.step(batch)
             del learner, batch
         sync(device)
@@ -266,6 +280,9 @@ def memory_phase(cfg: RunConfig, args: argparse.Namespace, device, mem: Memory) 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backbone", choices=("sd1", "sd3"), default="sd1",
+                    help="sd1: SD-1.5 shapes (configs/sd_forget_church.yaml); sd3: SD3.5 Medium "
+                    "shapes (configs/sd3_forget_church.yaml)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny model, few steps, small batch: a smoke run that fits a CPU")
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cuda, cpu")
@@ -273,7 +290,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps (50; --quick 4)")
     ap.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), default=None,
                     help="model.dtype (float16 on CUDA, float32 on CPU)")
-    ap.add_argument("--guidance", type=float, default=7.5)
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="CFG weight (the scenario's: 7.5 for sd1, 4.5 for sd3)")
     ap.add_argument("--size", type=int, default=None,
                     help="image size in pixels, square (default: the model's, 512 for SD-1.5); "
                     "smaller checks the SD-1.5 architecture cheaply, its numbers are not SD-1.5's")
@@ -289,6 +307,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch = args.batch or (2 if args.quick else 16)
     args.steps = args.steps or (4 if args.quick else 50)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    args.guidance = args.guidance or (4.5 if args.backbone == "sd3" else 7.5)
     return args
 
 
@@ -312,22 +331,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick and device.type == "cpu":
         torch.set_num_threads(1)  # tiny models gain nothing from a second thread, and it spins
     gpu_numbers = device.type == "cuda" and not args.quick and not args.size
+    model_name = MODEL_NAMES[(args.backbone, args.quick)]
     if not gpu_numbers:
         what = (f"--quick: the tiny model on {device}" if args.quick
-                else f"--size {args.size}" if args.size else "SD-1.5 shapes on a CPU")
+                else f"--size {args.size}" if args.size else f"{model_name} on a CPU")
         print(f"NOT GPU NUMBERS ({what}): a run of the suite's code paths; its times and ratios "
               "say nothing about the GPU targets", flush=True)
     mem = Memory(device)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        say("building " + ("the tiny model" if args.quick else "SD-1.5-shaped random models"))
-        model, clip = build_models(Path(tmp), args.quick)
+        say(f"building the {model_name} model with random weights")
+        model, clip = build_models(Path(tmp), args.quick, args.backbone)
         cfg = suite_config(model, clip, args, args.batch)
-        if trainable_steps(cfg) == 0:
+        if trainable_steps(cfg, args.backbone) == 0:
             sys.exit(f"bench.micro.gpu_suite: with --steps {args.steps} no DDIM step has sigma >= "
                      f"learner.min_train_std = {cfg.learner.min_train_std}: the learner would "
                      "have nothing to train; use --steps 3 or more")
-        print(f"model={'tiny' if args.quick else 'sd15-shapes'} device={device} "
+        print(f"model={model_name} device={device} "
               f"dtype={args.dtype} batch={args.batch} steps={args.steps} cfg={args.guidance} "
               f"size={args.size or 'default'} "
               f"keep={cfg.sampler.keep_steps} minibatch={cfg.learner.minibatch_size} "
@@ -366,7 +386,8 @@ def main(argv: list[str] | None = None) -> None:
         "gpu_numbers": gpu_numbers,
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "model": "tiny" if args.quick else "sd15-shapes",
+        "model": model_name,
+        "backbone": args.backbone,
         "dtype": args.dtype,
         "batch": args.batch,
         "steps": args.steps,

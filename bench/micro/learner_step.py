@@ -22,8 +22,8 @@ import torch
 from bench.harness import alternate, emit, print_runs
 from bench.models import sd15_shaped_model
 from critic_unlearn.config import load_config
-from critic_unlearn.diffusion.loading import SDComponents, load_components
-from critic_unlearn.diffusion.policy import encode_prompts
+from critic_unlearn.diffusion.contract import Policy
+from critic_unlearn.diffusion.loading import load_components
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.diffusion.tiny import build_tiny_model, tiny_clip
 from critic_unlearn.learner.critic import build_critic, text_embedder
@@ -44,18 +44,19 @@ def random_clip(sd15: bool, device: torch.device) -> LoadedClip:
 
 
 def synthetic_batch(
-    comps: SDComponents,
+    comps: Policy,
     batch_size: int,
     num_steps: int,
     guidance: float = 5.0,
     keep_steps: int | None = None,
     size: int | None = None,
+    eta: float = 1.0,
 ) -> Batch:
-    """A learner batch sampled by `comps` (its UNet as it is, LoRA included) with rewards 0, 1, 2
-    in turn: the shapes a real batch has, without a reward model. `size`: pixels, square (None:
-    the model's own)."""
+    """A learner batch sampled by `comps` (its network as it is, LoRA included) with rewards 0,
+    1, 2 in turn: the shapes a real batch has, without a reward model. `size`: pixels, square
+    (None: the model's own). `eta`: DDIM's, or a flow model's SDE noise level."""
     specs = [PromptSpec(f"p{i}", f"a photo of object {i}", "forget") for i in range(batch_size)]
-    s = SamplerSettings(num_steps, 1.0, guidance)
+    s = SamplerSettings(num_steps, eta, guidance)
     with torch.no_grad():
         trajs = sample_trajectories(
             comps, specs, list(range(batch_size)), s, keep_steps=keep_steps, height=size,
@@ -67,33 +68,36 @@ def synthetic_batch(
 def plain_lora_step(
     learner: Learner, batch: Batch, *, minibatch: int | None = None, passes: int = 1
 ) -> Callable[[], None]:
-    """What a diffusers LoRA fine-tuning script does, on the learner's UNet and LoRA: noise the
-    batch's last stored latents (x_0 when every step is kept) at random t, predict the noise
-    with a CFG-doubled batch, MSE, backward, AdamW. `minibatch` trajectories per optimiser step
-    (None: the whole batch), `passes` forward+backward passes accumulated before each step: with
-    the learner's minibatch and its transitions per trajectory, the same UNet work as one
-    learner step's policy update."""
-    unet, sched, device = learner.c.unet, learner.c.scheduler, learner.device
+    """What a diffusers LoRA fine-tuning script does, on the learner's network and LoRA: noise
+    the batch's last stored latents (x_0 when every step is kept) at a random time, predict with
+    a CFG-doubled batch, MSE to the training target (the noise for SD-1.x's eps-prediction, the
+    velocity noise - x_0 for flow matching), backward, AdamW. `minibatch` trajectories per
+    optimiser step (None: the whole batch), `passes` forward+backward passes accumulated before
+    each step: with the learner's minibatch and its transitions per trajectory, the same network
+    work as one learner step's policy update."""
+    c, device = learner.c, learner.device
+    flow = c.family == "sd3"
     x0_all = batch.next_latents[:, -1].to(device)
-    cond_all = encode_prompts(learner.c.tokenizer, learner.c.text_encoder, batch.prompts)
+    cond_all = c.encode(batch.prompts)
     opt = torch.optim.AdamW(learner.lora_params, lr=1e-4)
     size = minibatch or x0_all.shape[0]
+
+    def noised(x0: torch.Tensor, noise: torch.Tensor) -> tuple:
+        if flow:  # x_t = (1 - s) x0 + s eps, timestep s * 1000, target eps - x0
+            sigma = torch.rand(x0.shape[0], device=device)
+            s = sigma.view(-1, 1, 1, 1)
+            return (1 - s) * x0 + s * noise, sigma * 1000, noise - x0
+        t = torch.randint(0, 1000, (x0.shape[0],), device=device)
+        return c.scheduler.add_noise(x0, noise, t), t, noise
 
     def step() -> None:
         for x0, cond in zip(x0_all.split(size), cond_all.split(size), strict=True):
             uncond = learner.uncond.expand_as(cond)
             opt.zero_grad(set_to_none=True)
             for _ in range(passes):
-                noise = torch.randn_like(x0)
-                t = torch.randint(0, 1000, (x0.shape[0],), device=device)
-                x_t = sched.add_noise(x0, noise, t)
-                with learner._autocast():
-                    pred = unet(
-                        torch.cat([x_t, x_t]),
-                        torch.cat([t, t]),
-                        encoder_hidden_states=torch.cat([uncond, cond]),
-                    ).sample
-                loss = torch.nn.functional.mse_loss(pred.float(), torch.cat([noise, noise]).float())
+                x_t, t, target = noised(x0, torch.randn_like(x0))
+                pred = c.predict(x_t, t, cond, uncond, 2.0)  # w != 1: the doubled batch
+                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
                 (loss / passes).backward()
             opt.step()
 

@@ -63,6 +63,14 @@ class Policy(ABC):
     def device(self) -> torch.device:
         return next(self.denoiser.parameters()).device
 
+    @abstractmethod
+    def modules(self) -> list[torch.nn.Module]:
+        """Every network the policy holds (denoiser, VAE, text encoders): memory accounting."""
+
+    @abstractmethod
+    def reference_pipeline(self):
+        """The stock diffusers pipeline over these very modules (benches' baseline)."""
+
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype the policy computes in: its base weights' (LoRA weights are always fp32)."""

@@ -68,6 +68,21 @@ class SDComponents(Policy):
     def latent_channels(self) -> int:
         return self.unet.config.in_channels
 
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.unet, self.vae, self.text_encoder]
+
+    def reference_pipeline(self):
+        """diffusers' StableDiffusionPipeline over these very modules and this DDIM scheduler:
+        what benches time the actor against."""
+        from diffusers import StableDiffusionPipeline
+
+        pipe = StableDiffusionPipeline(
+            self.vae, self.text_encoder, self.tokenizer, self.unet, self.scheduler,
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
     @property
     def default_size(self) -> int:
         return self.unet.config.sample_size * self.vae_scale_factor

@@ -71,6 +71,14 @@ class SD3Policy(Policy):
     def latent_channels(self) -> int:
         return self.denoiser.config.in_channels
 
+    def modules(self) -> list[torch.nn.Module]:
+        names = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+        return [m for m in (getattr(self.pipe, n, None) for n in names) if m is not None]
+
+    def reference_pipeline(self) -> StableDiffusion3Pipeline:
+        """diffusers' own pipeline over these very modules: what benches time the actor against."""
+        return self.pipe
+
     @property
     def default_size(self) -> int:
         return self.denoiser.config.sample_size * self.vae_scale_factor

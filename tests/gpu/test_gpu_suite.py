@@ -45,3 +45,21 @@ def test_suite_at_sd15_shapes_small_batch(capsys: pytest.CaptureFixture[str]) ->
     }
     assert out["targets_met"]["compiled_vs_eager > 1.0"] is None  # not measured here
     assert out["targets_met"]["fits_24gb"] is True  # batch 2 fits whatever else holds
+
+
+def test_suite_at_sd35m_shapes_small_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    """--backbone sd3 on SD3.5 Medium's shapes (2.5B-parameter MMDiT, CLIP-L and CLIP-G, the
+    16-channel VAE) at 256 px, batch 2, 4 steps: every phase runs and the peaks are read."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        gpu_suite.main(["--backbone", "sd3", "--batch", "2", "--steps", "4", "--repeats", "1",
+                        "--mem-batch", "2", "--no-compile", "--size", "256"])
+    finally:
+        torch.set_num_threads(threads)
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["model"] == "sd35m-shapes" and out["backbone"] == "sd3" and out["gpu"]
+    for key in ("diffusers_img_s", "actor_img_s", "plain_step_s", "learner_step_s"):
+        assert out[key] > 0, key
+    # each side holds at least the fp16 MMDiT (2.5B parameters, ~4.6 GiB)
+    assert all(v > 4.5 for v in out["peak_gib"].values()), out["peak_gib"]

@@ -44,6 +44,18 @@ def test_quick_suite_on_cpu_reports_every_number(capsys: pytest.CaptureFixture[s
     assert out["actor_compiled_img_s"] is None and out["compiled_vs_eager"] is None
 
 
+@pytest.mark.slow
+def test_quick_suite_runs_the_sd3_backbone(capsys: pytest.CaptureFixture[str]) -> None:
+    """--backbone sd3: the SD3 scenario's actor against StableDiffusion3Pipeline's own loop, and
+    the learner against a plain flow-matching LoRA step, on the tiny SD3-class model."""
+    gpu_suite.main(["--quick", "--device", "cpu", "--backbone", "sd3"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["model"], out["backbone"], out["guidance"]) == ("tiny-sd3", "sd3", 4.5)
+    for key in POSITIVE:
+        assert isinstance(out[key], int | float) and out[key] > 0, (key, out[key])
+    assert out["transitions"] == out["stored_states"] == 4  # every SDE step is trainable
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_full_suite_without_cuda_refuses_and_names_quick() -> None:
     with pytest.raises(SystemExit) as e:
