@@ -119,11 +119,16 @@ def train(
 def demo(
     scenario: Annotated[Path | None, typer.Argument(help="scenario YAML")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides")] = None,
+    backbone: Annotated[str, typer.Option(
+        help="unet: the toy world's UNet; flow: the flow toy world's SD3-class MMDiT "
+        "(configs/toy_flow_forget_red.yaml)")] = "unet",
 ) -> None:
     """The embedded default: unlearn "red" in the toy world, evaluate with the judge, report."""
-    from critic_unlearn.demo import DEFAULT_SCENARIO, run_demo
+    from critic_unlearn.demo import SCENARIOS, run_demo
 
-    summary = run_demo(scenario or DEFAULT_SCENARIO, overrides or [], console)
+    if backbone not in SCENARIOS:
+        raise typer.BadParameter(f"--backbone {backbone!r}: use unet or flow")
+    summary = run_demo(scenario or SCENARIOS[backbone], overrides or [], console)
     print(json.dumps(summary))
 
 

@@ -25,6 +25,9 @@ from critic_unlearn.evaluation.drift import drift_of_rows, share_key
 
 SHARE = share_key()  # "retain_share_below_10"
 DEFAULT_SCENARIO = Path(__file__).resolve().parents[1] / "configs" / "toy_forget_red.yaml"
+# `demo --backbone flow`: the same scenario on the flow toy world (an SD3-class MMDiT)
+SCENARIOS = {"unet": DEFAULT_SCENARIO,
+             "flow": DEFAULT_SCENARIO.with_name("toy_flow_forget_red.yaml")}
 
 
 def ensure_world(console: Console) -> Path:
@@ -44,6 +47,26 @@ def ensure_world(console: Console) -> Path:
         build_world(out, BuildConfig.full())
         os.environ[ENV_VAR] = str(out.resolve())
         return world_dir()
+
+
+def ensure_flow_world(console: Console) -> Path:
+    """The flow world's folder; builds one under .cache/toyworld-flow when none is installed
+    (beside the UNet world, whose VAE, text encoder and judge it shares)."""
+    import os
+
+    from critic_unlearn.toyworld import FLOW_ENV_VAR, WorldMissingError, flow_world_dir
+
+    unet_world = ensure_world(console)
+    try:
+        return flow_world_dir()
+    except WorldMissingError:
+        out = Path(".cache/toyworld-flow")
+        console.print(f"[yellow]no flow toy world installed: building one in {out} (~30 min)[/]")
+        from critic_unlearn.toyworld.flow import FlowConfig, build_flow_world
+
+        build_flow_world(out, unet_world, FlowConfig())
+        os.environ[FLOW_ENV_VAR] = str(out.resolve())
+        return flow_world_dir()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -91,8 +114,9 @@ def run_demo(
     console: Console | None = None,
 ) -> dict:
     console = console or Console(stderr=True)
-    world = ensure_world(console)
     cfg = load_config(scenario, [f"runtime.kind={best_runtime()}", *(overrides or [])])
+    flow = cfg.model.pretrained == "toyworld-flow"
+    world = ensure_flow_world(console) if flow else ensure_world(console)
     console.print(
         f"[bold]demo:[/] forget {cfg.reward.prompts.concept!r} in the toy world "
         f"({world}), runtime {cfg.runtime.kind}, {cfg.learner.max_steps} learner steps"

@@ -16,7 +16,9 @@ A missing T5 encoder (`text_encoder_3`) is allowed, as in diffusers: its tokens 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
@@ -32,6 +34,8 @@ from critic_unlearn.diffusion.flow_logprob import (
 )
 from critic_unlearn.diffusion.policy import precision_context
 
+POLICY_SETTINGS = "critic_unlearn_policy.json"  # optional, beside model_index.json
+
 
 @dataclass
 class SD3Policy(Policy):
@@ -39,7 +43,9 @@ class SD3Policy(Policy):
 
     pipe: StableDiffusion3Pipeline
     model_id: str
-    max_sequence_length: int = 256  # T5 tokens, diffusers' default (zeros without T5)
+    # T5 tokens, diffusers' default (zeros without T5); a model folder trained with another
+    # count says so in POLICY_SETTINGS (the flow toy world: 0, no T5 tokens at all)
+    max_sequence_length: int = 256
 
     family = "sd3"
     export_prefix = EXPORT_SPECS["sd3"].prefix
@@ -166,10 +172,12 @@ def load_sd3(model: str, *, revision: str | None, dtype: str, device, local_file
             "internet (`hf download MODEL --local-dir DIR`) and set model.pretrained=DIR"
         ) from None
     pipe.to(device)
+    settings = Path(model) / POLICY_SETTINGS
+    max_len = json.loads(settings.read_text())["max_sequence_length"] if settings.is_file() else 256
     for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
         m = getattr(pipe, name, None)
         if m is not None:
             m.requires_grad_(False)
             m.eval()
     pipe.set_progress_bar_config(disable=True)
-    return SD3Policy(pipe, model_id=model)
+    return SD3Policy(pipe, model_id=model, max_sequence_length=max_len)

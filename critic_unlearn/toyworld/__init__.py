@@ -40,6 +40,30 @@ def world_dir() -> Path:
     return root
 
 
+FLOW_ENV_VAR = "CRITIC_UNLEARN_TOYWORLD_FLOW_DIR"
+PACKAGED_FLOW_WORLD = Path(__file__).resolve().parent / "world_flow"
+TOYWORLD_FLOW = "toyworld-flow"  # the flow world's SD3-class pipeline, beside the UNet world's
+
+
+def flow_world_dir() -> Path:
+    """The flow toy world: $CRITIC_UNLEARN_TOYWORLD_FLOW_DIR if set, else the packaged one. It
+    holds only its pipeline; VAE, text encoder, judge and reward CLIP are the UNet world's."""
+    override = os.environ.get(FLOW_ENV_VAR)
+    root = Path(override).expanduser() if override else PACKAGED_FLOW_WORLD
+    if not (root / CARD_JSON).is_file():
+        where = f"${FLOW_ENV_VAR} = {str(root)!r}" if override else f"{str(root)!r}"
+        raise WorldMissingError(
+            f"no flow toy world found at {where} (it lacks {CARD_JSON}); build one with "
+            f"`critic-unlearn toyworld build --backbone flow --out DIR` and set {FLOW_ENV_VAR}=DIR"
+        )
+    return root
+
+
+def flow_pipeline_dir() -> Path:
+    """The flow world's StableDiffusion3Pipeline folder (`model.pretrained = toyworld-flow`)."""
+    return flow_world_dir() / "pipeline"
+
+
 def pipeline_dir() -> Path:
     """The text-to-image model in diffusers layout (`model.pretrained`)."""
     return world_dir() / "pipeline"
@@ -58,6 +82,7 @@ def judge_dir() -> Path:
 sources.register("model", TOYWORLD, pipeline_dir)
 sources.register("reward_clip", TOYWORLD, reward_clip_dir)
 sources.register("judge", TOYWORLD, judge_dir)
+sources.register("model", TOYWORLD_FLOW, flow_pipeline_dir)
 
 __all__ = ["ENV_VAR", "TOYWORLD", "WorldMissingError", "judge_dir", "pipeline_dir",
            "reward_clip_dir", "world_dir"]
