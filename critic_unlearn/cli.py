@@ -128,6 +128,9 @@ def demo(
 
     if backbone not in SCENARIOS:
         raise typer.BadParameter(f"--backbone {backbone!r}: use unet or flow")
+    if scenario is not None and backbone != "unet":
+        raise typer.BadParameter("give a scenario or --backbone, not both: the scenario's "
+                                 "model.pretrained says the backbone")
     summary = run_demo(scenario or SCENARIOS[backbone], overrides or [], console)
     print(json.dumps(summary))
 

@@ -57,10 +57,13 @@ def ensure_flow_world(console: Console) -> Path:
     from critic_unlearn.toyworld import FLOW_ENV_VAR, WorldMissingError, flow_world_dir
 
     unet_world = ensure_world(console)
+    out = Path(".cache/toyworld-flow")
     try:
         return flow_world_dir()
     except WorldMissingError:
-        out = Path(".cache/toyworld-flow")
+        if (out / "model_card.json").is_file():  # built by an earlier demo
+            os.environ[FLOW_ENV_VAR] = str(out.resolve())
+            return flow_world_dir()
         console.print(f"[yellow]no flow toy world installed: building one in {out} (~30 min)[/]")
         from critic_unlearn.toyworld.flow import FlowConfig, build_flow_world
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from critic_unlearn import sources
 from critic_unlearn.codec import CodecError, decode_state_dict
 from critic_unlearn.config import ConfigError, LoraConfig, RunConfig, load_config
-from critic_unlearn.diffusion.contract import EXPORT_SPECS, absent_parts
+from critic_unlearn.diffusion.contract import EXPORT_SPECS, POLICY_SETTINGS, absent_parts
 from critic_unlearn.diffusion.lora import lora_config_hash, peft_config
 from critic_unlearn.io_utils import atomic_write_bytes, atomic_write_text
 
@@ -207,7 +207,7 @@ def export_run(
     if out is None:
         out = run_dir / ("adapter" if snapshot is None else EXPORTS / f"step_{snapshot:06d}")
     base_model = manifest.get("base_model") or cfg.model.pretrained
-    family = run_family(base or base_model, cfg)
+    family = adapter_family(state, src)
     written = write_adapter_formats(out, state, cfg.lora, base_model, family)
     summary = {"source": str(src), "adapter_dir": str(Path(out)), **{
         k: str(v) for k, v in written.items()}}
@@ -268,9 +268,13 @@ def export_merged(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         pipe.save_pretrained(tmp, safe_serialization=True)
+        if (Path(source) / POLICY_SETTINGS).is_file():  # e.g. the flow world's T5 token count
+            shutil.copy2(Path(source) / POLICY_SETTINGS, tmp / POLICY_SETTINGS)
         if run_dir is not None and (run_dir / "eval" / "grids").is_dir():
             shutil.copytree(run_dir / "eval" / "grids", tmp / "grids")
-        card = model_card(cfg, card_base or base, run_dir, manifest or {}, family)
+        settings = Path(source) / POLICY_SETTINGS
+        call = json.loads(settings.read_text()) if settings.is_file() else {}
+        card = model_card(cfg, card_base or base, run_dir, manifest or {}, family, call)
         atomic_write_text(tmp / "README.md", card)
         if out.exists():
             out.rmdir()  # empty (checked above)
@@ -281,18 +285,15 @@ def export_merged(
     return out
 
 
-def run_family(model: str, cfg: RunConfig | None = None) -> str:
-    """The backbone family of the run's base model ("sd1" when it cannot be read: a missing
-    base is reported where it is loaded, with its own message)."""
-    from critic_unlearn.diffusion.backbones import family_of
-    from critic_unlearn.diffusion.contract import ModelLoadError
+def adapter_family(state: dict[str, Tensor], where: str | Path) -> str:
+    """The backbone an adapter belongs to, from its own keys (no model lookup, so a moved or
+    offline base cannot turn an SD3 adapter into `unet.` keys)."""
+    from critic_unlearn.diffusion.contract import family_of_adapter
 
-    m = cfg.model if cfg is not None else None
     try:
-        return family_of(model, revision=m.revision if m else None,
-                         local_files_only=m.local_files_only if m else True)
-    except ModelLoadError:
-        return "sd1"
+        return family_of_adapter(state)
+    except ValueError as e:
+        raise ExportError(f"{str(where)!r}: {e}") from None
 
 
 def _is_hub_id(model: str) -> bool:
@@ -303,12 +304,13 @@ def _is_hub_id(model: str) -> bool:
 
 def model_card(
     cfg: RunConfig, base: str, run_dir: Path | None, manifest: dict[str, str],
-    family: str = "sd1",
+    family: str = "sd1", call: dict[str, Any] | None = None,
 ) -> str:
     """README.md of a merged pipeline: base model, concept, how it was trained, the eval table
     and the before/after grids when the run was evaluated, and the full config."""
     p = cfg.reward.prompts
     network = {"sd1": "UNet", "sd3": "transformer"}[family]
+    extra = "".join(f", {k}={v!r}" for k, v in (call or {}).items())  # as it was trained
     pipeline = EXPORT_SPECS[family].pipeline
     algorithm = cfg.learner.algorithm
     if algorithm == "ppo":
@@ -333,7 +335,8 @@ def model_card(
         f"from diffusers import {pipeline}",
         "",
         f'pipe = {pipeline}.from_pretrained("PATH/TO/THIS/FOLDER")',
-        f'image = pipe("{p.concept}").images[0]  # a forget prompt: the concept should be gone',
+        f'image = pipe("{p.concept}"{extra}).images[0]  # a forget prompt: the concept should be '
+        "gone",
         "```",
         "",
         "## Training",

@@ -41,7 +41,8 @@ class Trajectory:
     latents: Tensor  # (M, C, H, W) states at `positions`
     positions: Tensor  # (M,) int64, ascending schedule positions of the stored states
     steps: Tensor  # (K,) int64, schedule position p of each kept transition (x_p -> x_{p+1})
-    timesteps: Tensor  # (K,) int64, the scheduler timestep t of each kept transition
+    timesteps: Tensor  # (K,) the scheduler timestep of each kept transition: DDIM's int64,
+    # flow matching's float32 (sigma * 1000)
     log_probs: Tensor  # (K,) float32, behaviour log pi(x_{p+1} | x_p, c) of each kept transition
     reward: float  # terminal reward r(x_0, c); NaN until scored
     version: int  # policy version that sampled it
@@ -82,7 +83,7 @@ class Batch:
 
     latents: Tensor  # (B, K, C, H, W) x_t before each kept transition
     next_latents: Tensor  # (B, K, C, H, W) x_{t_prev} after it
-    timesteps: Tensor  # (B, K) int64
+    timesteps: Tensor  # (B, K) int64 (DDIM) or float32 (flow matching)
     steps: Tensor  # (B, K) int64 schedule positions
     log_probs: Tensor  # (B, K) behaviour log-probs
     rewards: Tensor  # (B,)

@@ -307,7 +307,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.batch = args.batch or (2 if args.quick else 16)
     args.steps = args.steps or (4 if args.quick else 50)
     args.repeats = args.repeats or (1 if args.quick else 3)
-    args.guidance = args.guidance or (4.5 if args.backbone == "sd3" else 7.5)
+    if args.guidance is None:
+        args.guidance = 4.5 if args.backbone == "sd3" else 7.5
     return args
 
 

@@ -96,8 +96,11 @@ def plain_lora_step(
             opt.zero_grad(set_to_none=True)
             for _ in range(passes):
                 x_t, t, target = noised(x0, torch.randn_like(x0))
-                pred = c.predict(x_t, t, cond, uncond, 2.0)  # w != 1: the doubled batch
-                loss = torch.nn.functional.mse_loss(pred.float(), target.float())
+                # the CFG-doubled batch, each half against the target (unguided calls)
+                pred = c.predict(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                                 torch.cat([uncond, cond]), None, 1.0)
+                loss = torch.nn.functional.mse_loss(pred.float(),
+                                                    torch.cat([target, target]).float())
                 (loss / passes).backward()
             opt.step()
 

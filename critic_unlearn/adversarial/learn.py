@@ -70,6 +70,16 @@ class LearnedPrompt:
     concept_prob: list[float] = field(default_factory=list)  # CLIP p(concept) per step
 
 
+def require_soft_prompts(policy: Policy, what: str) -> None:
+    """Stop before any work when the backbone cannot take learned soft tokens."""
+    if not policy.soft_prompts:
+        raise ValueError(
+            f"{what}: the learned-prompt attack puts soft tokens into SD-1.x's CLIP text encoder; "
+            f"the {policy.family} backbone has no such seam yet; set attack.enabled=false and "
+            "attack.in_loop_every=0 for this model"
+        )
+
+
 def sample_images(
     comps: Policy,
     cond: Tensor,  # (B, L, D)

@@ -46,6 +46,8 @@ class Policy(ABC):
     """A text-to-image diffusion model as an RL policy pi_theta(x_prev | x_t, c)."""
 
     family: str  # "sd1", "sd3": which module implements it
+    # adversarial soft prompts (learned token vectors after BOS) need SD-1.x's one CLIP encoder
+    soft_prompts: bool = False
     export_prefix: str  # the trainable module's key prefix in diffusers' LoRA files
     pipeline_class: str  # the diffusers pipeline that loads this model and its LoRA
     model_id: str
@@ -197,17 +199,37 @@ def family_of_class(pipeline_class: str, where: str) -> str:
 @dataclass(frozen=True)
 class Export:
     """How a family's adapter is shipped: the trainable module's key prefix in diffusers' LoRA
-    files, the pipeline that loads it, and the diffusers mixin that writes the LoRA file."""
+    files, the pipeline that loads it, the diffusers mixin that writes the LoRA file, and the
+    first names of the adapter's own keys (how an adapter tells its family)."""
 
     prefix: str
     pipeline: str
     lora_writer: str
+    module_roots: tuple[str, ...]
 
 
 EXPORT_SPECS = {
-    "sd1": Export("unet", "StableDiffusionPipeline", "StableDiffusionLoraLoaderMixin"),
-    "sd3": Export("transformer", "StableDiffusion3Pipeline", "SD3LoraLoaderMixin"),
+    "sd1": Export("unet", "StableDiffusionPipeline", "StableDiffusionLoraLoaderMixin",
+                  ("down_blocks", "mid_block", "up_blocks")),
+    "sd3": Export("transformer", "StableDiffusion3Pipeline", "SD3LoraLoaderMixin",
+                  ("transformer_blocks",)),
 }
+# optional, beside model_index.json: how the policy was trained where diffusers' defaults differ
+# (the flow toy world: {"max_sequence_length": 0}); copied into merged exports
+POLICY_SETTINGS = "critic_unlearn_policy.json"
+
+
+def family_of_adapter(keys) -> str:
+    """The family whose denoiser an adapter's LoRA keys (peft's names) belong to."""
+    roots = {k.split(".", 1)[0] for k in keys}
+    found = [f for f, spec in EXPORT_SPECS.items() if roots & set(spec.module_roots)]
+    if len(found) != 1:
+        raise ValueError(
+            f"the adapter's keys start with {sorted(roots)}: not one backbone's ("
+            + "; ".join(f"{f}: {', '.join(s.module_roots)}" for f, s in EXPORT_SPECS.items())
+            + "); was it trained by critic-unlearn?"
+        )
+    return found[0]
 PIPELINE_CLASSES = {family: (e.pipeline,) for family, e in EXPORT_SPECS.items()}
 
 

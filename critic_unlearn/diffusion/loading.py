@@ -53,6 +53,7 @@ class SDComponents(Policy):
     model_id: str
 
     family = "sd1"
+    soft_prompts = True
     export_prefix = EXPORT_SPECS["sd1"].prefix
     pipeline_class = EXPORT_SPECS["sd1"].pipeline
 

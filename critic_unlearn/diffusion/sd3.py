@@ -24,7 +24,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 from torch import Tensor
 
-from critic_unlearn.diffusion.contract import EXPORT_SPECS, Policy, absent_parts
+from critic_unlearn.diffusion.contract import (
+    EXPORT_SPECS,
+    POLICY_SETTINGS,
+    Policy,
+    absent_parts,
+)
 from critic_unlearn.diffusion.ddim_logprob import Reduction
 from critic_unlearn.diffusion.flow_logprob import (
     FlowStepOutput,
@@ -33,8 +38,6 @@ from critic_unlearn.diffusion.flow_logprob import (
     step_sigmas,
 )
 from critic_unlearn.diffusion.policy import precision_context
-
-POLICY_SETTINGS = "critic_unlearn_policy.json"  # optional, beside model_index.json
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from critic_unlearn import sources
+from critic_unlearn.adversarial.learn import require_soft_prompts
 from critic_unlearn.config import RunConfig
 from critic_unlearn.device import resolve_device
 from critic_unlearn.diffusion.backbones import load_policy
@@ -160,6 +161,8 @@ def evaluate_run(
                           cfg.eval.clip_pretrained if cfg.eval.clip_model
                           else cfg.reward.clip_pretrained, device=device)
     comps = load_eval_model(cfg, device)
+    if cfg.attack.enabled and judge is not None:
+        require_soft_prompts(comps, "attack.enabled")
     items = eval_items(list(prompts.all), cfg.eval.images_per_prompt, cfg.eval.seeds_offset)
     base = base_images(comps, items, cfg, out / BASE_CACHE)
     attach_lora(comps.denoiser, cfg.lora)

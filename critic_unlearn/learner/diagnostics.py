@@ -57,7 +57,7 @@ def per_timestep_diagnostics(
 ) -> dict[str, float]:
     """Metrics keyed by timestep (see the module docstring).
 
-    timesteps: Tensor  # (B, K) int
+    timesteps: Tensor  # (B, K) int (DDIM) or float (flow: labelled by the nearest integer)
     rewards: Tensor    # (B,)    the rewards the critic regresses on (standardised if so set)
     values: Tensor | None  # (B, K) V of each stored state, None without a critic
     advantages: Tensor  # (B, K)  before normalisation

@@ -201,7 +201,8 @@ def build_flow_world(out: str | Path, unet_world: Path, cfg: FlowConfig,
 
 
 def _build(out: Path, unet_world: Path, cfg: FlowConfig) -> dict[str, Any]:
-    from critic_unlearn.diffusion.sd3 import POLICY_SETTINGS, SD3Policy
+    from critic_unlearn.diffusion.contract import POLICY_SETTINGS
+    from critic_unlearn.diffusion.sd3 import SD3Policy
 
     tmp = out.with_name(out.name + ".building")
     if tmp.exists():

@@ -150,16 +150,16 @@ def export_adapter(run_dir: Path, packet: WeightsPacket, lora: LoraConfig | None
     diffusers' LoRA format and peft's (critic_unlearn.export), so `pipe.load_lora_weights(RUN/
     adapter)` and `PeftModel.from_pretrained(unet, RUN/adapter)` work. `lora` defaults to the
     run's config.yaml. Returns the path of adapter.safetensors."""
-    from critic_unlearn.export import run_family, write_adapter_formats
+    from critic_unlearn.export import adapter_family, write_adapter_formats
 
     path = Path(run_dir) / "adapter" / "adapter.safetensors"
     atomic_write_bytes(path, encode_state_dict(packet.state_dict, packet.manifest))
     try:
         if lora is None:
             lora = load_config(Path(run_dir) / "config.yaml", []).lora
-        base_model = packet.manifest.get("base_model")
-        family = run_family(base_model) if base_model else "sd1"
-        write_adapter_formats(path.parent, packet.state_dict, lora, base_model, family)
+        write_adapter_formats(path.parent, packet.state_dict, lora,
+                              packet.manifest.get("base_model"),
+                              adapter_family(packet.state_dict, path))
     except Exception as e:  # adapter.safetensors is safe; the standard formats can be redone
         log.warning(
             "could not write the diffusers/peft copies of %s (%s: %s); write them with "

@@ -34,6 +34,7 @@ from collections.abc import Callable
 
 import torch
 
+from critic_unlearn.adversarial.learn import require_soft_prompts
 from critic_unlearn.adversarial.loop import PoolPublisher, refresh_pool
 from critic_unlearn.adversarial.pool import SoftPromptPool
 from critic_unlearn.config import ConfigError, RunConfig, staleness_advice
@@ -78,6 +79,8 @@ class LearnerWorker:
             self.pool = SoftPromptPool(cfg.attack.pool_size)
             self.publisher = PoolPublisher(self.publisher, self.pool)
         self.learner = build_learner(cfg, self.publisher)
+        if self.pool is not None:
+            require_soft_prompts(self.learner.c, "attack.in_loop_every > 0")
         if self.pool is not None:  # the attacker's classifier: the reward's CLIP, as in `attack`
             self.attack_clip = load_open_clip(
                 cfg.reward.clip_model, cfg.reward.clip_pretrained, self.learner.device

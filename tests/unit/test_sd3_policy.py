@@ -11,7 +11,7 @@ import torch
 
 from critic_unlearn.config import load_config
 from critic_unlearn.diffusion.backbones import load_policy
-from critic_unlearn.diffusion.contract import ModelLoadError
+from critic_unlearn.diffusion.contract import POLICY_SETTINGS, ModelLoadError
 from critic_unlearn.diffusion.loading import SDComponents
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
 from critic_unlearn.diffusion.sd3 import SD3Policy, pack, unpack
@@ -150,7 +150,10 @@ def test_the_exported_lora_loads_into_the_stock_sd3_pipeline(tiny_sd3_dir, tmp_p
 
     run = tmp_path / "run"
     run.mkdir()
-    cfg = load_config(None, [f"model.pretrained={tiny_sd3_dir}", "lora.rank=4",
+    base_dir = tmp_path / "base"  # with policy settings, which a merged export must carry
+    shutil.copytree(tiny_sd3_dir, base_dir)
+    (base_dir / POLICY_SETTINGS).write_text(json.dumps({"max_sequence_length": 256}))
+    cfg = load_config(None, [f"model.pretrained={base_dir}", "lora.rank=4",
                              "lora.alpha=2.0", "reward.prompts.concept=church"])
     (run / "config.yaml").write_text(dump_config(cfg))
     policy = load_policy(cfg.model)
@@ -178,6 +181,29 @@ def test_the_exported_lora_loads_into_the_stock_sd3_pipeline(tiny_sd3_dir, tmp_p
     torch.testing.assert_close(transformer_output(merged.transformer), ref, atol=1e-5, rtol=0)
     card = (tmp_path / "merged" / "README.md").read_text()
     assert "StableDiffusion3Pipeline.from_pretrained" in card and "into its transformer" in card
+    assert 'pipe("church", max_sequence_length=256)' in card
+    assert json.loads((tmp_path / "merged" / POLICY_SETTINGS).read_text()) == {
+        "max_sequence_length": 256}
+
+
+def test_an_adapter_names_its_backbone_by_its_keys(sd3, tiny_components):
+    from critic_unlearn.diffusion.contract import family_of_adapter
+    from critic_unlearn.diffusion.lora import attach_lora, get_adapter_state
+
+    cfg = load_config(None, [])
+    attach_lora(tiny_components.denoiser, cfg.lora)
+    assert family_of_adapter(get_adapter_state(tiny_components.denoiser)) == "sd1"
+    assert family_of_adapter(["transformer_blocks.0.attn.to_q.lora_A.weight"]) == "sd3"
+    with pytest.raises(ValueError, match="not one backbone's"):
+        family_of_adapter(["text_model.encoder.layers.0.q_proj.lora_A.weight"])
+
+
+def test_soft_prompt_attacks_are_refused_for_sd3_before_any_work(sd3, tiny_components):
+    from critic_unlearn.adversarial.learn import require_soft_prompts
+
+    require_soft_prompts(tiny_components, "attack.enabled")  # SD-1.x: the seam exists
+    with pytest.raises(ValueError, match="attack.enabled: .*sd3 backbone.*attack.enabled=false"):
+        require_soft_prompts(sd3, "attack.enabled")
 
 
 def test_an_sde_window_keeps_the_other_steps_deterministic(sd3):

@@ -12,8 +12,9 @@ import torch
 from diffusers import StableDiffusion3Pipeline
 
 from critic_unlearn.diffusion.backbones import load_policy
+from critic_unlearn.diffusion.contract import POLICY_SETTINGS
 from critic_unlearn.diffusion.sampling import PromptSpec, sample_trajectories
-from critic_unlearn.diffusion.sd3 import POLICY_SETTINGS, SD3Policy
+from critic_unlearn.diffusion.sd3 import SD3Policy
 from critic_unlearn.toyworld import FLOW_ENV_VAR, WorldMissingError, flow_world_dir, world_dir
 from critic_unlearn.toyworld.flow import FlowConfig, build_flow_world, projected_text_encoder
 from critic_unlearn.types import SamplerSettings

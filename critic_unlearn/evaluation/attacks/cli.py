@@ -23,6 +23,7 @@ def attack_run_dir(run_dir: str | Path, cfg: RunConfig,
     """Attack the run's adapter (exported, else latest checkpoint) and its base model."""
     import torch
 
+    from critic_unlearn.adversarial.learn import require_soft_prompts
     from critic_unlearn.device import resolve_device
     from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
     from critic_unlearn.diffusion.soft_prompt import SoftPromptError
@@ -45,6 +46,7 @@ def attack_run_dir(run_dir: str | Path, cfg: RunConfig,
         )
     clip = load_open_clip(cfg.reward.clip_model, cfg.reward.clip_pretrained, device=device)
     comps = load_eval_model(cfg, device)
+    require_soft_prompts(comps, "the attack command")
     attach_lora(comps.denoiser, cfg.lora)
     set_adapter_state(comps.denoiser, {k: v.to(device) for k, v in state.items()})
     out = Path(out_dir) if out_dir is not None else run_dir / "attack"
