@@ -230,7 +230,11 @@ def family_of_adapter(keys) -> str:
             + "); was it trained by critic-unlearn?"
         )
     return found[0]
-PIPELINE_CLASSES = {family: (e.pipeline,) for family, e in EXPORT_SPECS.items()}
+# pipeline classes whose saved folders hold a family's parts (img2img pipelines save the same)
+PIPELINE_CLASSES = {
+    "sd1": ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"),
+    "sd3": ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"),
+}
 
 
 # parts a family's pipeline may be saved without (diffusers then conditions on zeros in SD3's

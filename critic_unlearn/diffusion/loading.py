@@ -138,8 +138,9 @@ def check_model_source(model: str) -> str:
     if not root.is_dir():
         raise ModelLoadError(
             f"model.pretrained: model folder {str(root)!r} does not exist; point model.pretrained "
-            "at a folder in diffusers layout (with unet/, vae/, text_encoder/, tokenizer/, "
-            "scheduler/) or a hub id"
+            "at a folder in diffusers layout (SD-1.x: unet/, vae/, text_encoder/, tokenizer/, "
+            "scheduler/; SD3: transformer/, vae/, text_encoder(_2)/, tokenizer(_2)/, scheduler/) "
+            "or a hub id"
         )
     try:
         family = model_family(root)
