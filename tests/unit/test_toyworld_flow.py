@@ -81,3 +81,19 @@ def test_a_missing_flow_world_says_how_to_build_it(tmp_path, monkeypatch):
     monkeypatch.setenv(FLOW_ENV_VAR, str(tmp_path / "nowhere"))
     with pytest.raises(WorldMissingError, match="toyworld build --backbone flow"):
         flow_world_dir()
+
+
+def test_the_packaged_flow_world_is_the_codes_recipe_and_passed_its_gates():
+    """The shipped weights match FlowConfig() (change one, rebuild the other) and the card says
+    every gate passed; the package stays small."""
+    from dataclasses import asdict
+
+    from critic_unlearn.toyworld import PACKAGED_FLOW_WORLD
+    from critic_unlearn.toyworld.flow import json_ready
+
+    card = json.loads((PACKAGED_FLOW_WORLD / "model_card.json").read_text())
+    assert card["config"] == json_ready(asdict(FlowConfig()))
+    assert card["gates_passed"] is True and all(g["passed"] for g in card["gates"].values())
+    assert card["size_bytes"] < 30e6
+    settings = json.loads((PACKAGED_FLOW_WORLD / "pipeline" / POLICY_SETTINGS).read_text())
+    assert settings == {"max_sequence_length": 0}
