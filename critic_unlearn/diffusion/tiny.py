@@ -74,6 +74,48 @@ def tiny_clip(seed: int = 0, model_cfg: dict | None = None, size: int = 32):
     )
 
 
+def _tiny_vae(sample_size: int, **latents) -> AutoencoderKL:
+    """A 2-level VAE (4x downsampling); `latents`: latent_channels and any SD3 specifics."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        norm_num_groups=32,
+        sample_size=sample_size * 2,
+        **latents,
+    )
+
+
+def _tiny_text_config(**extra) -> CLIPTextConfig:
+    """A 2-layer CLIP text encoder of width 32 over CLIP's real vocabulary."""
+    return CLIPTextConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=49408,
+        max_position_embeddings=77,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        **extra,
+    )
+
+
+def _save_once(out_dir: str | Path, make_pipeline) -> Path:
+    """Save `make_pipeline()` at `out_dir` unless a complete folder is there (idempotent); a
+    half-written folder never carries the final name."""
+    out = Path(out_dir)
+    if (out / "model_index.json").is_file():
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    make_pipeline().save_pretrained(tmp, safe_serialization=True)
+    tmp.replace(out)
+    return out
+
+
 def tiny_components(seed: int = 0, sample_size: int = 8) -> dict:
     """A UNet with a few channels, a 2-layer CLIP text encoder, a tiny VAE (4x downsampling)."""
     torch.manual_seed(seed)
@@ -89,29 +131,8 @@ def tiny_components(seed: int = 0, sample_size: int = 8) -> dict:
         attention_head_dim=8,
         norm_num_groups=32,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=sample_size * 2,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    vae = _tiny_vae(sample_size, latent_channels=4)
+    text_encoder = CLIPTextModel(_tiny_text_config())
     scheduler = sd_ddim_scheduler()
     return {
         "unet": unet.eval(),
@@ -124,19 +145,12 @@ def tiny_components(seed: int = 0, sample_size: int = 8) -> dict:
 
 def build_tiny_model(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random pipeline in diffusers layout (idempotent: reuses a complete folder)."""
-    out = Path(out_dir)
-    if (out / "model_index.json").is_file():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    pipe = StableDiffusionPipeline(
+    return _save_once(out_dir, lambda: StableDiffusionPipeline(
         **tiny_components(seed),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
-    )
-    pipe.save_pretrained(tmp, safe_serialization=True)
-    tmp.replace(out)  # a half-written folder never carries the final name
-    return out
+    ))
 
 
 def tiny_sd3_components(seed: int = 0, sample_size: int = 8) -> dict:
@@ -160,27 +174,11 @@ def tiny_sd3_components(seed: int = 0, sample_size: int = 8) -> dict:
         pooled_projection_dim=64,  # the two CLIPs' projections: 32 + 32
         pos_embed_max_size=16,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=16,
-        norm_num_groups=32,
-        sample_size=sample_size * 2,
-        shift_factor=0.0609,
-        scaling_factor=1.5305,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    vae = _tiny_vae(sample_size, latent_channels=16, shift_factor=0.0609, scaling_factor=1.5305,
+                    use_quant_conv=False, use_post_quant_conv=False)
 
     def text_encoder() -> CLIPTextModelWithProjection:
-        return CLIPTextModelWithProjection(CLIPTextConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=49408, max_position_embeddings=77, projection_dim=32,
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        )).eval()
+        return CLIPTextModelWithProjection(_tiny_text_config(projection_dim=32)).eval()
 
     return {
         "transformer": transformer.eval(),
@@ -199,12 +197,4 @@ def build_tiny_sd3(out_dir: str | Path, seed: int = 0) -> Path:
     """Save a tiny random StableDiffusion3Pipeline in diffusers layout (idempotent)."""
     from diffusers import StableDiffusion3Pipeline
 
-    out = Path(out_dir)
-    if (out / "model_index.json").is_file():
-        return out
-    tmp = out.with_name(out.name + ".tmp")
-    StableDiffusion3Pipeline(**tiny_sd3_components(seed)).save_pretrained(
-        tmp, safe_serialization=True
-    )
-    tmp.replace(out)
-    return out
+    return _save_once(out_dir, lambda: StableDiffusion3Pipeline(**tiny_sd3_components(seed)))

@@ -29,13 +29,19 @@ class WorldMissingError(FileNotFoundError):
 
 def world_dir() -> Path:
     """The toy world folder: $CRITIC_UNLEARN_TOYWORLD_DIR if set, else the packaged world."""
-    override = os.environ.get(ENV_VAR)
-    root = Path(override).expanduser() if override else PACKAGED_WORLD
+    return _find_world(ENV_VAR, PACKAGED_WORLD, "toy world",
+                       "toyworld build --out DIR` (about 40 minutes on 2 CPU cores)")
+
+
+def _find_world(env_var: str, packaged: Path, what: str, build: str) -> Path:
+    """$env_var if set, else `packaged`; a folder without the card raises with how to build."""
+    override = os.environ.get(env_var)
+    root = Path(override).expanduser() if override else packaged
     if not (root / CARD_JSON).is_file():
-        where = f"${ENV_VAR} = {str(root)!r}" if override else f"the packaged world {str(root)!r}"
+        where = f"${env_var} = {str(root)!r}" if override else f"the packaged world {str(root)!r}"
         raise WorldMissingError(
-            f"no toy world found at {where} (it lacks {CARD_JSON}); build one with `critic-unlearn "
-            f"toyworld build --out DIR` (about 40 minutes on 2 CPU cores) and set {ENV_VAR}=DIR"
+            f"no {what} found at {where} (it lacks {CARD_JSON}); build one with `critic-unlearn "
+            f"{build} and set {env_var}=DIR"
         )
     return root
 
@@ -48,15 +54,8 @@ TOYWORLD_FLOW = "toyworld-flow"  # the flow world's SD3-class pipeline, beside t
 def flow_world_dir() -> Path:
     """The flow toy world: $CRITIC_UNLEARN_TOYWORLD_FLOW_DIR if set, else the packaged one. It
     holds only its pipeline; VAE, text encoder, judge and reward CLIP are the UNet world's."""
-    override = os.environ.get(FLOW_ENV_VAR)
-    root = Path(override).expanduser() if override else PACKAGED_FLOW_WORLD
-    if not (root / CARD_JSON).is_file():
-        where = f"${FLOW_ENV_VAR} = {str(root)!r}" if override else f"{str(root)!r}"
-        raise WorldMissingError(
-            f"no flow toy world found at {where} (it lacks {CARD_JSON}); build one with "
-            f"`critic-unlearn toyworld build --backbone flow --out DIR` and set {FLOW_ENV_VAR}=DIR"
-        )
-    return root
+    return _find_world(FLOW_ENV_VAR, PACKAGED_FLOW_WORLD, "flow toy world",
+                       "toyworld build --backbone flow --out DIR`")
 
 
 def flow_pipeline_dir() -> Path:
