@@ -96,7 +96,8 @@ def cell_state(run_dir: Path, settings: dict[str, Any]) -> str:
 
 def make_result(arm: str, scenario: str, seed: int, settings: dict[str, Any], train_s: float,
                 trajectories: int, curve: dict[str, Any], target: float, resumed: bool,
-                critic_init: dict[str, Any] | None) -> dict[str, Any]:
+                critic_init: dict[str, Any] | None,
+                final_eval: dict[str, Any] | None = None) -> dict[str, Any]:
     """result.json of one cell: everything the table needs, so the grid can be re-tabulated
     (--table-only) without the run folders' checkpoints or the judge."""
     final = curve["points"][-1]
@@ -122,7 +123,19 @@ def make_result(arm: str, scenario: str, seed: int, settings: dict[str, Any], tr
     }
     if critic_init is not None:
         out["critic_init"] = critic_init
+    if final_eval is not None:
+        out["final_eval"] = final_result(final_eval)
     return out
+
+
+def final_result(final_eval: dict[str, Any]) -> dict[str, Any]:
+    """The last snapshot judged at more images per prompt (`evaluate_final`), as result.json
+    keeps it: UA, IRA, their base and the retain drift, with the image count."""
+    (p,) = final_eval["points"]
+    return {"images_per_prompt": final_eval["images_per_prompt"], "step": p["step"],
+            "trajectories": p["trajectories"], "ua": p["ua"], "ira": p["ira"],
+            "base_ua": final_eval["base"]["ua"], "base_ira": final_eval["base"]["ira"],
+            **{k: p.get(k) for k in empty_summary()}}
 
 
 def critic_ev_by_timestep(metrics_path: Path) -> dict[str, float] | None:
@@ -196,6 +209,27 @@ def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, An
         "pretrain_seeds": len(inits),
         "critic_ev": _median_ev([r["critic_ev"] for r in results if r.get("critic_ev")]),
         "ev_seeds": sum(bool(r.get("critic_ev")) for r in results),
+        "final_eval": final_eval_cell(results),
+    }
+
+
+def final_eval_cell(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The seeds' final evaluations at the most judged images per prompt any of them has (a
+    cell never mixes image counts): UA as (median, min, max), IRA as % of base (median, min,
+    max), the retain drift as `retain_drift_cell` gives it. None when no seed has one."""
+    finals = [(r["seed"], r["final_eval"]) for r in results if r.get("final_eval")]
+    if not finals:
+        return None
+    n = max(f["images_per_prompt"] for _, f in finals)
+    rows = [{**f, "seed": seed} for seed, f in finals if f["images_per_prompt"] == n]
+    return {
+        "images_per_prompt": n,
+        "seeds": len(rows),
+        "ua": median_range([r["ua"] for r in rows if r["ua"] is not None]),
+        "ira_pct_of_base": median_range([100.0 * r["ira"] / r["base_ira"] for r in rows
+                                         if r["ira"] is not None and r["base_ira"]]),
+        "base_ira": _median([r["base_ira"] for r in rows]),
+        **retain_drift_cell(rows),
     }
 
 
@@ -291,7 +325,10 @@ def summary_json(summary: dict[str, dict[str, dict[str, Any]]], target: float,
     scenarios = {}
     for sc, cells in summary.items():
         arms = {arm: {"median_trajectories_to_target": median_to_target(c),
-                      "reached": c["reached"], "seeds": c["seeds"], **drift_json(c)}
+                      "reached": c["reached"], "seeds": c["seeds"], **drift_json(c),
+                      **({"final_eval": {"images_per_prompt": f["images_per_prompt"],
+                                         "seeds": f["seeds"], **drift_json(f)}}
+                         if (f := c.get("final_eval")) else {})}
                 for arm, c in cells.items()}
         r = ratio(arms.get("ddpo", {}).get("median_trajectories_to_target"),
                   arms.get("critic", {}).get("median_trajectories_to_target"))
@@ -363,8 +400,34 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], target: float,
                   median_to_target(cells.get("critic", {})))
         lines += ["", f"DDPO / critic (median trajectories to target): "
                       f"{'—' if r is None else f'{r:.2f}x'}", ""]
+        lines += final_table(cells)
         lines += ev_table(cells)
     return "\n".join(lines)
+
+
+def _range_text(mr: tuple[float, float, float] | None, fmt: str, unit: str = "") -> str:
+    if mr is None:
+        return "—"
+    med, lo, hi = mr
+    return f"{med:{fmt}}{unit} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def final_table(cells: dict[str, dict[str, Any]]) -> list[str]:
+    """Per arm with final evaluations: the last snapshot judged at more images per prompt
+    (median [min, max] over seeds). Empty when no result carries one."""
+    finals = {arm: c["final_eval"] for arm, c in cells.items() if c.get("final_eval")}
+    if not finals:
+        return []
+    lines = ["Final evaluation: the last snapshot judged again at more images per prompt "
+             "(one retain prompt moves in steps of 100/N points); median [min, max] over seeds:",
+             "", "| arm | images/prompt | seeds | final UA | final IRA, % of base "
+             "| worst retain drop, pts | retain > 10 pts below |", "|" + "---|" * 7]
+    for arm, f in finals.items():
+        drop, share = drift_text(f)
+        lines.append(f"| {arm} | {f['images_per_prompt']} | {f['seeds']} "
+                     f"| {_range_text(f['ua'], '.3f')} "
+                     f"| {_range_text(f['ira_pct_of_base'], '.1f', '%')} | {drop} | {share} |")
+    return [*lines, ""]
 
 
 def ev_table(cells: dict[str, dict[str, Any]]) -> list[str]:

@@ -18,7 +18,11 @@ pretraining cost; OUT/ua_vs_trajectories.png; and, last on stdout, JSON with the
 also max_worst_retain_drop_pts, worst_retain_prompt, median_worst_retain_drop_pts and
 median_retain_share_below_10) and the DDPO / critic ratio per scenario. Each result.json has the
 last snapshot's worst_retain_prompt, worst_retain_base, worst_retain_after,
-worst_retain_drop_pts and retain_share_below_10 (evaluation/drift.py).
+worst_retain_drop_pts and retain_share_below_10 (evaluation/drift.py). Then the last snapshot
+is judged again at --final-images per prompt (32; evaluation.curve.evaluate_final): at 4 images a
+retain prompt moves in 25-point steps, too coarse for a 10-point neighbour target. result.json
+keeps it as final_eval, the table shows it under each scenario. A finished run whose final
+evaluation is missing (or smaller) gets one on the next invocation, while its snapshots exist.
 
 Cost: one run is ~5-10 min of training at 100 learner steps on 2 CPU cores plus ~1-2 min of
 judging, so the default grid (2 scenarios x 4 arms x 3 seeds = 24 runs) takes roughly 3-5 hours.
@@ -62,6 +66,7 @@ from bench.experiments._ablation import (  # noqa: E402
     cell_settings,
     cell_state,
     critic_ev_by_timestep,
+    final_result,
     load_results,
     make_result,
     markdown_table,
@@ -71,15 +76,17 @@ from bench.experiments._ablation import (  # noqa: E402
     summary_json,
 )
 from critic_unlearn.config import RunConfig, load_config  # noqa: E402
-from critic_unlearn.evaluation.curve import evaluate_curve  # noqa: E402
+from critic_unlearn.evaluation.curve import evaluate_curve, evaluate_final  # noqa: E402
 from critic_unlearn.io_utils import atomic_write_text  # noqa: E402
 from critic_unlearn.runtime.local import train_local  # noqa: E402
 from critic_unlearn.training.loop import CHECKPOINT  # noqa: E402
 from critic_unlearn.training.plots import plot_curve  # noqa: E402
+from critic_unlearn.training.snapshots import list_snapshots  # noqa: E402
 
 SCENARIOS = [REPO / "configs" / f"{n}.yaml" for n in ("toy_forget_red", "toy_forget_red_circle")]
-FULL = {"steps": 100, "every": 10, "images": 8, "out": Path("runs/ablation")}
-QUICK = {"steps": 40, "every": 10, "images": 4, "out": Path("runs/ablation-quick")}
+FULL = {"steps": 100, "every": 10, "images": 8, "final_images": 32, "out": Path("runs/ablation")}
+QUICK = {"steps": 40, "every": 10, "images": 4, "final_images": 0,
+         "out": Path("runs/ablation-quick")}
 DEFAULT_SEEDS = (0, 1, 2)  # the full grid: 3 seeds per arm
 
 
@@ -112,6 +119,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--every", type=int, default=None, help="snapshot interval (10)")
     p.add_argument("--images", type=int, default=None,
                    help="judged images per prompt per snapshot (8; quick 4)")
+    p.add_argument("--final-images", type=int, default=None,
+                   help="judged images per prompt for the last snapshot's final evaluation "
+                        "(32; quick 0 = none)")
     p.add_argument("--target", type=float, default=0.9, help="judged UA to reach")
     p.add_argument("--out", type=Path, default=None,
                    help="grid folder (runs/ablation; quick: runs/ablation-quick)")
@@ -125,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
     """--quick changes the defaults only; explicit flags always win."""
     d = QUICK if args.quick else FULL
-    for key in ("steps", "every", "images", "out"):
+    for key in ("steps", "every", "images", "final_images", "out"):
         if getattr(args, key) is None:
             setattr(args, key, d[key])
     if args.seeds is None:
@@ -173,6 +183,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, console: Console) -> dict[str
     result = make_result(cell.arm, cell.scenario, cell.seed, cell.settings, train_s,
                          trained.trajectories, curve, args.target, resumed,
                          _read_json(cell.run_dir / CRITIC_INIT))
+    if args.final_images:
+        result["final_eval"] = final_result(
+            evaluate_final(trained.run_dir, cell.cfg, images_per_prompt=args.final_images))
     result["judge_s"] = curve.get("wall_s")
     if ev := critic_ev_by_timestep(cell.run_dir / METRICS):
         result["critic_ev"] = ev
@@ -180,17 +193,38 @@ def run_cell(cell: Cell, args: argparse.Namespace, console: Console) -> dict[str
     return result
 
 
+def needs_final(cell: Cell, images: int) -> bool:
+    """A finished run without a final evaluation at `images` per prompt, whose adapter
+    snapshots are still on disk to judge."""
+    if cell.state != "done" or not images:
+        return False
+    final = (_read_json(cell.run_dir / RESULT) or {}).get("final_eval") or {}
+    return final.get("images_per_prompt") != images and bool(list_snapshots(cell.run_dir))
+
+
+def finalize_cell(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
+    """Add the final evaluation to a finished run's result.json (nothing is retrained)."""
+    result = json.loads((cell.run_dir / RESULT).read_text())
+    result["final_eval"] = final_result(
+        evaluate_final(cell.run_dir, cell.cfg, images_per_prompt=args.final_images))
+    atomic_write_text(cell.run_dir / RESULT, json.dumps(result, indent=1))
+    return result
+
+
 def run_grid(cells: list[Cell], args: argparse.Namespace, console: Console) -> list[str]:
-    """Run every cell not yet done; a failing cell is reported and skipped, so one bad run does
-    not cost the rest of a multi-hour grid. Returns the failed cells' names."""
+    """Run every cell not yet done (and judge the final snapshot of done ones that lack it); a
+    failing cell is reported and skipped, so one bad run does not cost the rest of a multi-hour
+    grid. Returns the failed cells' names."""
     failed = []
-    todo = [c for c in cells if c.state != "done"]
+    todo = [c for c in cells if c.state != "done" or needs_final(c, args.final_images)]
     console.print(f"ablation: {len(cells)} runs, {len(cells) - len(todo)} already done")
     for i, cell in enumerate(todo, 1):
         tag = f"{cell.scenario}/{cell.arm}/s{cell.seed}"
-        console.print(f"[bold]({i}/{len(todo)}) {tag}[/bold] ({cell.state})")
+        what = "final evaluation only" if cell.state == "done" else cell.state
+        console.print(f"[bold]({i}/{len(todo)}) {tag}[/bold] ({what})")
         try:
-            r = run_cell(cell, args, console)
+            r = (finalize_cell(cell, args) if cell.state == "done"
+                 else run_cell(cell, args, console))
         except Exception as e:  # noqa: BLE001 - report, keep the grid going
             console.print(f"[red]{tag} failed: {type(e).__name__}: {e}[/red]")
             failed.append(tag)
@@ -199,6 +233,10 @@ def run_grid(cells: list[Cell], args: argparse.Namespace, console: Console) -> l
                       f"IRA {r['final_ira']} (worst retain prompt {r['worst_retain_prompt']!r} "
                       f"{r['worst_retain_drop_pts']} points below base), to target "
                       f"{r['trajectories_to_target']}, {r['train_s']} s")
+        if f := r.get("final_eval"):
+            console.print(f"{tag}: final at {f['images_per_prompt']} images/prompt: UA {f['ua']}, "
+                          f"IRA {f['ira']} (base {f['base_ira']}), worst retain prompt "
+                          f"{f['worst_retain_prompt']!r} {f['worst_retain_drop_pts']} points")
     return failed
 
 

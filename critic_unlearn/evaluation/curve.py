@@ -33,6 +33,7 @@ from critic_unlearn.io_utils import atomic_write_text
 from critic_unlearn.training.snapshots import list_snapshots
 
 CURVE = "curve.json"
+FINAL = "final_eval.json"  # evaluate_final: the last snapshot at more images per prompt
 
 
 def _judged(images, items, prompts, n, judge, concept) -> dict[str, Any]:
@@ -62,6 +63,24 @@ def evaluate_curve(
     retain prompt's judged accuracy (retain_per_prompt: {text: share judged right}, base too)
     and that snapshot's retain drift against the base (`evaluation.drift`: worst_retain_prompt,
     worst_retain_base, worst_retain_after, worst_retain_drop_pts, retain_share_below_10)."""
+    return _judge_snapshots(run_dir, cfg, images_per_prompt, out_dir, last_only=False)
+
+
+def evaluate_final(
+    run_dir: str | Path,
+    cfg: RunConfig,
+    images_per_prompt: int = 32,
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The last snapshot only, with more images per prompt than a curve can afford: a curve at 4
+    images per prompt moves a retain prompt in steps of 25 points, too coarse for a 10-point
+    neighbour target. Same layout as `evaluate_curve` (one point), written to final_eval.json
+    with its own base-image cache."""
+    return _judge_snapshots(run_dir, cfg, images_per_prompt, out_dir, last_only=True)
+
+
+def _judge_snapshots(run_dir: str | Path, cfg: RunConfig, images_per_prompt: int,
+                     out_dir: str | Path | None, last_only: bool) -> dict[str, Any]:
     if cfg.eval.judge is None:
         raise ValueError("eval.judge is None: a UA curve needs a judge (e.g. eval.judge=toyworld)")
     t0 = time.perf_counter()
@@ -72,13 +91,16 @@ def evaluate_curve(
             f"run folder {str(run_dir)!r} has no adapter snapshots (adapter/snapshots/); they are "
             "written at every checkpoint (learner.checkpoint_every) by this version's trainers"
         )
+    if last_only:
+        snaps = snaps[-1:]
+    prefix = "final" if last_only else "curve"
     out = Path(out_dir) if out_dir is not None else run_dir / "eval"
     device = resolve_device(cfg.runtime.device)
     judge, concept = load_eval_judge(cfg, device)
     comps = load_eval_model(cfg, device)
     prompts, _ = eval_prompts(cfg)
     items = eval_items(list(prompts.all), images_per_prompt, cfg.eval.seeds_offset)
-    base = base_images(comps, items, cfg, out / f"curve_{BASE_CACHE}")
+    base = base_images(comps, items, cfg, out / f"{prefix}_{BASE_CACHE}")
     judged_base = _judged(base, items, list(prompts.all), images_per_prompt, judge,
                           concept)
     attach_lora(comps.denoiser, cfg.lora)
@@ -95,7 +117,7 @@ def evaluate_curve(
         "images_per_prompt": images_per_prompt,
         "wall_s": round(time.perf_counter() - t0, 2),
     }
-    atomic_write_text(out / CURVE, json.dumps(result, indent=1))
+    atomic_write_text(out / (FINAL if last_only else CURVE), json.dumps(result, indent=1))
     return result
 
 

@@ -112,6 +112,51 @@ def test_retain_drift_per_seed_and_over_seeds_beside_the_ira() -> None:
     assert head.index(" final IRA ") + 1 == head.index(" worst retain drop, pts ")
 
 
+def final(after: dict[str, float], ua: float, ira: float, n: int = 32) -> dict:
+    """evaluate_final's output: the last snapshot at n images per prompt against its base."""
+    base = {"ua": 0.1, "ira": 0.96, "retain_per_prompt": BASE_RATES}
+    point = {"step": 60, "trajectories": 1920, "ua": ua, "ira": ira, "retain_per_prompt": after,
+             **retain_drift(after, BASE_RATES).summary()}
+    return {"base": base, "points": [point], "images_per_prompt": n}
+
+
+def test_final_evaluation_has_its_own_table_and_never_mixes_image_counts() -> None:
+    results = [
+        drifted("critic", 0, BASE_RATES,
+                final_eval=final({"a blue circle": 0.8125, "a green S": 1.0,
+                                  "a yellow S": 0.875}, 1.0, 0.90)),
+        drifted("critic", 1, BASE_RATES,
+                final_eval=final({"a blue circle": 0.9375, "a green S": 0.96875,
+                                  "a yellow S": 0.875}, 0.96875, 0.96)),
+        # an older, smaller final evaluation is left out, not averaged in
+        drifted("critic", 2, BASE_RATES, final_eval=final(BASE_RATES, 0.5, 0.5, n=4)),
+        drifted("ddpo", 0, BASE_RATES),
+    ]
+    r = results[0]["final_eval"]
+    assert (r["images_per_prompt"], r["ua"], r["ira"], r["base_ira"]) == (32, 1.0, 0.90, 0.96)
+    assert (r["worst_retain_prompt"], r["worst_retain_drop_pts"]) == ("a blue circle", 12.5)
+    json.dumps(results[0])
+    summary = summarize(results, 0.9, ["toy_forget_red"], ["critic", "ddpo"])
+    f = summary["toy_forget_red"]["critic"]["final_eval"]
+    assert (f["images_per_prompt"], f["seeds"]) == (32, 2)
+    assert f["ua"] == (0.984375, 0.96875, 1.0)
+    assert f["ira_pct_of_base"] == pytest.approx((96.875, 93.75, 100.0))
+    assert f["worst_retain_drop"] == (7.8125, 3.125, 12.5)
+    assert f["worst_retain"] == {"prompt": "a blue circle", "seed": 0, "drop_pts": 12.5}
+    assert summary["toy_forget_red"]["ddpo"]["final_eval"] is None
+    arms = summary_json(summary, 0.9, "o")["scenarios"]["toy_forget_red"]["arms"]
+    assert arms["critic"]["final_eval"] == {
+        "images_per_prompt": 32, "seeds": 2, "max_worst_retain_drop_pts": 12.5,
+        "worst_retain_prompt": "a blue circle", "median_worst_retain_drop_pts": 7.8125,
+        "median_retain_share_below_10": pytest.approx(1 / 6)}
+    assert "final_eval" not in arms["ddpo"]
+    md = markdown_table(summary, 0.9, 3).split("Final evaluation")[1]
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "| 32 | 2 | 0.984 [0.969, 1.000] | 96.9% [93.8, 100.0] |" in rows["critic"]
+    assert "7.8 [3.1, 12.5]; max \"a blue circle\" (s0)" in rows["critic"]
+    assert "ddpo" not in rows
+
+
 def test_median_range_and_not_reached() -> None:
     assert median_range([640.0, 960.0, 320.0]) == (640.0, 320.0, 960.0)
     assert median_range([]) is None

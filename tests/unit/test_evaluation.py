@@ -185,6 +185,54 @@ def test_curve_judges_every_snapshot_like_evaluate_run(world, tmp_path: Path) ->
     assert plot_curve(tmp_path, curve).is_file()
 
 
+def test_final_evaluation_judges_only_the_last_snapshot_at_its_own_size(world,
+                                                                       tmp_path: Path) -> None:
+    from critic_unlearn.evaluation.curve import evaluate_curve, evaluate_final
+    from critic_unlearn.training.snapshots import save_snapshot
+
+    cfg = _cfg()
+    moved = _adapter(cfg)
+    zero = {k: torch.zeros_like(v) for k, v in moved.items()}
+    save_snapshot(tmp_path, 10, 320, moved, {"version": 10})
+    save_snapshot(tmp_path, 20, 640, zero, {"version": 20})  # the last one is the base model
+    curve = evaluate_curve(tmp_path, cfg, images_per_prompt=2)
+    final = evaluate_final(tmp_path, cfg, images_per_prompt=4)
+    (point,) = final["points"]
+    assert (point["step"], point["trajectories"], final["images_per_prompt"]) == (20, 640, 4)
+    assert (point["ua"], point["ira"]) == (final["base"]["ua"], final["base"]["ira"])
+    assert point["worst_retain_drop_pts"] == 0.0
+    assert final["base"]["retain_per_prompt"].keys() == curve["base"]["retain_per_prompt"].keys()
+    # its own files: the curve's json and base-image cache are left as they were
+    assert json.loads((tmp_path / "eval" / "curve.json").read_text()) == curve
+    assert json.loads((tmp_path / "eval" / "final_eval.json").read_text()) == final
+    assert (tmp_path / "eval" / "final_base_images.safetensors").is_file()
+    assert (tmp_path / "eval" / "curve_base_images.safetensors").is_file()
+
+
+def test_ablation_bench_adds_the_final_evaluation_to_a_finished_run(world, tmp_path: Path) -> None:
+    """A run judged before --final-images existed gets its final evaluation without retraining;
+    one already judged at that size, or whose snapshots are gone, is left alone."""
+    from argparse import Namespace
+
+    from bench.experiments.sample_efficiency import Cell, finalize_cell, needs_final
+    from critic_unlearn.training.snapshots import save_snapshot
+
+    cfg = _cfg()
+    run = tmp_path / "s0"
+    cell = Cell("toy", "critic", 0, cfg, run, {}, "done")
+    run.mkdir()
+    (run / "result.json").write_text(json.dumps({"arm": "critic", "trajectories": 640}))
+    assert not needs_final(cell, 4)  # no snapshots left to judge
+    save_snapshot(run, 20, 640, _adapter(cfg), {"version": 20})
+    assert needs_final(cell, 4) and not needs_final(cell, 0)
+    r = finalize_cell(cell, Namespace(final_images=4))
+    assert r["final_eval"]["images_per_prompt"] == 4 and r["final_eval"]["step"] == 20
+    assert json.loads((run / "result.json").read_text()) == r
+    assert r["trajectories"] == 640  # the rest of the result is kept
+    assert not needs_final(cell, 4) and needs_final(cell, 8)
+    assert not needs_final(Cell("toy", "critic", 0, cfg, run, {}, "fresh"), 4)
+
+
 def test_curve_without_snapshots_is_explained(world, tmp_path: Path) -> None:
     from critic_unlearn.evaluation.curve import evaluate_curve
 
