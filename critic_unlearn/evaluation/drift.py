@@ -124,3 +124,31 @@ def drift_of_rows(per_prompt: list[dict[str, Any]],
     if not after:
         return None
     return retain_drift(after, base, threshold_pts)
+
+
+def noise_floor(
+    hits: Mapping[str, list[bool]],
+    n: int,
+    threshold_pts: float = THRESHOLD_PTS,
+) -> list[RetainDrift]:
+    """What `retain_drift` reports for a model that did not change at all: each retain prompt's
+    judged hits on fresh seeds (`hits[prompt]`, the same model's images, at least 2n each) cut
+    into disjoint groups of n, and every ordered pair of groups compared as if the first were
+    the base model and the second the model after unlearning.
+
+    The spread of these drifts is the noise floor of the worst-retain-prompt measurement at n
+    images per prompt: a drop inside it cannot be told from a fresh draw of seeds. A model after
+    unlearning shares its evaluation seeds with the base model, so its images are correlated
+    with the base's and its noise is smaller than this; independent draws are the upper end."""
+    if n < 1:
+        raise ValueError(f"noise_floor: n = {n}; expected >= 1 image per prompt per group")
+    if not hits:
+        raise ValueError("noise_floor: no retain prompts' hits to compare")
+    groups = min(len(h) for h in hits.values()) // n
+    if groups < 2:
+        short = min(hits, key=lambda k: len(hits[k]))
+        raise ValueError(f"noise_floor: retain prompt {short!r} has {len(hits[short])} judged "
+                         f"images; two groups of n = {n} need at least {2 * n}")
+    rates = [{p: sum(h[g * n:(g + 1) * n]) / n for p, h in hits.items()} for g in range(groups)]
+    return [retain_drift(rates[b], rates[a], threshold_pts)
+            for a in range(groups) for b in range(groups) if a != b]

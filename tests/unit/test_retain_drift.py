@@ -7,6 +7,7 @@ import pytest
 from critic_unlearn.evaluation.drift import (
     drift_of_rows,
     empty_summary,
+    noise_floor,
     retain_drift,
     share_key,
 )
@@ -139,3 +140,19 @@ def test_the_eval_report_shows_the_worst_retain_prompt_beside_the_mean_ira() -> 
     assert "| retain prompts more than 10 points below base | - | 50.0% (1 of 2) |" in md
     unjudged = result | empty_summary()
     assert "worst retain prompt" not in markdown(unjudged)
+
+
+def test_noise_floor_compares_disjoint_groups_of_the_same_models_images() -> None:
+    T, F = True, False
+    hits = {"a blue circle": [T, T, T, F, T, T, T, T, F, F],  # groups of 4: 3/4, 4/4 (+2 left)
+            "a green square": [T, T, T, T, T, F, F, T, T]}    # 4/4, 2/4 (+1 left)
+    a_vs_b, b_vs_a = noise_floor(hits, 4)  # base = group 0 then group 1, and the other way
+    assert (a_vs_b.worst_prompt, a_vs_b.drop_pts, a_vs_b.below) == ("a green square", 50.0, 1)
+    assert (b_vs_a.worst_prompt, b_vs_a.drop_pts, b_vs_a.below) == ("a blue circle", 25.0, 1)
+    assert len(noise_floor(hits, 3)) == 6  # three groups of 3: every ordered pair
+    assert noise_floor({"p": [T] * 8}, 2)[0].drop_pts == 0.0  # a sure prompt never drifts
+    with pytest.raises(ValueError, match="'a green square' has 9 judged images; two groups of "
+                                         "n = 5 need at least 10"):
+        noise_floor(hits, 5)
+    with pytest.raises(ValueError, match="n = 0"):
+        noise_floor(hits, 0)
