@@ -138,6 +138,20 @@ def final_result(final_eval: dict[str, Any]) -> dict[str, Any]:
             **{k: p.get(k) for k in empty_summary()}}
 
 
+def point_at_target(curve: dict[str, Any], target: float) -> dict[str, Any] | None:
+    """The first judged snapshot with UA >= target (the one trajectories_to counts to)."""
+    return next((p for p in curve["points"] if p["ua"] is not None and p["ua"] >= target), None)
+
+
+def wall_s_at_step(metrics_path: Path, step: int | None) -> float | None:
+    """Training wall time (metrics.jsonl's time_s, from the run's start, critic pretraining not
+    included) when the learner finished `step`; None without the file or the step."""
+    if step is None or not Path(metrics_path).is_file():
+        return None
+    return next((float(r["time_s"]) for r in read_metrics(metrics_path)
+                 if r.get("step") == step and "time_s" in r), None)
+
+
 def critic_ev_by_timestep(metrics_path: Path) -> dict[str, float] | None:
     """What the critic knew during a run: for each stored timestep, the median over learner
     steps of the critic's explained variance of the realised reward (metrics.jsonl's
@@ -193,6 +207,7 @@ def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, An
     ira_pct = [100.0 * r["final_ira"] / r["base_ira"]
                if r.get("final_ira") is not None and r.get("base_ira") else None for r in results]
     inits = [r["critic_init"] for r in results if r.get("critic_init")]
+    at = [(point_at_target(r["curve"], target), r.get("base_ira")) for r in results]
     return {
         "seeds": len(results),
         "seed_ids": sorted(r["seed"] for r in results),
@@ -201,6 +216,12 @@ def summarize_cell(results: list[dict[str, Any]], target: float) -> dict[str, An
         "final_ua": _median([r.get("final_ua") for r in results]),
         "final_ira": _median([r.get("final_ira") for r in results]),
         "ira_pct_of_base": _median(ira_pct),
+        # where each seed first reached the target: IRA there (% of base) and the wall time to it
+        # (only runs judged at the target UA; a wall time only where the run recorded it)
+        "ira_pct_at_target": _median([100.0 * p["ira"] / b if p and p["ira"] is not None and b
+                                      else None for p, b in at]),
+        "wall_s_to_target": _median([r.get("wall_s_to_target") for r in results
+                                     if r.get("target_ua") == target]),
         **retain_drift_cell(results),
         "train_s": _median([r.get("train_s") for r in results]),
         "pretrain_trajectories": _median([i.get("trajectories") for i in inits]),
@@ -372,7 +393,9 @@ def table_row(arm: str, c: dict[str, Any], expected_seeds: int) -> str:
     if c["ira_pct_of_base"] is not None:
         ira += f" ({c['ira_pct_of_base']:.1f}% of base)"
     drop, share = drift_text(c)
-    return (f"| {arm} | {seeds} | {_to_target_text(c)} | {_num(c['final_ua'], '.3f')} | {ira} "
+    at = _num(c["ira_pct_at_target"], ".1f") + ("%" if c["ira_pct_at_target"] is not None else "")
+    return (f"| {arm} | {seeds} | {_to_target_text(c)} | {_num(c['wall_s_to_target'], '.0f')} "
+            f"| {at} | {_num(c['final_ua'], '.3f')} | {ira} "
             f"| {drop} | {share} | {_num(c['train_s'], '.0f')} | {_pretrain_text(c)} |")
 
 
@@ -384,17 +407,21 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]], target: float,
         lines += [settings_note, ""]
     lines += [
         "Medians over seeds; [min, max] over seeds; a seed that never reached the target counts "
-        "as 'not reached' (after every seed that did). Final UA/IRA: last snapshot. Worst "
+        "as 'not reached' (after every seed that did). Wall s to target: training time until "
+        "the learner step of the first snapshot at the target (contended machines: compare "
+        "within a table only; — where runs did not record it). IRA at target: at that "
+        "snapshot. Final UA/IRA: last snapshot. Worst "
         "retain drop: at the last snapshot, the retain prompt furthest below its base accuracy, "
         "in points (positive = worse), and the prompt and seed of the largest; > 10 pts: the "
         "share of retain prompts more than 10 points below base. Pretraining: the critic's "
         "pretraining cost, not included in the trajectories.",
         "",
     ]
-    head = ("| arm | seeds | trajectories to target | final UA | final IRA "
-            "| worst retain drop, pts | retain > 10 pts below | train s | critic pretraining |")
+    head = ("| arm | seeds | trajectories to target | wall s to target | IRA at target, % of base "
+            "| final UA | final IRA | worst retain drop, pts | retain > 10 pts below | train s "
+            "| critic pretraining |")
     for sc, cells in summary.items():
-        lines += [f"## {sc}", "", head, "|" + "---|" * 9]
+        lines += [f"## {sc}", "", head, "|" + "---|" * 11]
         lines += [table_row(arm, c, expected_seeds) for arm, c in cells.items()]
         r = ratio(median_to_target(cells.get("ddpo", {})),
                   median_to_target(cells.get("critic", {})))

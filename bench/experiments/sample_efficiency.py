@@ -70,10 +70,12 @@ from bench.experiments._ablation import (  # noqa: E402
     load_results,
     make_result,
     markdown_table,
+    point_at_target,
     run_overrides,
     settings_note,
     summarize,
     summary_json,
+    wall_s_at_step,
 )
 from critic_unlearn.config import RunConfig, load_config  # noqa: E402
 from critic_unlearn.evaluation.curve import evaluate_curve, evaluate_final  # noqa: E402
@@ -186,6 +188,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, console: Console) -> dict[str
     if args.final_images:
         result["final_eval"] = final_result(
             evaluate_final(trained.run_dir, cell.cfg, images_per_prompt=args.final_images))
+    result["wall_s_to_target"] = wall_s_at_step(
+        cell.run_dir / METRICS, (point_at_target(curve, args.target) or {}).get("step"))
     result["judge_s"] = curve.get("wall_s")
     if ev := critic_ev_by_timestep(cell.run_dir / METRICS):
         result["critic_ev"] = ev
@@ -205,6 +209,10 @@ def needs_final(cell: Cell, images: int) -> bool:
 def finalize_cell(cell: Cell, args: argparse.Namespace) -> dict[str, Any]:
     """Add the final evaluation to a finished run's result.json (nothing is retrained)."""
     result = json.loads((cell.run_dir / RESULT).read_text())
+    if result.get("wall_s_to_target") is None:  # a result from before it was recorded
+        result["wall_s_to_target"] = wall_s_at_step(
+            cell.run_dir / METRICS,
+            (point_at_target(result["curve"], result["target_ua"]) or {}).get("step"))
     result["final_eval"] = final_result(
         evaluate_final(cell.run_dir, cell.cfg, images_per_prompt=args.final_images))
     atomic_write_text(cell.run_dir / RESULT, json.dumps(result, indent=1))

@@ -24,11 +24,13 @@ from bench.experiments._ablation import (
     markdown_table,
     median_range,
     median_to_target,
+    point_at_target,
     ratio,
     run_overrides,
     settings_note,
     summarize,
     summary_json,
+    wall_s_at_step,
 )
 from critic_unlearn.evaluation.drift import retain_drift
 
@@ -347,3 +349,28 @@ def test_ev_table_medians_over_seeds_noisiest_first() -> None:
     assert "| ddpo |" not in text.split("explained variance")[1]
     assert "explained variance" not in markdown_table(
         summarize([d], 0.9, ["toy_forget_red"], ["ddpo"]), 0.9, 3)
+
+
+def test_ira_and_wall_time_where_each_seed_first_reached_the_target(tmp_path: Path) -> None:
+    metrics = tmp_path / METRICS
+    metrics.write_text("".join(json.dumps({"step": k, "time_s": 7.5 * k}) + "\n"
+                               for k in range(1, 31)))
+    assert wall_s_at_step(metrics, 20) == 150.0
+    assert wall_s_at_step(metrics, 99) is None and wall_s_at_step(metrics, None) is None
+    assert wall_s_at_step(tmp_path / "none.jsonl", 20) is None
+    c = curve([0.5, 0.95, 0.99], ira=0.9)
+    c["points"][1]["ira"] = 0.76  # IRA at the first snapshot at the target, not the final one
+    assert point_at_target(c, 0.9)["step"] == 20 and point_at_target(c, 1.0) is None
+    r0 = make_result("critic", "toy_forget_red", 0, SETTINGS_A, 100.0, 960, c, 0.9, False, None)
+    r0["wall_s_to_target"] = 150.0
+    r1 = result("critic", 1, [0.95], ira=0.95, base_ira=0.95)
+    r1["wall_s_to_target"] = 50.0
+    cell = summarize([r0, r1, result("ddpo", 0, [0.1])], 0.9, ["toy_forget_red"],
+                     ["critic", "ddpo"])["toy_forget_red"]
+    assert cell["critic"]["ira_pct_at_target"] == pytest.approx((80.0 + 100.0) / 2)
+    assert cell["critic"]["wall_s_to_target"] == 100.0
+    assert cell["ddpo"]["ira_pct_at_target"] is None and cell["ddpo"]["wall_s_to_target"] is None
+    md = markdown_table({"toy_forget_red": cell}, 0.9, 2)
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "(2/2 reached) | 100 | 90.0% | 0.970 |" in rows["critic"]
+    assert "(0/1 reached) | — | — | 0.100 |" in rows["ddpo"]
