@@ -108,6 +108,9 @@ def demo_summary(ev: dict, unlearn_wall_s: float, trajectories: int, run_dir: st
         "worst_retain_prompt": ev["worst_retain_prompt"],
         "worst_retain_drop_pts": ev["worst_retain_drop_pts"],
         SHARE: ev[SHARE],
+        # whether the drops are more than a re-draw of images explains (paired sign test, Holm)
+        "worst_retain_p": ev.get("worst_retain_p"),
+        "retain_significantly_below": ev.get("retain_significantly_below"),
     }
 
 

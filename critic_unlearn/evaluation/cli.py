@@ -25,7 +25,9 @@ def eval_command(
 
     Prints the Markdown table to stderr and one JSON line with ua, ira, base_ua, base_ira,
     the worst retain prompt (worst_retain_prompt, worst_retain_drop_pts: percentage points below
-    base), retain_share_below_10 and clip scores to stdout.
+    base, and worst_retain_p: its paired sign-test p), retain_share_below_10,
+    retain_significantly_below (the retain prompts whose drop a re-draw of images does not explain,
+    Holm 5%) and clip scores to stdout.
     """
     from critic_unlearn.config import load_run_config
     from critic_unlearn.evaluation.drift import share_key
@@ -36,5 +38,6 @@ def eval_command(
     console.print((Path(result["out_dir"]) / "eval.md").read_text(), highlight=False,
                   markup=False)
     keys = ("ua", "ira", "base_ua", "base_ira", "worst_retain_prompt", "worst_retain_drop_pts",
-            share_key(), "clip_score", "base_clip_score", "out_dir")
+            "worst_retain_p", share_key(), "retain_significantly_below", "clip_score",
+            "base_clip_score", "out_dir")
     print(json.dumps({k: result[k] for k in keys}))

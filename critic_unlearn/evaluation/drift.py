@@ -5,13 +5,17 @@ over-erasure users of erasure methods complain about). `retain_drift` takes the 
 of every retain prompt, after unlearning and for the base model (the per-prompt shares
 `evaluate_run` already writes to eval.json's per_prompt rows and `evaluate_curve` to each
 snapshot), and returns the worst prompt and the share of prompts more than `threshold_pts`
-percentage points below their base. Pure arithmetic: no torch, no judge.
+percentage points below their base. A drop can be a fresh draw of images rather than a
+concept lost: `paired_drop_p` tests each retain prompt's drop on the seeds it shares with the base
+model, `significantly_below` keeps the family-wise level over all of them, and `noise_floor`
+measures how far the worst prompt falls for a model that did not change. Pure arithmetic: no
+torch, no judge.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,3 +156,31 @@ def noise_floor(
     rates = [{p: sum(h[g * n:(g + 1) * n]) / n for p, h in hits.items()} for g in range(groups)]
     return [retain_drift(rates[b], rates[a], threshold_pts)
             for a in range(groups) for b in range(groups) if a != b]
+
+
+def paired_drop_p(base: Sequence[bool], after: Sequence[bool]) -> float:
+    """One-sided exact sign test (McNemar's exact test) of a retain prompt's drop: its images
+    judged right for the base model and after unlearning, on the same seeds. Only the seeds
+    whose verdict changed count: `lost` right -> wrong, `gained` wrong -> right; under "no
+    change" each changed seed is a fair coin, so p = P(Bin(lost + gained, 1/2) >= lost). Small
+    p: the prompt fell by more than re-drawing images explains. 1.0 when nothing changed."""
+    if len(base) != len(after):
+        raise ValueError(f"paired_drop_p: {len(base)} base verdicts against {len(after)} after "
+                         "unlearning; the two must judge the same seeds")
+    lost = sum(bool(b) and not a for b, a in zip(base, after, strict=True))
+    gained = sum(bool(a) and not b for b, a in zip(base, after, strict=True))
+    m = lost + gained
+    return sum(math.comb(m, k) for k in range(lost, m + 1)) / 2**m
+
+
+def significantly_below(p_values: Mapping[str, float], alpha: float = 0.05) -> list[str]:
+    """The retain prompts whose drop is significant at family-wise level `alpha` over all of
+    them (Holm's step-down: the k-th smallest p must be <= alpha / (m - k + 1), stopping at the
+    first that is not), smallest p first. With 24 prompts a single prompt needs p <= 0.0021."""
+    order = sorted(p_values, key=p_values.__getitem__)
+    out = []
+    for k, name in enumerate(order):
+        if p_values[name] > alpha / (len(order) - k):
+            break
+        out.append(name)
+    return out

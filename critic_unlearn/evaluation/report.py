@@ -84,13 +84,21 @@ def drift_rows(s: dict[str, Any]) -> list[str]:
     share = s[share_key()]
     n = sum(p["role"] == "retain" for p in s.get("per_prompt", []))
     count = f" ({round(share * n)} of {n})" if n else ""
-    return [
+    p = s.get("worst_retain_p")
+    paired = f", paired sign test p = {p:.3g}" if p is not None else ""
+    rows = [
         f"| worst retain prompt, judged right: \"{s['worst_retain_prompt']}\" | "
         f"{_num(s['worst_retain_base'])} | {_num(s['worst_retain_after'])} "
-        f"({-s['worst_retain_drop_pts']:+.1f} points) |",
+        f"({-s['worst_retain_drop_pts']:+.1f} points{paired}) |",
         f"| retain prompts more than {THRESHOLD_PTS:g} points below base | - | "
         f"{_num(share)}{count} |",
     ]
+    sig = s.get("retain_significantly_below")
+    if sig is not None:
+        names = ": " + ", ".join(f'"{t}"' for t in sig) if sig else ""
+        rows.append(f"| retain prompts significantly below base (paired, Holm 5%) | - | "
+                    f"{len(sig)}{names} |")
+    return rows
 
 
 def real_model_rows(s: dict[str, Any]) -> list[str]:

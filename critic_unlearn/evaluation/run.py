@@ -18,7 +18,12 @@ from critic_unlearn.diffusion.contract import Policy
 from critic_unlearn.diffusion.lora import attach_lora, set_adapter_state
 from critic_unlearn.evaluation.attacks.run import attacker_clip, run_attacks
 from critic_unlearn.evaluation.clip_score import clip_scores
-from critic_unlearn.evaluation.drift import drift_of_rows, empty_summary
+from critic_unlearn.evaluation.drift import (
+    drift_of_rows,
+    empty_summary,
+    paired_drop_p,
+    significantly_below,
+)
 from critic_unlearn.evaluation.generation import (
     EvalItem,
     base_fingerprint,
@@ -125,6 +130,19 @@ def score(
     return out
 
 
+def retain_significance(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Beside the worst retain drop: its paired sign-test p (`worst_retain_p`) and the retain
+    prompts significantly below base at family-wise 5% (`retain_significantly_below`, Holm):
+    a drop a fresh draw of images could explain is not evidence of over-erasure. None without
+    a judge."""
+    p = {r["prompt"]: r["p_below_base"] for r in rows if r.get("p_below_base") is not None}
+    drift = drift_of_rows(rows)
+    if not p or drift is None:
+        return {"worst_retain_p": None, "retain_significantly_below": None}
+    return {"worst_retain_p": p[drift.worst_prompt],
+            "retain_significantly_below": significantly_below(p)}
+
+
 def retain_drift_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """eval.json's retain-drift keys from its per_prompt rows (all None without a judge)."""
     drift = drift_of_rows(rows)
@@ -191,12 +209,16 @@ def evaluate_run(
             "rate": rates_after[j] if judge else None,
             "base_clip_score": _mean(cs_base[sl]), "clip_score": _mean(cs_after[sl]),
             "grid": grid if grids else None,
+            # a retain prompt's drop against re-drawing noise (same seeds, paired sign test)
+            "p_below_base": paired_drop_p(s_base["hit"][sl].tolist(), s_after["hit"][sl].tolist())
+            if judge and prompt.role == "retain" else None,
         })
     result = {
         "ua": s_after["ua"], "ira": s_after["ira"],
         "base_ua": s_base["ua"], "base_ira": s_base["ira"],
         # beside the mean IRA: the worst retain prompt and the share > 10 points below base
         **retain_drift_summary(rows),
+        **retain_significance(rows),
         "clip_score": s_after["clip_score"], "base_clip_score": s_base["clip_score"],
         "forget_attribute_accuracy": s_after["forget_attribute_accuracy"],
         "base_forget_attribute_accuracy": s_base["forget_attribute_accuracy"],

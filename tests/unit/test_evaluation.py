@@ -104,8 +104,14 @@ def test_evaluate_run_writes_json_table_and_grids(world, tmp_path: Path) -> None
         retain["base_rate"], retain["rate"])
     assert result["retain_share_below_10"] == (1.0 if drop > 10 + 1e-6 else 0.0)
     assert f"| worst retain prompt, judged right: \"{retain['prompt']}\" |" in table
-    assert f"({-result['worst_retain_drop_pts']:+.1f} points) |" in table
+    assert f"({-result['worst_retain_drop_pts']:+.1f} points, paired sign test p = " in table
     assert "| retain prompts more than 10 points below base | - |" in table
+    # the paired sign test: on retain rows only; 3 seeds can never reach Holm's 5% (p >= 1/8)
+    assert result["worst_retain_p"] == retain["p_below_base"]
+    assert 1 / 8 <= retain["p_below_base"] <= 1.0
+    assert [r["p_below_base"] for r in result["per_prompt"][:2]] == [None, None]
+    assert result["retain_significantly_below"] == []
+    assert "| retain prompts significantly below base (paired, Holm 5%) | - | 0 |" in table
 
 
 def test_exported_adapter_is_found_and_base_images_are_cached(world, tmp_path: Path) -> None:
@@ -221,7 +227,13 @@ def test_ablation_bench_adds_the_final_evaluation_to_a_finished_run(world, tmp_p
     run = tmp_path / "s0"
     cell = Cell("toy", "critic", 0, cfg, run, {}, "done")
     run.mkdir()
-    (run / "result.json").write_text(json.dumps({"arm": "critic", "trajectories": 640}))
+    judged = {"base": {"ua": 0.1, "ira": 0.9},
+              "points": [{"step": 10, "trajectories": 320, "ua": 0.5, "ira": 0.9},
+                         {"step": 20, "trajectories": 640, "ua": 0.95, "ira": 0.9}]}
+    (run / "result.json").write_text(json.dumps(
+        {"arm": "critic", "trajectories": 640, "target_ua": 0.9, "curve": judged}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": k, "time_s": 3.0 * k}) + "\n"
+                                               for k in range(1, 21)))
     assert not needs_final(cell, 4)  # no snapshots left to judge
     save_snapshot(run, 20, 640, _adapter(cfg), {"version": 20})
     assert needs_final(cell, 4) and not needs_final(cell, 0)
@@ -229,6 +241,7 @@ def test_ablation_bench_adds_the_final_evaluation_to_a_finished_run(world, tmp_p
     assert r["final_eval"]["images_per_prompt"] == 4 and r["final_eval"]["step"] == 20
     assert json.loads((run / "result.json").read_text()) == r
     assert r["trajectories"] == 640  # the rest of the result is kept
+    assert r["wall_s_to_target"] == 60.0  # from before it was recorded: read from the metrics
     assert not needs_final(cell, 4) and needs_final(cell, 8)
     assert not needs_final(Cell("toy", "critic", 0, cfg, run, {}, "fresh"), 4)
 

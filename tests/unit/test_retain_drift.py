@@ -8,8 +8,10 @@ from critic_unlearn.evaluation.drift import (
     drift_of_rows,
     empty_summary,
     noise_floor,
+    paired_drop_p,
     retain_drift,
     share_key,
+    significantly_below,
 )
 
 BASE = {"a blue circle": 0.9375, "a green square": 1.0, "a yellow cross": 0.75,
@@ -156,3 +158,26 @@ def test_noise_floor_compares_disjoint_groups_of_the_same_models_images() -> Non
         noise_floor(hits, 5)
     with pytest.raises(ValueError, match="n = 0"):
         noise_floor(hits, 0)
+
+
+def test_paired_sign_test_counts_only_the_seeds_whose_verdict_changed() -> None:
+    T, F = True, False
+    # 16 seeds, 3 lost (right -> wrong), 0 gained: p = 1/8, a 18.75-point drop a re-draw explains
+    base, after = [T] * 16, [F, F, F] + [T] * 13
+    assert paired_drop_p(base, after) == 1 / 8
+    # 4 lost, 1 gained: p = P(Bin(5, 1/2) >= 4) = (5 + 1) / 32
+    assert paired_drop_p([T, T, T, T, F, T], [F, F, F, F, T, T]) == 6 / 32
+    assert paired_drop_p([T, F], [T, F]) == 1.0  # nothing changed
+    assert paired_drop_p([F, F], [T, T]) == 1.0  # only gains
+    assert paired_drop_p([T] * 12, [F] * 12) == 1 / 4096
+    with pytest.raises(ValueError, match="same seeds"):
+        paired_drop_p([T], [T, F])
+
+
+def test_holm_keeps_the_family_wise_level_over_every_retain_prompt() -> None:
+    p = {"a": 0.001, "b": 0.02, "c": 0.012, "d": 0.5}
+    # sorted: 0.001 <= 0.05/4, 0.012 <= 0.05/3, 0.02 <= 0.05/2, then 0.5 > 0.05/1 stops
+    assert significantly_below(p) == ["a", "c", "b"]
+    # 0.018 > 0.05/3 stops at the second: "b" (0.02) is not tried though it would pass alone
+    assert significantly_below({"a": 0.001, "b": 0.02, "c": 0.018, "d": 0.5}) == ["a"]
+    assert significantly_below({"x": 0.3}) == [] and significantly_below({}) == []
