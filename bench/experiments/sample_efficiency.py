@@ -282,7 +282,9 @@ def report(args: argparse.Namespace, scenarios: list[str], console: Console) -> 
     # the whole grid's arms and seeds, not only this invocation's: a table rebuilt after a run of
     # one arm or one seed still shows what is missing elsewhere
     arms = list(dict.fromkeys([*(args.arms if args.quick else DEFAULT_ARMS), *args.arms]))
-    expected_seeds = len(set(args.seeds) | (set() if args.quick else set(DEFAULT_SEEDS)))
+    # ... and the seeds already in OUT, so a cell never shows more seeds than the grid has
+    expected_seeds = len(set(args.seeds) | (set() if args.quick else set(DEFAULT_SEEDS))
+                         | {r["seed"] for r in results})
     summary = summarize(results, args.target, scenarios, arms)
     table = markdown_table(summary, args.target, expected_seeds, settings_note(results))
     out.mkdir(parents=True, exist_ok=True)
