@@ -36,6 +36,8 @@ anything trains (use another --out). --table-only rebuilds the outputs without t
     python -m bench.experiments.sample_efficiency --arms critic ddpo critic_spi4 --seeds 0 1
     python -m bench.experiments.sample_efficiency --table-only     # tables/plot from results so far
     python -m bench.experiments.sample_efficiency learner.lr=2e-3  # KEY=VALUE for every run
+    python -m bench.experiments.sample_efficiency learner.lr=2e-3 --arms critic --seeds 3 4
+      (KEY=VALUE before --arms / --seeds / --scenarios: those take lists and would swallow it)
 """
 
 from __future__ import annotations
